@@ -1,0 +1,4 @@
+"""timm model families: FractalNet and the CIFAR baselines it is compared against.
+
+Importing this package registers every family with timm's model registry.
+"""

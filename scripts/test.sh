@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets everything up (virtualenv, pinned dependencies) and runs the default test suite.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow`.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/bootstrap.sh
+# Stable CPU timings and memory use for small batches (see shared/docs/performance-notes.md).
+export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824
+exec .venv/bin/python -m pytest "$@"
