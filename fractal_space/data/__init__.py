@@ -1,0 +1,29 @@
+"""Image-classification data: named datasets, ImageFolder trees and Parquet, decoded once into memory.
+
+``load_splits`` gives fixed-seed train/val/test splits; ``BatchLoader`` yields normalised, batch-augmented tensors.
+"""
+
+from fractal_space.data.loader import AUGMENTS, BatchLoader, DataSplits, Normalize, augment_batch, load_splits
+from fractal_space.data.sources import (
+    NAMED,
+    DataNotFoundError,
+    ImageSet,
+    cache_dir,
+    load_split,
+    resolve_data_root,
+)
+
+__all__ = [
+    "AUGMENTS",
+    "NAMED",
+    "BatchLoader",
+    "DataNotFoundError",
+    "DataSplits",
+    "ImageSet",
+    "Normalize",
+    "augment_batch",
+    "cache_dir",
+    "load_split",
+    "load_splits",
+    "resolve_data_root",
+]
