@@ -1,0 +1,664 @@
+"""FractalNet (Larsson, Maire, Shakhnarovich, "FractalNet: Ultra-Deep Neural Networks without Residuals", ICLR 2017).
+
+A block with C columns follows the expansion rule ``f_1(z) = conv(z)``, ``f_{C+1}(z) = join(f_C(f_C(z)), conv(z))``:
+column j (1 = shallowest) holds 2^(j-1) conv units and the longest path 2^(C-1). Neighbouring joins are collapsed, so
+every join is one *flat* operation over all columns that meet there. A block is unrolled into 2^(C-1) steps; at
+step d the columns whose conv span divides d each apply one conv unit and are joined, and the join output becomes the
+next input of every one of those columns.
+
+Drop-path follows the paper: per mini-batch, with probability ``global_drop_fraction`` one column is chosen for the
+whole network (global), otherwise each join input is dropped with probability ``drop_path_rate`` with at least one
+survivor per join (local). All random numbers for a step are drawn in one call on the input's device and read back
+once. Dropped work is never computed: a backward pass over each block's steps marks the conv units whose output
+reaches the block output, and only those run. Global column k therefore costs exactly column k's FLOPs.
+
+Choices where the paper leaves room (documented in the README):
+* each block ends with one 2x2 max-pool after its last join (the authors pooled every column before that join);
+* weights use Xavier (Glorot) uniform init as in the paper (``init='kaiming'`` for He init);
+* ``drop_path_rate`` is off by default like every timm model; when it is > 0 the paper's local/global mix applies.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead, ConvNormAct, get_norm_act_layer
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint
+
+__all__ = ["FractalNet", "FractalColumn", "paper_block_dropout"]
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+JOIN_TYPES = ("mean", "sum", "max", "concat")
+INIT_TYPES = ("xavier", "kaiming")
+STEM_TYPES = ("none", "resnet")
+
+
+def paper_block_dropout(num_blocks: int) -> tuple[float, ...]:
+    """The paper's per-block dropout schedule (0, 0.1, 0.2, ...), used together with drop-path."""
+    return tuple(round(0.1 * i, 10) for i in range(num_blocks))
+
+
+def _check_rate(name: str, value: float, closed_top: bool = False) -> None:
+    upper_ok = value <= 1 if closed_top else value < 1
+    if not (0 <= value and upper_ok):
+        allowed = "[0, 1]" if closed_top else "[0, 1)"
+        raise ValueError(f"{name}={value!r} is outside the allowed range {allowed}")
+
+
+class Join(nn.Module):
+    """Flat join of the surviving inputs of one step: mean (paper), sum or element-wise max; no parameters."""
+
+    def __init__(self, mode: str = "mean"):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, xs: list[torch.Tensor], cols: list[int]) -> torch.Tensor:
+        if len(xs) == 1:
+            return xs[0]
+        if self.mode == "max":
+            out = torch.maximum(xs[0], xs[1])
+            for x in xs[2:]:
+                out = torch.maximum(out, x)
+            return out
+        # Out of place: FX dead-code elimination would drop in-place updates whose results look unused.
+        out = xs[0] + xs[1]
+        for x in xs[2:]:
+            out = out + x
+        if self.mode == "mean":
+            out = out * (1.0 / len(xs))
+        return out
+
+
+class ConcatJoin(nn.Module):
+    """Concatenation followed by a 1x1 projection (+ BN) back to the block width.
+
+    A dropped input contributes exactly what a zero tensor in its slot would: nothing. So only the surviving inputs
+    are concatenated and multiplied with the matching slices of the projection weight.
+    """
+
+    def __init__(self, width: int, first_col: int, num_inputs: int, norm_layer: Any = nn.BatchNorm2d):
+        super().__init__()
+        self.width = width
+        self.first_col = first_col
+        self.num_inputs = num_inputs
+        self.proj = nn.Conv2d(width * num_inputs, width, kernel_size=1, bias=False)
+        self.bn = norm_layer(width, apply_act=False)
+
+    def forward(self, xs: list[torch.Tensor], cols: list[int]) -> torch.Tensor:
+        if len(xs) == self.num_inputs:
+            return self.bn(self.proj(torch.cat(xs, dim=1)))
+        slices = [self.proj.weight[:, (c - self.first_col) * self.width:(c - self.first_col + 1) * self.width]
+                  for c in cols]
+        weight = slices[0] if len(slices) == 1 else torch.cat(slices, dim=1)
+        x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
+        return self.bn(F.conv2d(x, weight))
+
+
+class FractalStep(nn.Module):
+    """One depth step of a block: a conv unit for each column in ``first_col..C-1``, then their join."""
+
+    def __init__(
+            self,
+            in_chs: list[int],
+            out_chs: int,
+            first_col: int,
+            num_columns: int,
+            join: str,
+            norm_layer: Any,
+            act_layer: Any,
+    ):
+        super().__init__()
+        self.first_col = first_col
+        self.num_columns = num_columns
+        self.convs = nn.ModuleList([
+            ConvNormAct(c_in, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer) for c_in in in_chs
+        ])
+        self.join = (ConcatJoin(out_chs, first_col, len(in_chs), norm_layer=norm_layer) if join == "concat"
+                     else Join(join))
+
+    def forward(self, states: list[torch.Tensor], needed: list[bool]) -> list[torch.Tensor]:
+        outs: list[torch.Tensor] = []
+        cols: list[int] = []
+        for j, conv in enumerate(self.convs):
+            c = self.first_col + j
+            if needed[c]:
+                outs.append(conv(states[c]))
+                cols.append(c)
+        if len(outs) > 0:
+            y = self.join(outs, cols)
+            for c in range(self.first_col, self.num_columns):
+                states[c] = y
+        return states
+
+
+class FractalBlock(nn.Module):
+    """``f_C`` unrolled into 2^(C-1) steps with flat joins, then 2x2 max-pool and optional dropout."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            num_columns: int,
+            join: str = "mean",
+            dropout: float = 0.0,
+            downsample: bool = True,
+            norm_layer: Any = nn.BatchNorm2d,
+            act_layer: Any = nn.ReLU,
+    ):
+        super().__init__()
+        self.num_columns = num_columns
+        depth = 2 ** (num_columns - 1)
+        # Column c (0 = shallowest) applies one conv every span[c] steps; it joins whenever its conv ends.
+        self.spans: list[int] = [2 ** (num_columns - 1 - c) for c in range(num_columns)]
+        self.first_cols: list[int] = []
+        self.offsets: list[int] = []  # offset of each step's join inputs in the block's flat keep list
+        steps = []
+        seen = [False] * num_columns
+        n_inputs = 0
+        for d in range(1, depth + 1):
+            first = min(c for c in range(num_columns) if d % self.spans[c] == 0)
+            in_chs_step = [out_chs if seen[c] else in_chs for c in range(first, num_columns)]
+            for c in range(first, num_columns):
+                seen[c] = True
+            steps.append(FractalStep(in_chs_step, out_chs, first, num_columns, join, norm_layer, act_layer))
+            self.first_cols.append(first)
+            self.offsets.append(n_inputs)
+            n_inputs += num_columns - first
+        self.num_join_inputs = n_inputs
+        self.steps = nn.ModuleList(steps)
+        self.pool = nn.MaxPool2d(2) if downsample else nn.Identity()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.all_needed: list[list[bool]] = [[c >= first for c in range(num_columns)] for first in self.first_cols]
+        self.grad_checkpointing = False
+
+    def needed(self, keep: list[bool]) -> list[list[bool]]:
+        """Which conv units (per step, per column) feed the block output given the join inputs that are kept.
+
+        Walks the steps backwards from the last join: a join is needed if a needed conv reads it, a conv is needed
+        if its join is needed and keeps it. Everything else is skipped.
+        """
+        depth = len(self.first_cols)
+        join_needed = [False] * depth
+        join_needed[depth - 1] = True
+        out: list[list[bool]] = [[False] * self.num_columns for _ in range(depth)]
+        for d in range(depth - 1, -1, -1):
+            if join_needed[d]:
+                first = self.first_cols[d]
+                for c in range(first, self.num_columns):
+                    if keep[self.offsets[d] + c - first]:
+                        out[d][c] = True
+                        src = d - self.spans[c]
+                        if src >= 0:
+                            join_needed[src] = True
+        return out
+
+    def column_keep(self, column: int) -> list[bool]:
+        """Keep list for global drop-path: only ``column`` (0-based) survives at every join."""
+        keep: list[bool] = []
+        for first in self.first_cols:
+            for c in range(first, self.num_columns):
+                keep.append(c == column)
+        return keep
+
+    def forward(self, x: torch.Tensor, keep: Optional[list[bool]] = None) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(self._forward, x, keep)
+        return self._forward(x, keep)
+
+    def _forward(self, x: torch.Tensor, keep: Optional[list[bool]]) -> torch.Tensor:
+        needed = self.all_needed if keep is None else self.needed(keep)
+        states = [x for _ in range(self.num_columns)]
+        for d, step in enumerate(self.steps):
+            states = step(states, needed[d])
+        return self.drop(self.pool(states[self.num_columns - 1]))
+
+
+class FractalNet(nn.Module):
+    """FractalNet with flat joins, paper drop-path that skips dropped work, and the full timm model interface.
+
+    ``forward(x, column=k)`` evaluates column k (1 = shallowest) alone; :meth:`extract_column` returns it as a
+    standalone plain network.
+    """
+
+    def __init__(
+            self,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            num_blocks: int = 5,
+            num_columns: int = 4,
+            widths: Sequence[int] = (16, 32, 64, 128, 128),
+            join: str = "mean",
+            block_dropout: Optional[Sequence[float]] = None,
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            global_drop_fraction: float = 0.5,
+            global_pool: str = "avg",
+            stem: str = "none",
+            stem_width: int = 64,
+            downsample_last: bool = True,
+            img_size: Optional[Union[int, Sequence[int]]] = None,
+            init: str = "xavier",
+            norm_layer: Any = "batchnorm2d",
+            act_layer: Any = "relu",
+            **kwargs: Any,
+    ):
+        """
+        Args:
+            num_classes: classifier outputs (0 for none).
+            in_chans: input image channels.
+            num_blocks: B, number of fractal blocks (each followed by a 2x2 max-pool).
+            num_columns: C, columns per block; the longest path of a block has 2^(C-1) conv units.
+            widths: channels of every conv unit in each block (length B).
+            join: 'mean' (paper), 'sum', 'max' or 'concat' (+ 1x1 projection).
+            block_dropout: dropout after each block (length B); the paper uses (0, .1, .2, .3, .4) with drop-path.
+            drop_rate: dropout before the classifier (timm's ``--drop``).
+            drop_path_rate: local drop-path rate p, the probability of dropping each join input (timm's
+                ``--drop-path``; the paper uses 0.15). 0 disables drop-path entirely.
+            global_drop_fraction: share of mini-batches that use global drop-path when drop-path is on (paper 0.5).
+            global_pool: timm global pool type ('avg', 'max', '' for none, ...).
+            stem: 'none' (CIFAR: blocks see the image) or 'resnet' (ImageNet: 7x7/2 conv + 3x3/2 max-pool).
+            stem_width: channels of the resnet stem.
+            downsample_last: pool after the last block too (CIFAR layout) or not (ImageNet layout).
+            img_size: if given, checked to survive all the pooling (one int or (H, W)).
+            init: 'xavier' (paper) or 'kaiming'.
+        """
+        super().__init__()
+        if kwargs:
+            raise TypeError(f"FractalNet got unexpected arguments: {sorted(kwargs)}")
+        if not isinstance(num_blocks, int) or num_blocks < 1:
+            raise ValueError(f"num_blocks={num_blocks!r} must be an integer >= 1")
+        if not isinstance(num_columns, int) or not 1 <= num_columns <= 10:
+            raise ValueError(f"num_columns={num_columns!r} must be an integer in [1, 10]")
+        widths = tuple(widths)
+        if len(widths) != num_blocks or not all(isinstance(w, int) and w >= 1 for w in widths):
+            raise ValueError(f"widths={widths!r} must be {num_blocks} positive integers (one per block)")
+        if join not in JOIN_TYPES:
+            raise ValueError(f"join={join!r} is not one of {JOIN_TYPES}")
+        if init not in INIT_TYPES:
+            raise ValueError(f"init={init!r} is not one of {INIT_TYPES}")
+        if stem not in STEM_TYPES:
+            raise ValueError(f"stem={stem!r} is not one of {STEM_TYPES}")
+        block_dropout = tuple(block_dropout) if block_dropout is not None else (0.0,) * num_blocks
+        if len(block_dropout) != num_blocks:
+            raise ValueError(f"block_dropout={block_dropout!r} must have {num_blocks} entries (one per block)")
+        for i, p in enumerate(block_dropout):
+            _check_rate(f"block_dropout[{i}]", p)
+        _check_rate("drop_rate", drop_rate)
+        _check_rate("drop_path_rate", drop_path_rate)
+        _check_rate("global_drop_fraction", global_drop_fraction, closed_top=True)
+
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_blocks = num_blocks
+        self.num_columns = num_columns
+        self.widths = widths
+        self.join = join
+        self.drop_rate = drop_rate
+        self.drop_path_rate = drop_path_rate
+        self.global_drop_fraction = global_drop_fraction
+        self.grad_checkpointing = False
+        norm_act_layer = get_norm_act_layer(norm_layer, act_layer)
+
+        if stem == "resnet":
+            self.stem = nn.Sequential(
+                ConvNormAct(in_chans, stem_width, 7, stride=2, norm_layer=norm_act_layer),
+                nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+            )
+            prev_chs, reduction = stem_width, 4
+            self.feature_info = [dict(num_chs=stem_width, reduction=2, module="stem.0")]
+        else:
+            self.stem = nn.Identity()
+            prev_chs, reduction = in_chans, 1
+            self.feature_info = []
+        blocks = []
+        for i, (width, p) in enumerate(zip(widths, block_dropout)):
+            downsample = downsample_last or i < num_blocks - 1
+            blocks.append(FractalBlock(prev_chs, width, num_columns, join=join, dropout=p, downsample=downsample,
+                                       norm_layer=norm_act_layer, act_layer=act_layer))
+            reduction *= 2 if downsample else 1
+            prev_chs = width
+            self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"blocks.{i}"))
+        self.blocks = nn.Sequential(*blocks)
+        self.min_input_size = (4 if stem == 'resnet' else 1) * 2 ** (num_blocks if downsample_last else num_blocks - 1)
+        if img_size is not None:
+            hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+            if min(hw) < self.min_input_size:
+                raise ValueError(f"img_size={img_size!r} is too small for {num_blocks} blocks of 2x2 pooling; "
+                                 f"the input must be at least {self.min_input_size}x{self.min_input_size}")
+        self.num_features = self.head_hidden_size = prev_chs
+        self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self._build_plan_tables()
+        self._init_weights(init)
+
+    def _init_weights(self, init: str) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if init == "xavier":
+                    nn.init.xavier_uniform_(m.weight)
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ---- timm interface -------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^stem", blocks=r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.steps\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for block in self.blocks:
+            block.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    # ---- drop-path ------------------------------------------------------------------------------------------
+    def _build_plan_tables(self) -> None:
+        """Plain-list copies of each block's step layout, so sampling a plan touches no module (TorchScript)."""
+        self.step_first_cols: list[list[int]] = [list(block.first_cols) for block in self.blocks]
+        self.column_keeps: list[list[list[bool]]] = [
+            [block.column_keep(c) for block in self.blocks] for c in range(self.num_columns)
+        ]
+
+    def _plan(self, x: torch.Tensor, column: Optional[int]) -> Optional[list[list[bool]]]:
+        """Per-block keep lists for this forward pass; None means every path is active.
+
+        ``isinstance`` rather than ``is not None``: FX turns an unused ``column`` argument into a proxy, which must
+        select the full network.
+        """
+        if isinstance(column, int):
+            if column < 1 or column > self.num_columns:
+                raise ValueError(f"column={column} is outside 1..{self.num_columns}")
+            return self.column_keeps[column - 1]
+        if not self.training or self.drop_path_rate <= 0.0:
+            return None
+        return self._sample_plan(x.device)
+
+    def _sample_plan(self, device: torch.device) -> list[list[bool]]:
+        """Draw one mini-batch's drop-path sample: all random numbers in one call on ``device``, read back once."""
+        num_inputs = 0
+        num_joins = 0
+        for firsts in self.step_first_cols:
+            num_joins += len(firsts)
+            for first in firsts:
+                num_inputs += self.num_columns - first
+        u: list[float] = torch.rand(2 + num_inputs + num_joins, device=device).tolist()
+        if u[0] < self.global_drop_fraction:
+            return self.column_keeps[min(int(u[1] * self.num_columns), self.num_columns - 1)]
+        plan: list[list[bool]] = []
+        pos = 2
+        join_pos = 2 + num_inputs
+        for firsts in self.step_first_cols:
+            keep: list[bool] = []
+            for first in firsts:
+                n = self.num_columns - first
+                step_keep: list[bool] = []
+                survivors = 0
+                for i in range(n):
+                    k = u[pos + i] >= self.drop_path_rate
+                    step_keep.append(k)
+                    survivors += int(k)
+                if survivors == 0:  # at least one input of every join survives
+                    step_keep[min(int(u[join_pos] * n), n - 1)] = True
+                keep.extend(step_keep)
+                pos += n
+                join_pos += 1
+            plan.append(keep)
+        return plan
+
+    # ---- forward --------------------------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        if isinstance(x, torch.Tensor) and x.dim() == 4 and min(x.shape[-2], x.shape[-1]) < self.min_input_size:
+            raise ValueError(f"input of size {tuple(x.shape[-2:])} is too small for {self.num_blocks} blocks of 2x2 "
+                             f"pooling; it must be at least {self.min_input_size}x{self.min_input_size}")
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, list[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+            column: Optional[int] = None,
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Forward features that also returns the output of each block (indices as in timm)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW'")
+        if not torch.jit.is_scripting():
+            self._check_input(x)
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        plan = self._plan(x, column)
+        x = self.stem(x)
+        last = max_index if stop_early else len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if i > last:
+                break
+            x = block(x, None if plan is None else plan[i])
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, list[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the blocks (and head) after the last requested intermediate."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        self._build_plan_tables()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor, column: Optional[int] = None) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self._check_input(x)
+        plan = self._plan(x, column)
+        x = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if plan is None else plan[i])
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor, column: Optional[int] = None) -> torch.Tensor:
+        x = self.forward_features(x, column)
+        return self.forward_head(x)
+
+    # ---- anytime --------------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def extract_column(self, column: int) -> FractalColumn:
+        """Column ``column`` (1 = shallowest) as a standalone plain network sharing no tensors with this one."""
+        return FractalColumn(self, column)
+
+
+class FractalColumn(nn.Module):
+    """One column of a FractalNet as a plain network (no joins): the anytime subnetwork of the paper.
+
+    Its outputs equal ``parent(x, column=k)``. Its batch-norm statistics are the parent's, gathered on joined inputs;
+    :func:`fractal_space.anytime.reestimate_bn_stats` re-estimates them for the column alone.
+    """
+
+    def __init__(self, parent: FractalNet, column: int):
+        super().__init__()
+        if not 1 <= column <= parent.num_columns:
+            raise ValueError(f"column={column} is outside 1..{parent.num_columns}")
+        c = column - 1
+        self.column = column
+        self.num_classes = parent.num_classes
+        self.num_features = parent.num_features
+        self.stem = copy.deepcopy(parent.stem)
+        blocks = []
+        for block in parent.blocks:
+            layers: list[nn.Module] = []
+            for step in block.steps:
+                if c >= step.first_col:
+                    layers.append(copy.deepcopy(step.convs[c - step.first_col]))
+                    if isinstance(step.join, ConcatJoin):
+                        layers.append(_ConcatSlice(step.join, c))
+            layers += [copy.deepcopy(block.pool), copy.deepcopy(block.drop)]
+            blocks.append(nn.Sequential(*layers))
+        self.blocks = nn.Sequential(*blocks)
+        self.head = copy.deepcopy(parent.head)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class _ConcatSlice(nn.Module):
+    """A concat join seen by a single column: its slice of the 1x1 projection, then the join's BN."""
+
+    def __init__(self, join: ConcatJoin, column: int):
+        super().__init__()
+        lo = (column - join.first_col) * join.width
+        self.proj = nn.Conv2d(join.width, join.width, kernel_size=1, bias=False)
+        with torch.no_grad():
+            self.proj.weight.copy_(join.proj.weight[:, lo:lo + join.width])
+        self.bn = copy.deepcopy(join.bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.proj(x))
+
+
+def _create_fractalnet(variant: str, pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    return build_model_with_cfg(
+        FractalNet,
+        variant,
+        pretrained,
+        feature_cfg=dict(feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": url,
+        "num_classes": 10,
+        "input_size": (3, 32, 32),
+        "pool_size": (1, 1),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": CIFAR10_MEAN,
+        "std": CIFAR10_STD,
+        "classifier": "head.fc",
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:1605.07648",
+        "paper_name": "FractalNet: Ultra-Deep Neural Networks without Residuals",
+        **kwargs,
+    }
+
+
+def _first_convs(num_columns: int) -> tuple[str, ...]:
+    """In the CIFAR layout every column's first conv reads the image; timm adapts all of them to ``in_chans``.
+
+    Column c (0 = shallowest) first acts at step 2^(C-1-c), where it is the shallowest column of the step.
+    """
+    return tuple(f"blocks.0.steps.{2 ** (num_columns - 1 - c) - 1}.convs.0.conv" for c in range(num_columns))
+
+
+default_cfgs = generate_default_cfgs({
+    **{f"fractalnet_c{c}.untrained": _cfg(first_conv=_first_convs(c)) for c in range(1, 7)},
+    "fractalnet20_cifar.untrained": _cfg(first_conv=_first_convs(3)),
+    "fractalnet40_cifar.untrained": _cfg(first_conv=_first_convs(4)),
+    "fractalnet34.untrained": _cfg(
+        num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="stem.0.conv",
+    ),
+})
+
+REDUCED_WIDTHS = (16, 32, 64, 128, 128)
+PAPER_WIDTHS = (64, 128, 256, 512, 512)
+
+
+def _reduced(num_columns: int, pretrained: bool, **kwargs: Any) -> FractalNet:
+    args = dict(num_blocks=5, num_columns=num_columns, widths=REDUCED_WIDTHS)
+    return _create_fractalnet(f"fractalnet_c{num_columns}", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def fractalnet_c1(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """FractalNet B=5, C=1 (5 layers), reduced widths 16-128 (paper Tables 3/4)."""
+    return _reduced(1, pretrained, **kwargs)
+
+
+@register_model
+def fractalnet_c2(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """FractalNet B=5, C=2 (10 layers), reduced widths 16-128 (paper Tables 3/4)."""
+    return _reduced(2, pretrained, **kwargs)
+
+
+@register_model
+def fractalnet_c3(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """FractalNet B=5, C=3 (20 layers), reduced widths 16-128 (paper Tables 3/4)."""
+    return _reduced(3, pretrained, **kwargs)
+
+
+@register_model
+def fractalnet_c4(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """FractalNet B=5, C=4 (40 layers), reduced widths 16-128 (paper Tables 3/4)."""
+    return _reduced(4, pretrained, **kwargs)
+
+
+@register_model
+def fractalnet_c5(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """FractalNet B=5, C=5 (80 layers), reduced widths 16-128 (paper Table 3)."""
+    return _reduced(5, pretrained, **kwargs)
+
+
+@register_model
+def fractalnet_c6(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """FractalNet B=5, C=6 (160 layers), reduced widths 16-128 (paper Table 3)."""
+    return _reduced(6, pretrained, **kwargs)
+
+
+@register_model
+def fractalnet20_cifar(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """The paper's 20-layer CIFAR/SVHN FractalNet: B=5, C=3, widths 64-512 (33.7M params plain layout)."""
+    args = dict(num_blocks=5, num_columns=3, widths=PAPER_WIDTHS)
+    return _create_fractalnet("fractalnet20_cifar", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def fractalnet40_cifar(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """40-layer CIFAR FractalNet: B=5, C=4 at widths 32-256, a uniform-width stand-in for the paper's 22.9M net."""
+    args = dict(num_blocks=5, num_columns=4, widths=(32, 64, 128, 256, 256))
+    return _create_fractalnet("fractalnet40_cifar", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def fractalnet34(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """ImageNet FractalNet-34: ResNet-34 stem and head around B=4 blocks of C=4 columns, widths 128-1024."""
+    args = dict(num_blocks=4, num_columns=4, widths=(128, 256, 512, 1024), stem="resnet", downsample_last=False)
+    return _create_fractalnet("fractalnet34", pretrained, **dict(args, **kwargs))
