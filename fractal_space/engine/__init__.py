@@ -1,0 +1,15 @@
+"""The training engine: one loop (``Trainer``) for search trials, baselines, benchmarks and the command line."""
+
+from fractal_space.engine.config import TrainConfig
+from fractal_space.engine.trainer import (
+    ColumnReport,
+    EpochReport,
+    EvalReport,
+    Trainer,
+    TrainingDiverged,
+    lr_factor,
+    train,
+)
+
+__all__ = ["ColumnReport", "EpochReport", "EvalReport", "TrainConfig", "Trainer", "TrainingDiverged", "lr_factor",
+           "train"]

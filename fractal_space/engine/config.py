@@ -1,0 +1,84 @@
+"""The one training recipe every caller (search, baselines, benchmarks, CLI) fills in; defaults are the paper's."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fractal_space.data import AUGMENTS
+
+SCHEDULES = ("paper", "cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """A JSON-serialisable training run: model, data, recipe and where to write checkpoints and metrics."""
+
+    model: str = "fractalnet_c3"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "paper"
+    label_smoothing: float = 0.0
+    augment: str = "+"
+    train_subset: int | None = None
+    val_size: int = 5000
+    val_seed: int = 0
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool = True
+    num_threads: int | None = None
+    out_dir: str | None = None
+    eval_columns: bool = True
+    bn_batches: int = 10
+    progress: bool = True
+    download: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject bad values up front with a one-line message naming the field and the value."""
+        checks = [
+            (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.lr > 0, "lr", "must be > 0"),
+            (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}"),
+            (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
+            (self.augment in AUGMENTS, "augment", f"must be one of {AUGMENTS}"),
+            (self.train_subset is None or self.train_subset >= 1, "train_subset", "must be >= 1 or None"),
+            (self.val_size >= 0, "val_size", "must be >= 0"),
+            (self.device in DEVICES or self.device.startswith("cuda:"), "device", f"must be one of {DEVICES}"),
+            (self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or None"),
+            (self.bn_batches >= 1, "bn_batches", "must be >= 1"),
+            (isinstance(self.model_kwargs, dict), "model_kwargs", "must be a dict"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig.{name} {rule}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a dict (e.g. a search trial or a saved config); unknown keys are an error, not ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+# Fields that define what is trained; a checkpoint may only be resumed by a config that agrees on all of them.
+RECIPE_FIELDS = ("model", "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+                 "schedule", "label_smoothing", "augment", "train_subset", "val_size", "val_seed", "seed")

@@ -1,0 +1,327 @@
+"""The one training loop: search trials, baselines, benchmarks and the CLI all run through ``Trainer``.
+
+``Trainer.epochs()`` yields one ``EpochReport`` per epoch so callers can report, prune or stop; every epoch is
+validated, logged to ``metrics.jsonl`` and checkpointed before it is yielded, so stopping (or a crash) never loses
+a finished epoch and a new ``Trainer`` on the same ``out_dir`` continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fractal_space.data import BatchLoader, load_splits
+from fractal_space.engine.checkpoint import load_checkpoint, save_checkpoint
+from fractal_space.engine.config import RECIPE_FIELDS, TrainConfig
+from fractal_space.metrics import count_flops, count_params, measure_latency
+
+METRICS_FILE = "metrics.jsonl"
+EVAL_BATCH = 500
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; training further would only produce garbage."""
+
+
+@dataclass
+class ColumnReport:
+    """One FractalNet column evaluated alone (with its own re-estimated batch-norm statistics)."""
+
+    column: int
+    val_acc: float
+    latency_ms: float
+
+
+@dataclass
+class EpochReport:
+    """What one epoch produced; accuracies are fractions in [0, 1], ``lr`` the epoch's last step's learning rate,
+    ``latency_ms`` the full model's per-image latency at batch 1."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    train_images_per_s: float
+    epoch_seconds: float
+    latency_ms: float
+    columns: list[ColumnReport] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EpochReport:
+        return cls(**{**values, "columns": [ColumnReport(**c) for c in values.get("columns", [])]})
+
+
+@dataclass
+class EvalReport:
+    """Accuracy and loss of the full model on one split, plus per-column results for FractalNet.
+
+    ``columns[i].val_acc`` is the column's accuracy on the split this report is for (the test split for ``test()``).
+    """
+
+    loss: float
+    acc: float
+    latency_ms: float
+    columns: list[ColumnReport] = field(default_factory=list)
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` in [0, 1) of all steps.
+
+    ``paper``: divide by 10 each time the remaining epochs halve (at 1/2, 3/4, 7/8, 15/16 of training, i.e.
+    epochs 200, 300, 350, 375 of 400); ``cosine``: half-cosine to zero; ``constant``: 1.
+    """
+    if schedule == "paper":
+        return 0.1 ** sum(progress >= 1 - 2.0**-k for k in range(1, 5))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def _tensorboard_writer(out_dir: Path) -> Any:
+    """A TensorBoard writer when the ``tensorboard`` package is installed; metrics.jsonl is always written."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+class Trainer:
+    """Builds data, model, optimizer and schedule from a ``TrainConfig``; resumes from ``cfg.out_dir`` if possible."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        cfg.validate()
+        if not timm.is_model(cfg.model):
+            raise ValueError(f"unknown model {cfg.model!r}; see timm.list_models() (fractal_space registers "
+                             f"fractalnet_* and the *_cifar baselines)")
+        self.cfg = cfg
+        self.device = _resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
+        torch.manual_seed(cfg.seed)
+        self.data = load_splits(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.train_subset, cfg.val_seed,
+                                cfg.download)
+        self.input_size = (self.data.in_chans, *self.data.image_size)
+        self.model: nn.Module = timm.create_model(cfg.model, num_classes=self.data.num_classes,
+                                                  in_chans=self.data.in_chans, **cfg.model_kwargs).to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        self.num_params = count_params(self.model)
+        self.flops = count_flops(self.model, self.input_size)
+        self.num_columns = int(getattr(self.model, "num_columns", 0))
+
+        loader = dict(norm=self.data.norm, device=self.device, channels_last=cfg.channels_last)
+        self.train_loader = BatchLoader(self.data.train, batch_size=cfg.batch_size, augment=cfg.augment, shuffle=True,
+                                        seed=cfg.seed, drop_last=len(self.data.train) >= cfg.batch_size, **loader)
+        self.val_loader = BatchLoader(self.data.val, batch_size=EVAL_BATCH, **loader)
+        self.test_loader = BatchLoader(self.data.test, batch_size=EVAL_BATCH, **loader) if self.data.test else None
+        # Batch-norm re-estimation for a column uses un-augmented training images, never validation images.
+        self.bn_loader = BatchLoader(self.data.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, **loader)
+
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        total_steps = cfg.epochs * len(self.train_loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(cfg.schedule, step / total_steps))
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+        self.epoch = 0
+        self.history: list[EpochReport] = []
+        self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+        self.tensorboard = None
+        if self.out_dir is not None:
+            self._resume(self.out_dir)
+            self.tensorboard = _tensorboard_writer(self.out_dir)
+
+    def _autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def _resume(self, out_dir: Path) -> None:
+        state = load_checkpoint(out_dir, self.model)
+        if state is None:
+            return
+        saved = state["config"]
+        differ = [k for k in RECIPE_FIELDS if saved.get(k) != getattr(self.cfg, k)]
+        if differ:
+            raise ValueError(f"checkpoint in {out_dir} was written by a different recipe ({', '.join(differ)} differ);"
+                             f" use a new out_dir or the same settings to resume")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        self.epoch = state["epoch"]
+        metrics = out_dir / METRICS_FILE
+        if metrics.exists():  # drop lines of an epoch that was logged but never checkpointed
+            lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            self.history = [EpochReport.from_dict(r) for r in lines if r["epoch"] <= self.epoch]
+            metrics.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in self.history))
+
+    def epochs(self) -> Iterator[EpochReport]:
+        """Train until ``cfg.epochs`` epochs are done, yielding a validated, checkpointed report after each."""
+        while self.epoch < self.cfg.epochs:
+            start = time.perf_counter()
+            train_loss, train_acc, images_per_s, lr = self._train_epoch(self.epoch + 1)
+            val = self.evaluate("val", columns=self.cfg.eval_columns)
+            self.epoch += 1
+            report = EpochReport(self.epoch, train_loss, train_acc, val.loss, val.acc, lr, images_per_s,
+                                 time.perf_counter() - start, val.latency_ms, val.columns)
+            self.history.append(report)
+            if self.out_dir is not None:
+                self._save(report)
+            yield report
+
+    def _save(self, report: EpochReport) -> None:
+        assert self.out_dir is not None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(report.to_dict()) + "\n")
+        state = {"config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "rng": torch.get_rng_state()}
+        save_checkpoint(self.out_dir, self.epoch, self.model, state)
+        if self.tensorboard is not None:
+            for key, value in report.to_dict().items():
+                if isinstance(value, float):
+                    self.tensorboard.add_scalar(key, value, report.epoch)
+            for column in report.columns:
+                self.tensorboard.add_scalar(f"column_{column.column}/val_acc", column.val_acc, report.epoch)
+            self.tensorboard.flush()
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float, float, float]:
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.cfg.epochs}", disable=not self.cfg.progress,
+                   leave=False, dynamic_ncols=True)
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(bar, 1):
+            with self._autocast():
+                logits = self.model(x)
+                loss = self.criterion(logits, y)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss became {value} at epoch {epoch}, step {step} (lr "
+                                       f"{self.scheduler.get_last_lr()[0]:.3g}); the last checkpoint is kept, "
+                                       f"lower the learning rate")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step()
+            total_loss += value * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            if self.cfg.progress:
+                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        seconds = time.perf_counter() - start
+        return total_loss / seen, correct / seen, seen / seconds, lr
+
+    @torch.no_grad()
+    def _accuracy(self, model: nn.Module, loader: BatchLoader, **forward_kwargs: Any) -> tuple[float, float]:
+        model.eval()
+        total_loss, correct, seen = 0.0, 0, 0
+        for x, y in loader:
+            with self._autocast():
+                logits = model(x, **forward_kwargs)
+            total_loss += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        return (total_loss / seen, correct / seen) if seen else (math.nan, math.nan)
+
+    def evaluate(self, split: str = "val", columns: bool = True) -> EvalReport:
+        """Full-model loss/accuracy on ``split`` (``val``/``test``); with ``columns``, every FractalNet column too.
+
+        A column is evaluated on a copy of the model whose batch-norm statistics are re-estimated through that
+        column alone (``bn_batches`` training batches), so the full model's statistics stay untouched.
+        """
+        loader = {"val": self.val_loader, "test": self.test_loader}.get(split)
+        if loader is None:
+            raise ValueError(f"no {split!r} split for dataset {self.cfg.dataset!r}")
+        loss, acc = self._accuracy(self.model, loader)
+        report = EvalReport(loss, acc, measure_latency(self.model, self.input_size))
+        if columns and self.num_columns:
+            from fractal_space.anytime import reestimate_bn_stats
+
+            bn_inputs = [x for x, _ in itertools.islice(self.bn_loader, self.cfg.bn_batches)]
+            for k in range(1, self.num_columns + 1):
+                column_model = copy.deepcopy(self.model)
+                reestimate_bn_stats(column_model, bn_inputs, column=k)
+                _, col_acc = self._accuracy(column_model, loader, column=k)
+                latency = measure_latency(column_model, self.input_size, column=k)
+                report.columns.append(ColumnReport(k, col_acc, latency))
+        self.model.train()
+        return report
+
+    def test(self) -> EvalReport:
+        """Test-set accuracy (+ per-column for FractalNet); for final reporting only, never for selection."""
+        return self.evaluate("test", columns=self.cfg.eval_columns)
+
+
+def train(cfg: TrainConfig, callbacks: Sequence[Callable[[EpochReport], None]] = ()) -> dict[str, Any]:
+    """Train to the end (resuming if possible), evaluate on the test set and return a JSON-ready summary.
+
+    With ``cfg.out_dir`` the summary is also written to ``summary.json`` there.
+    """
+    start = time.perf_counter()
+    trainer = Trainer(cfg)
+    for report in trainer.epochs():
+        for callback in callbacks:
+            callback(report)
+    test = trainer.test()
+    last = trainer.history[-1] if trainer.history else None
+    summary = {
+        "config": cfg.to_dict(),
+        "num_params": trainer.num_params,
+        "flops": trainer.flops,
+        "epochs": trainer.epoch,
+        "val_acc": last.val_acc if last else math.nan,
+        "val_loss": last.val_loss if last else math.nan,
+        "test_acc": test.acc,
+        "test_loss": test.loss,
+        "latency_ms": test.latency_ms,
+        "columns": [{"column": c.column, "test_acc": c.val_acc, "latency_ms": c.latency_ms} for c in test.columns],
+        "val_columns": [dataclasses.asdict(c) for c in last.columns] if last else [],
+        "train_images_per_s": (sum(r.train_images_per_s for r in trainer.history) / len(trainer.history)
+                               if trainer.history else math.nan),
+        "train_seconds": sum(r.epoch_seconds for r in trainer.history),
+        "wall_seconds": time.perf_counter() - start,
+    }
+    if trainer.out_dir is not None:
+        path = trainer.out_dir / "summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, path)
+    return summary
