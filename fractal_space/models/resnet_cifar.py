@@ -1,0 +1,340 @@
+"""CIFAR-style ResNets (He et al. 2016, Sec. 4.2) as timm models: the baselines FractalNet is compared against.
+
+Paper: `Deep Residual Learning for Image Recognition` - https://arxiv.org/abs/1512.03385
+
+Depth 6n+2: a 3x3 conv stem with 16 channels, then 3 stages of n basic blocks with 16/32/64 channels at strides
+1/2/2, global average pooling and a linear classifier. Two shortcut options:
+
+* ``'A'`` (default, the paper's CIFAR setting): parameter-free identity; where the shape changes the input is
+  subsampled by the stride and zero channels are appended (as in fb.resnet.torch). This gives the paper's counts:
+  ResNet-20 0.27M, ResNet-32 0.46M, ResNet-44 0.66M, ResNet-56 0.85M, ResNet-110 1.7M.
+* ``'B'``: a 1x1 conv + BN projection where the shape changes, identity elsewhere (slightly more parameters).
+
+The blocks are timm's own ``BasicBlock``; ``drop_path_rate`` is stochastic depth on the residual branches with
+timm's linear decay rule. :class:`CifarStageNet` holds the timm model contract (features, intermediates, pruning,
+head reset, grad checkpointing) shared with the CIFAR DenseNet-BC in ``densenet_cifar.py``.
+"""
+
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import (
+    ClassifierHead,
+    DropPath,
+    LayerType,
+    calculate_drop_path_rates,
+    create_conv2d,
+    get_act_layer,
+    get_norm_act_layer,
+    get_norm_layer,
+)
+from timm.models import (
+    build_model_with_cfg,
+    checkpoint_seq,
+    generate_default_cfgs,
+    register_model,
+)
+from timm.models._features import feature_take_indices
+from timm.models.resnet import BasicBlock, downsample_conv
+
+from fractal_space.models.fractalnet import CIFAR10_MEAN, CIFAR10_STD
+
+__all__ = ["CifarStageNet", "ResNetCifar", "cifar_cfg"]
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option-A shortcut: subsample by the stride and append zero channels, so the shortcut adds no parameters."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        assert out_chs >= in_chs, "option-A shortcuts can only widen"
+        self.stride = stride
+        self.pad_chs = out_chs - in_chs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.pad_chs))
+
+
+def make_shortcut(
+        in_chs: int,
+        out_chs: int,
+        stride: int,
+        shortcut_type: str,
+        norm_layer: type[nn.Module],
+) -> Optional[nn.Module]:
+    """The shortcut of a block whose shape changes (None, i.e. identity, where it does not)."""
+    if stride == 1 and in_chs == out_chs:
+        return None
+    if shortcut_type == "A":
+        return ZeroPadShortcut(in_chs, out_chs, stride)
+    if shortcut_type == "B":
+        return downsample_conv(in_chs, out_chs, kernel_size=1, stride=stride, norm_layer=norm_layer)
+    raise ValueError(f"shortcut_type must be 'A' or 'B', got {shortcut_type!r}")
+
+
+def make_stage(
+        in_chs: int,
+        out_chs: int,
+        depth: int,
+        stride: int,
+        shortcut_type: str,
+        drop_path_rates: list[float],
+        act_layer: type[nn.Module],
+        norm_layer: type[nn.Module],
+) -> nn.Sequential:
+    """One stage: ``depth`` timm basic blocks, the first one carrying the stride and the widening shortcut."""
+    blocks = []
+    for i in range(depth):
+        blocks.append(BasicBlock(
+            in_chs if i == 0 else out_chs,
+            out_chs,
+            stride=stride if i == 0 else 1,
+            downsample=make_shortcut(in_chs, out_chs, stride, shortcut_type, norm_layer) if i == 0 else None,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            drop_path=DropPath(drop_path_rates[i]) if drop_path_rates[i] > 0.0 else None,
+        ))
+    return nn.Sequential(*blocks)
+
+
+class CifarStageNet(nn.Module):
+    """stem → stages → norm_pre → head, with the timm model contract for the CIFAR baseline families.
+
+    Subclasses build the stem, the stages (an ``nn.Sequential`` of ``nn.Sequential`` stages, one feature tap per
+    stage) and the optional final norm, then hand them here; everything timm expects of a model lives here once.
+    """
+
+    def __init__(
+            self,
+            stem: nn.Module,
+            stages: nn.Sequential,
+            feature_info: list[dict[str, Any]],
+            num_classes: int,
+            in_chans: int,
+            global_pool: str,
+            drop_rate: float,
+            norm_pre: Optional[nn.Module] = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.stem = stem
+        self.stages = stages
+        self.norm_pre = norm_pre if norm_pre is not None else nn.Identity()
+        self.feature_info = feature_info
+        self.num_features = feature_info[-1]["num_chs"]
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.head_hidden_size = self.head.num_features
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise lr decay: stem, then one group per block (or per stage if coarse)."""
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.transition", (0,)),  # DenseNet transitions open their stage
+                (r"^stages\.(\d+)\.(?:block\.denselayer)?(\d+)", None),  # ResNet blocks / DenseNet layers
+                (r"^norm_pre", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of storing its activations."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer."""
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier (``num_classes=0`` removes it; ``global_pool=''`` keeps the 4-D feature map)."""
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool, in_features=self.num_features)
+        self.head_hidden_size = self.head.num_features
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, list[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Stage outputs (last n if int, all if None, else the given indices) and optionally the final features.
+
+        ``norm`` applies the final norm (DenseNet-BC only) to the last stage's output.
+        """
+        assert output_fmt in ("NCHW",), "Output shape must be NCHW."
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        x = self.stem(x)
+        last_idx = len(self.stages) - 1
+        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
+            stages = self.stages
+        else:
+            stages = self.stages[: max_index + 1]
+        feat_idx = 0
+        for feat_idx, stage in enumerate(stages):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(self.norm_pre(x) if norm and feat_idx == last_idx else x)
+        if intermediates_only:
+            return intermediates
+        if feat_idx == last_idx:
+            x = self.norm_pre(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, list[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages (and the head) that the requested intermediates do not need."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        if prune_norm or prune_end:
+            self.norm_pre = nn.Identity()  # the final norm is sized for (and only applied to) the last stage
+        self.stages = self.stages[: max_index + 1]
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map before global pooling."""
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.stages, x, flatten=True)
+        else:
+            x = self.stages(x)
+        return self.norm_pre(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pooling, dropout and classifier (``pre_logits`` stops before the classifier)."""
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        return self.forward_head(x)
+
+
+class ResNetCifar(CifarStageNet):
+    """ResNet for 32x32 inputs (He et al. 2016, Sec. 4.2): depth 6n+2 with ``depths=(n, n, n)``."""
+
+    def __init__(
+            self,
+            depths: tuple[int, ...] = (3, 3, 3),
+            channels: tuple[int, ...] = (16, 32, 64),
+            shortcut_type: str = "A",
+            num_classes: int = 10,
+            in_chans: int = 3,
+            global_pool: str = "avg",
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            act_layer: LayerType = "relu",
+            norm_layer: LayerType = "batchnorm2d",
+    ) -> None:
+        act_layer = get_act_layer(act_layer)
+        norm_act_layer = get_norm_act_layer(norm_layer, act_layer=act_layer)
+        norm_layer = get_norm_layer(norm_layer)  # timm's BasicBlock applies its activations itself
+        stem = nn.Sequential(create_conv2d(in_chans, channels[0], 3), norm_act_layer(channels[0]))
+        dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)  # per stage, per block
+        stages, feature_info = [], []
+        in_chs, reduction = channels[0], 1
+        for i, (depth, out_chs) in enumerate(zip(depths, channels, strict=True)):
+            stride = 1 if i == 0 else 2
+            reduction *= stride
+            stages.append(make_stage(
+                in_chs, out_chs, depth, stride, shortcut_type, dp_rates[i], act_layer, norm_layer))
+            feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f"stages.{i}"))
+            in_chs = out_chs
+        super().__init__(stem, nn.Sequential(*stages), feature_info, num_classes, in_chans, global_pool, drop_rate)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _create_resnet_cifar(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNetCifar:
+    """Build a registered variant through timm (pretrained weights, features_only, cfg handling)."""
+    return build_model_with_cfg(
+        ResNetCifar,
+        variant,
+        pretrained,
+        feature_cfg=dict(out_indices=(0, 1, 2), flatten_sequential=True),
+        **kwargs,
+    )
+
+
+def cifar_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
+    """Pretrained cfg for a CIFAR-10 model: 32x32 inputs, 8x8 final map, CIFAR-10 normalisation."""
+    return {
+        "url": url,
+        "num_classes": 10,
+        "input_size": (3, 32, 32),
+        "pool_size": (8, 8),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": CIFAR10_MEAN,
+        "std": CIFAR10_STD,
+        "first_conv": "stem.0",
+        "classifier": "head.fc",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "resnet20_cifar.untrained": cifar_cfg(),
+    "resnet32_cifar.untrained": cifar_cfg(),
+    "resnet44_cifar.untrained": cifar_cfg(),
+    "resnet56_cifar.untrained": cifar_cfg(),
+    "resnet110_cifar.untrained": cifar_cfg(),
+})
+
+
+@register_model
+def resnet20_cifar(pretrained: bool = False, **kwargs: Any) -> ResNetCifar:
+    """ResNet-20 (n=3, 0.27M parameters)."""
+    model_args = dict(depths=(3, 3, 3))
+    return _create_resnet_cifar("resnet20_cifar", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet32_cifar(pretrained: bool = False, **kwargs: Any) -> ResNetCifar:
+    """ResNet-32 (n=5, 0.46M parameters)."""
+    model_args = dict(depths=(5, 5, 5))
+    return _create_resnet_cifar("resnet32_cifar", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet44_cifar(pretrained: bool = False, **kwargs: Any) -> ResNetCifar:
+    """ResNet-44 (n=7, 0.66M parameters)."""
+    model_args = dict(depths=(7, 7, 7))
+    return _create_resnet_cifar("resnet44_cifar", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet56_cifar(pretrained: bool = False, **kwargs: Any) -> ResNetCifar:
+    """ResNet-56 (n=9, 0.85M parameters)."""
+    model_args = dict(depths=(9, 9, 9))
+    return _create_resnet_cifar("resnet56_cifar", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet110_cifar(pretrained: bool = False, **kwargs: Any) -> ResNetCifar:
+    """ResNet-110 (n=18, 1.7M parameters)."""
+    model_args = dict(depths=(18, 18, 18))
+    return _create_resnet_cifar("resnet110_cifar", pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,222 @@
+"""The timm model contract, checked the way timm's own test-suite does, for every model family of this project.
+
+Each model in ``CONTRACT_MODELS`` must behave like a timm model everywhere timm (and our engine) touches it:
+pretrained cfg, heads, features, intermediates, pruning, grad checkpointing, TorchScript, FX and weight loading.
+Inputs are 32x32, batch 2, and only the smallest variant of each family is listed, to keep this fast on 2 cores.
+"""
+
+import copy
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models import create_feature_extractor, get_graph_node_names, group_parameters
+
+import fractal_space  # noqa: F401  (registers the models)
+
+CONTRACT_MODELS = [
+    "resnet20_cifar",
+    "densenet_bc100_cifar",
+]
+# constructor overrides that shrink a model for these checks (the contract is the code's, not the depth's)
+SMALL_KWARGS = {"densenet_bc100_cifar": dict(block_depth=2)}
+# models without residual branches take no drop_path_rate (timm's own DenseNet does not either)
+NO_DROP_PATH = {"densenet_bc100_cifar"}
+
+BATCH = 2
+torch.manual_seed(0)
+
+
+def _create(name: str, **kwargs) -> torch.nn.Module:
+    """The registered model, shrunk by ``SMALL_KWARGS`` where listed."""
+    return timm.create_model(name, **{**SMALL_KWARGS.get(name, {}), **kwargs})
+
+
+def _input(model: torch.nn.Module) -> torch.Tensor:
+    """A random batch of the model's default input size."""
+    return torch.randn(BATCH, *model.pretrained_cfg["input_size"])
+
+
+def _assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(params=CONTRACT_MODELS)
+def name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_pretrained_cfg_matches_model(name: str) -> None:
+    model = _create(name).eval()
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (3, 32, 32)
+    assert len(cfg["mean"]) == len(cfg["std"]) == 3
+    assert cfg["num_classes"] == model.num_classes
+    first_convs = [cfg["first_conv"]] if isinstance(cfg["first_conv"], str) else cfg["first_conv"]
+    for conv_name in first_convs:  # timm adapts these to in_chans
+        conv = model.get_submodule(conv_name)
+        assert isinstance(conv, torch.nn.Conv2d) and conv.in_channels == 3
+    assert model.get_submodule(cfg["classifier"]) is model.get_classifier()
+    with torch.no_grad():
+        feats = model.forward_features(_input(model))
+    assert tuple(feats.shape[-2:]) == tuple(cfg["pool_size"])
+    assert feats.shape[1] == model.num_features
+
+
+def test_constructor_args_and_heads(name: str) -> None:
+    model = _create(name, in_chans=1, num_classes=7, drop_rate=0.2, global_pool="catavgmax").eval()
+    x = torch.randn(BATCH, 1, 32, 32)
+    with torch.no_grad():
+        assert model(x).shape == (BATCH, 7)
+        feats = model.forward_features(x)
+        pre_logits = model.forward_head(feats, pre_logits=True)
+    assert pre_logits.shape == (BATCH, model.head_hidden_size)
+    assert model.head_hidden_size == 2 * model.num_features  # catavgmax concatenates avg and max
+
+
+def test_reset_classifier(name: str) -> None:
+    model = _create(name).eval()
+    x = _input(model)
+    model.reset_classifier(5)
+    assert model.num_classes == 5 and model.get_classifier().out_features == 5
+    with torch.no_grad():
+        assert model(x).shape == (BATCH, 5)
+        model.reset_classifier(0)
+        assert model(x).shape == (BATCH, model.num_features)
+        model.reset_classifier(0, "")
+        out = model(x)
+        _assert_close(out, model.forward_features(x))
+    assert out.ndim == 4
+
+
+def test_backward_reaches_every_parameter(name: str) -> None:
+    model = _create(name, num_classes=42).train()
+    out = model(_input(model))
+    assert out.shape == (BATCH, 42)
+    out.mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+def test_group_matcher_covers_every_parameter(name: str) -> None:
+    model = _create(name)
+    all_names = sorted(n for n, _ in model.named_parameters())
+    sizes = {}
+    for coarse in (True, False):
+        groups = group_parameters(model, model.group_matcher(coarse=coarse))
+        assert sorted(n for names in groups.values() for n in names) == all_names
+        head = [n for n in all_names if n.startswith(model.pretrained_cfg["classifier"] + ".")]
+        assert head and set(head) <= set(groups[max(groups)])  # the classifier is the last group (layer decay)
+        sizes[coarse] = len(groups)
+    assert sizes[True] >= 3 and sizes[False] > sizes[True]
+
+
+def test_grad_checkpointing_gives_same_outputs_and_grads(name: str) -> None:
+    torch.manual_seed(0)
+    model = _create(name).train()
+    ckpt = copy.deepcopy(model)
+    ckpt.set_grad_checkpointing(True)
+    x = _input(model)
+    with torch.no_grad():  # before training: the recomputed forward updates batch-norm statistics a second time
+        _assert_close(model.eval().forward_intermediates(x)[0], ckpt.eval().forward_intermediates(x)[0])
+    results = []
+    for m in (model.train(), ckpt.train()):
+        out = m(x)
+        out.sum().backward()
+        results.append((out, [p.grad for p in m.parameters()]))
+    _assert_close(results[0][0], results[1][0])
+    for g, g_ckpt in zip(results[0][1], results[1][1], strict=True):
+        _assert_close(g, g_ckpt)
+
+
+def test_forward_intermediates(name: str) -> None:
+    model = _create(name).eval()
+    x = _input(model)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        _assert_close(final, model.forward_features(x))
+        assert len(intermediates) == len(model.feature_info)
+        for feat, info in zip(intermediates, model.feature_info, strict=True):
+            assert feat.shape == (BATCH, info["num_chs"], 32 // info["reduction"], 32 // info["reduction"])
+        only = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert len(only) == 2
+        for a, b in zip(only, intermediates[-2:], strict=True):
+            _assert_close(a, b)
+        first = model.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)
+        _assert_close(first[0], intermediates[0])
+
+
+def test_prune_intermediate_layers(name: str) -> None:
+    model = _create(name).eval()
+    x = _input(model)
+    with torch.no_grad():
+        full = model.forward_intermediates(x, intermediates_only=True)
+        kept = model.prune_intermediate_layers(indices=[0, 1])
+        assert kept == [0, 1]
+        pruned = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+        for a, b in zip(pruned, full[:2], strict=True):
+            _assert_close(a, b)
+        # features now end at the last kept tap and the head is gone: forward returns that feature map
+        _assert_close(model(x), full[1])
+    assert model.num_features == model.feature_info[1]["num_chs"]
+
+
+def test_features_only(name: str) -> None:
+    x = torch.randn(BATCH, 3, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        expected = _create(name).eval().forward_intermediates(x, intermediates_only=True)
+        for extractor in ({}, {"feature_cls": "fx"}):  # timm's default module wrapper and its FX-graph extractor
+            torch.manual_seed(0)  # same seed, same weights
+            model = _create(name, features_only=True, **extractor).eval()
+            feats = model(x)
+            assert len(feats) >= 3
+            assert [f.shape[1] for f in feats] == model.feature_info.channels()
+            assert [32 // f.shape[-1] for f in feats] == model.feature_info.reduction()
+            for a, b in zip(feats, expected, strict=True):
+                _assert_close(a, b)
+
+
+def test_torchscript_matches_eager(name: str) -> None:
+    model = _create(name).eval()
+    scripted = torch.jit.script(model)
+    x = _input(model)
+    with torch.no_grad():
+        _assert_close(scripted(x), model(x))
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_fx_trace_matches_eager(name: str, train: bool) -> None:
+    model = _create(name).train(train)
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    fx_model = create_feature_extractor(model, [(train_nodes if train else eval_nodes)[-1]]).train(train)
+    x = _input(model)
+    with torch.no_grad():
+        (fx_out,) = fx_model(x).values()
+        _assert_close(fx_out, model(x))
+
+
+def test_drop_path_is_stochastic_only_in_training(name: str) -> None:
+    if name in NO_DROP_PATH:
+        with pytest.raises(TypeError):
+            _create(name, drop_path_rate=0.1)
+        return
+    model = _create(name, drop_path_rate=0.5)
+    x = _input(model)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = model.train()(x)
+        torch.manual_seed(1)
+        assert not torch.allclose(a, model(x))
+        _assert_close(model.eval()(x), model(x))
+
+
+def test_safetensors_weights_load_through_pretrained_cfg(name: str, tmp_path) -> None:
+    model = _create(name).eval()
+    path = tmp_path / "weights.safetensors"
+    save_file(model.state_dict(), str(path))
+    loaded = _create(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = _input(model)
+    with torch.no_grad():
+        _assert_close(loaded(x), model(x))
