@@ -1,0 +1,196 @@
+"""``python search/run.py`` / ``python -m fractal_space.search``: the whole search from one command.
+
+Everything the user can get wrong (dataset, models, backend, storage, space file, objective) is checked before
+the first trial and reported as one line with a non-zero exit; a re-run of the same command resumes the study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fractal_space.search.settings import SearchSettings
+from fractal_space.search.trial import OBJECTIVES, Budget
+
+DEFAULT_BASELINES = "resnet20_cifar,resnet56_cifar,densenet_bc100_cifar"
+BACKENDS = ("optuna", "ray")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise SystemExit(f"error: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="search/run.py", description="FractalNet architecture search with Optuna or Ray Tune.")
+    p.add_argument("--trials", type=int, default=200, help="finished search trials wanted in total (resumes)")
+    p.add_argument("--study", default=None, help="study name (default: fractal-<dataset>-<objective>)")
+    p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, svhn, fashion-mnist, parquet:<dir>, ...")
+    p.add_argument("--data-dir", default=None, help="data root (default: $FRACTAL_SPACE_DATA or ~/.cache)")
+    p.add_argument("--backend", default="optuna", help="optuna (default) or ray")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (postgresql://..., sqlite:///..., journal:<file>); "
+                        "default: SQLite at runs/<study>/study.db")
+    p.add_argument("--workers", type=int, default=1, help="Optuna worker processes against the storage")
+    p.add_argument("--objective", default="accuracy", help=f"one of {', '.join(OBJECTIVES)}")
+    p.add_argument("--baselines", default=DEFAULT_BASELINES, help="comma-separated timm models; '' for none")
+    p.add_argument("--space", default=None, help="YAML/JSON file overlaying the default search space")
+    p.add_argument("--runs-dir", default="runs", help="where runs/<study>/ is created")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (sets the default budget)")
+    p.add_argument("--epochs", type=int, default=None, help="per-trial epochs (default: 2 on CPU, 15 on GPU)")
+    p.add_argument("--train-subset", type=int, default=None,
+                   help="training images per trial (default: 1000 on CPU, all on GPU; 0 = all)")
+    p.add_argument("--val-size", type=int, default=None, help="validation images (default: 500 CPU, 5000 GPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heartbeat", type=int, default=30, help="RDB heartbeat seconds (dead workers' trials fail)")
+    p.add_argument("--address", default=None, help="Ray: address of an existing cluster (default: start one)")
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="Ray: CPUs per trial (default: all / 1 GPU)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial, fractions allowed")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="Ray: dashboard port on 127.0.0.1")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def quiet_optuna() -> None:
+    """Failed trials are logged once, as one line with their reason, not as Optuna's traceback."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _input_size(dataset: str, data_dir: str | None) -> int:
+    """Check the dataset exists (one-line error if not) and return its image side, which bounds B."""
+    from fractal_space.data import load_split
+
+    images = load_split(dataset, "train", data_dir).images
+    return int(min(images.shape[-2:]))
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return name
+
+
+def settings_from_args(args: argparse.Namespace) -> SearchSettings:
+    """Validate every argument and build the settings, before any trial (ValueError with one line otherwise)."""
+    import timm
+
+    import fractal_space  # noqa: F401  (registers the timm models)
+    from fractal_space.data import resolve_data_root
+    from fractal_space.search.study import open_storage
+    from fractal_space.space import SearchSpace
+
+    if args.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {args.backend!r}; expected one of {', '.join(BACKENDS)}")
+    if args.objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {args.objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    if args.trials < 1 or args.workers < 1:
+        raise ValueError("--trials and --workers must be >= 1")
+    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    unknown = [b for b in baselines if not timm.is_model(b)]
+    if unknown:
+        raise ValueError(f"unknown baseline model {unknown[0]!r} (not in timm's registry)")
+    device = _device(args.device)
+    input_size = _input_size(args.dataset, args.data_dir)
+    base = SearchSpace.default(input_size, "cpu" if device == "cpu" else "cuda")
+    space = base if args.space is None else SearchSpace.from_file(args.space, input_size, base.to_dict())
+    study = args.study or f"fractal-{re.sub(r'[^A-Za-z0-9_.-]+', '-', args.dataset)}-{args.objective}"
+    data_dir = str(resolve_data_root(args.data_dir))  # absolute, so Ray workers and other processes agree
+    budget = Budget.default("cpu" if device == "cpu" else "cuda", dataset=args.dataset, data_dir=data_dir,
+                            seed=args.seed, device=device)
+    if args.epochs is not None:
+        budget = dataclasses.replace(budget, epochs=args.epochs)
+    if args.val_size is not None:
+        budget = dataclasses.replace(budget, val_size=args.val_size)
+    if args.train_subset is not None:
+        budget = dataclasses.replace(budget, train_subset=args.train_subset or None)
+    study_dir = Path(args.runs_dir) / study
+    open_storage(args.storage, study_dir, args.heartbeat)  # fail now, not in a worker
+    ray = {"address": args.address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+           "dashboard_port": args.dashboard_port}
+    return SearchSettings(study=study, study_dir=study_dir.resolve(), storage_url=args.storage,
+                          objective=args.objective, trials=args.trials, space_specs=space.to_dict(),
+                          input_size=input_size, budget=budget, baselines=baselines, workers=args.workers,
+                          seed=args.seed, heartbeat_s=args.heartbeat, ray=ray)
+
+
+def storage_label(settings: SearchSettings) -> str:
+    """The storage URL as printed (password masked); the default SQLite path when none was given."""
+    url = settings.storage_url or f"sqlite:///{settings.study_dir / 'study.db'}"
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def finish(settings: SearchSettings) -> Path:
+    """Write trials.parquet and the report from the storage; returns the report path."""
+    from fractal_space.search.optuna_backend import load
+    from fractal_space.search.report import write_report
+    from fractal_space.search.results import write_trials
+
+    table = settings.study_dir / "trials.parquet"
+    write_trials(load(settings), table)
+    return write_report(table, settings.study_dir, settings.study, settings.objective, storage_label(settings))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, validate, search, report. Exit codes: 0 done, 1 failed, 2 bad input, 130 interrupted."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_optuna()
+    try:
+        settings = settings_from_args(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    from tqdm import tqdm
+
+    print(f"study {settings.study}: {settings.trials} trials, backend {args.backend}, objective {settings.objective},"
+          f" storage {storage_label(settings)}")
+    print(f"per-trial budget: {settings.budget}")
+    if OBJECTIVES[settings.objective] is not None:
+        print("note: Optuna cannot prune multi-objective studies; every trial runs its full budget")
+    bar = tqdm(total=settings.trials, desc="trials", unit="trial", disable=args.no_progress)
+
+    def progress(finished: int) -> None:
+        bar.n = min(finished, settings.trials)
+        bar.refresh()
+
+    try:
+        if args.backend == "ray":
+            from fractal_space.search import ray_backend
+
+            ray_backend.run(settings, progress)
+        else:
+            from fractal_space.search import optuna_backend
+
+            optuna_backend.run(settings, progress)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: finished trials are stored in {storage_label(settings)}; re-run the same command to "
+              "resume", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    report = finish(settings)
+    print(f"trials: {settings.study_dir / 'trials.parquet'}")
+    print(f"report: {report}")
+    return 0

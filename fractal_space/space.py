@@ -1,0 +1,321 @@
+"""The one declarative FractalNet search space, rendered to Optuna (define-by-run) and, through it, to Ray Tune.
+
+A space is a mapping from dimension name to a *spec*:
+
+- a plain value (``0.02``, ``"mean"``): the dimension is fixed, nothing is searched;
+- ``{"low": a, "high": b}`` with optional ``"log": true`` and ``"step": s``: an int (if both bounds are ints) or
+  float range;
+- ``{"choices": [...]}``: a categorical choice.
+
+Widths are *base width + growth*, not one dimension per block: block ``i`` of ``B`` gets
+``round(base_width * width_growth ** min(i, B - 2))`` channels, i.e. the width grows each block except the last,
+which is exactly the paper's rule (16, 32, 64, 128, 128 = base 16, growth 2). Two dimensions instead of B
+conditional ones keep TPE's model small and every sampled ``widths`` tuple consistent with the sampled ``B``.
+``dropout_scale`` likewise expands to the paper's per-block dropout ramp ``(0, s, 2s, ..., (B-1)s)``.
+
+Ranges that cannot work are excluded when the space is bound to an input size: B max-pools need an input of at
+least ``2**B`` pixels, so ``num_blocks`` may say ``high: "max"`` and an explicit bound beyond the input is an error.
+
+The same :meth:`SearchSpace.suggest` serves the Optuna backend, Ray Tune's ``OptunaSearch`` and a user's own
+``objective(trial)``; it returns ``{"model_kwargs": {...}, "train": {...}}`` ready for the training engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Dimensions the expansion rules above understand; anything else must name a TrainConfig field or a
+#: FractalNet constructor argument and is passed through unchanged.
+CORE = ("num_blocks", "num_columns", "base_width", "width_growth", "join", "drop_path_rate",
+        "global_drop_fraction", "dropout_scale", "lr", "weight_decay", "batch_size")
+JOINS = ("mean", "sum", "max", "concat")
+TRAIN_KEYS = ("lr", "weight_decay", "batch_size")
+
+#: The default space: paper-centred, wide enough for a GPU search. ``cpu_default`` narrows the widths.
+DEFAULT: dict[str, Any] = {
+    "num_blocks": {"low": 2, "high": "max"},
+    "num_columns": {"low": 1, "high": 4},
+    "base_width": {"choices": [8, 16, 32, 64]},
+    "width_growth": {"choices": [1.0, 1.5, 2.0]},
+    "join": {"choices": list(JOINS)},
+    "drop_path_rate": {"low": 0.0, "high": 0.3},
+    "global_drop_fraction": {"low": 0.0, "high": 1.0},
+    "dropout_scale": {"low": 0.0, "high": 0.1},
+    "lr": {"low": 0.005, "high": 0.1, "log": True},
+    "weight_decay": {"low": 1e-6, "high": 1e-3, "log": True},
+    "batch_size": {"choices": [32, 64, 100, 128]},
+}
+
+#: The paper's recipe, used for baselines and as a reference point (and the first trial a search enqueues).
+PAPER_POINT: dict[str, Any] = {
+    "num_blocks": 5, "num_columns": 3, "base_width": 16, "width_growth": 2.0, "join": "mean",
+    "drop_path_rate": 0.15, "global_drop_fraction": 0.5, "dropout_scale": 0.1,
+    "lr": 0.02, "weight_decay": 1e-4, "batch_size": 100,
+}
+
+
+def max_blocks(input_size: int) -> int:
+    """How many 2x2 max-pools an ``input_size`` x ``input_size`` image survives (each halves it)."""
+    if input_size < 2:
+        raise ValueError(f"input_size: {input_size} leaves no room for a single pooled block")
+    return int(math.log2(input_size))
+
+
+def widths_for(num_blocks: int, base_width: float, width_growth: float) -> tuple[int, ...]:
+    """Per-block widths: grow by ``width_growth`` every block except the last (the paper's rule)."""
+    return tuple(max(1, round(base_width * width_growth ** min(i, max(num_blocks - 2, 0))))
+                 for i in range(num_blocks))
+
+
+def _extra_targets() -> tuple[set[str], set[str]]:
+    """Names an extension dimension may use: TrainConfig fields and FractalNet arguments (looked up lazily)."""
+    from fractal_space.engine import TrainConfig
+    from fractal_space.models.fractalnet import FractalNet
+
+    model_args = set(inspect.signature(FractalNet.__init__).parameters) - {"self", "kwargs"}
+    return {f.name for f in dataclasses.fields(TrainConfig)}, model_args
+
+
+class _Dim:
+    """One validated dimension; ``kind`` is 'fixed', 'int', 'float' or 'cat'."""
+
+    def __init__(self, name: str, spec: Any) -> None:
+        self.name = name
+        self.log = False
+        self.step: float | None = None
+        if isinstance(spec, Mapping):
+            keys = set(spec)
+            if "choices" in spec:
+                if keys - {"choices"}:
+                    extra = sorted(keys - {"choices"})
+                    raise ValueError(f"space field '{name}': 'choices' cannot be combined with {extra}")
+                choices = list(spec["choices"]) if isinstance(spec["choices"], (list, tuple)) else None
+                if not choices:
+                    raise ValueError(f"space field '{name}': 'choices' must be a non-empty list")
+                self.kind, self.choices = "cat", choices
+                return
+            if not {"low", "high"} <= keys or keys - {"low", "high", "log", "step"}:
+                raise ValueError(f"space field '{name}': expected {{low, high[, log, step]}} or {{choices}}, "
+                                 f"got keys {sorted(keys)}")
+            self.low, self.high = spec["low"], spec["high"]
+            self.log, self.step = bool(spec.get("log", False)), spec.get("step")
+            for bound in (self.low, self.high):
+                if bound != "max" and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
+                    raise ValueError(f"space field '{name}': bounds must be numbers, got {bound!r}")
+            self.kind = "int" if all(isinstance(b, int) or b == "max" for b in (self.low, self.high)) else "float"
+            if "max" not in (self.low, self.high):
+                self._check_range()
+            return
+        if isinstance(spec, (list, tuple, set, dict)) or spec is None:
+            raise ValueError(f"space field '{name}': expected a value, {{low, high}} or {{choices}}, got {spec!r}")
+        self.kind, self.value = "fixed", spec
+
+    def _check_range(self) -> None:
+        if self.low > self.high:
+            raise ValueError(f"space field '{self.name}': low {self.low} > high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"space field '{self.name}': a log range needs low > 0, got {self.low}")
+        if self.step is not None and (self.log or self.step <= 0):
+            raise ValueError(f"space field '{self.name}': step must be > 0 and cannot be combined with log")
+
+    def values(self) -> list[Any]:
+        """The values a categorical or fixed dimension can take (for validation)."""
+        if self.kind == "fixed":
+            return [self.value]
+        if self.kind == "cat":
+            return self.choices
+        return [self.low, self.high]
+
+    def suggest(self, trial: Any) -> Any:
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "cat":
+            return trial.suggest_categorical(self.name, self.choices)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, self.low, self.high, step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
+
+    def spec(self) -> Any:
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "cat":
+            return {"choices": list(self.choices)}
+        out: dict[str, Any] = {"low": self.low, "high": self.high}
+        if self.log:
+            out["log"] = True
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+class SearchSpace:
+    """A validated, immutable FractalNet search space bound to an input size.
+
+    Build it with :meth:`default`, :meth:`from_dict` or :meth:`from_file`; derive narrowed or extended copies with
+    :meth:`replace`; sample a config with :meth:`suggest` inside any Optuna ``objective(trial)``.
+    """
+
+    def __init__(self, specs: Mapping[str, Any], input_size: int = 32) -> None:
+        if not isinstance(specs, Mapping) or not specs:
+            raise ValueError("space: empty; give at least one dimension (see fractal_space.space.DEFAULT)")
+        missing = [name for name in CORE if name not in specs]
+        if missing:
+            raise ValueError(f"space field '{missing[0]}': missing (a fixed value is enough to leave it unsearched)")
+        self.input_size = input_size
+        self._dims = {str(name): _Dim(str(name), spec) for name, spec in specs.items()}
+        self._bind_blocks()
+        self._check_core()
+        self._route_extras()
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def default(cls, input_size: int = 32, device: str = "cuda") -> SearchSpace:
+        """The stock space; on CPU the widths are narrowed so that a trial fits the seconds-per-trial budget."""
+        specs = copy.deepcopy(DEFAULT)
+        if device == "cpu":
+            specs["base_width"] = {"choices": [4, 8, 16]}
+            specs["width_growth"] = {"choices": [1.0, 1.5, 2.0]}
+        return cls(specs, input_size)
+
+    @classmethod
+    def from_dict(cls, specs: Mapping[str, Any], input_size: int = 32, base: Mapping[str, Any] | None = None
+                  ) -> SearchSpace:
+        """Overlay ``specs`` on ``base`` (the stock space by default), so a file only lists what it changes."""
+        if not isinstance(specs, Mapping):
+            raise ValueError(f"space: expected a mapping of dimension -> spec, got {type(specs).__name__}")
+        merged = copy.deepcopy(dict(DEFAULT if base is None else base))
+        merged.update(specs)
+        return cls(merged, input_size)
+
+    @classmethod
+    def from_file(cls, path: str | Path, input_size: int = 32, base: Mapping[str, Any] | None = None
+                  ) -> SearchSpace:
+        """Read a YAML or JSON space file (YAML is a superset of JSON, so one parser reads both)."""
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"space file {path}: {exc.strerror}") from None
+        try:
+            specs = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"space file {path}: malformed YAML/JSON ({str(exc).splitlines()[0]})") from None
+        if not specs:
+            raise ValueError(f"space file {path}: empty")
+        return cls.from_dict(specs, input_size, base)
+
+    def replace(self, **specs: Any) -> SearchSpace:
+        """A copy with some dimensions narrowed, widened, fixed or added: ``space.replace(num_columns={...})``."""
+        return SearchSpace({**self.to_dict(), **specs}, self.input_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The specs as a plain dict (what :meth:`from_dict` accepts); ``json.dumps`` of it is a valid space file."""
+        return {name: dim.spec() for name, dim in self._dims.items()}
+
+    def __repr__(self) -> str:
+        return f"SearchSpace(input_size={self.input_size}, {json.dumps(self.to_dict())})"
+
+    # -- validation ---------------------------------------------------------------------------------------------
+    def _bind_blocks(self) -> None:
+        dim, limit = self._dims["num_blocks"], max_blocks(self.input_size)
+        if dim.kind in ("int", "float"):
+            dim.low = limit if dim.low == "max" else dim.low
+            dim.high = limit if dim.high == "max" else dim.high
+            dim._check_range()
+        elif "max" in dim.values():
+            raise ValueError("space field 'num_blocks': 'max' is only allowed as a range bound")
+        for value in dim.values():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"space field 'num_blocks': {value!r} is not an int >= 1")
+            if value > limit:
+                raise ValueError(f"space field 'num_blocks': {value} blocks need an input of {2 ** value} px, "
+                                 f"the input is {self.input_size} px (at most {limit})")
+
+    def _check_core(self) -> None:
+        for name in ("num_blocks", "num_columns", "batch_size"):
+            if self._dims[name].kind == "float":
+                raise ValueError(f"space field '{name}': must be an int range or int choices")
+        for name, low in (("num_columns", 1), ("batch_size", 1), ("base_width", 1), ("width_growth", 1)):
+            bad = [v for v in self._dims[name].values() if not isinstance(v, (int, float)) or v < low]
+            if bad:
+                raise ValueError(f"space field '{name}': {bad[0]!r} is not a number >= {low}")
+        for name, high in (("drop_path_rate", 1.0), ("global_drop_fraction", 1.0), ("lr", math.inf),
+                           ("weight_decay", math.inf)):
+            bad = [v for v in self._dims[name].values() if not isinstance(v, (int, float)) or not 0 <= v <= high]
+            if bad:
+                raise ValueError(f"space field '{name}': {bad[0]!r} is outside [0, {high}]")
+        drop = self._dims["dropout_scale"]
+        top = max(self._dims["num_blocks"].values()) - 1
+        bad = [v for v in drop.values() if not isinstance(v, (int, float)) or v < 0 or v * top >= 1]
+        if bad:
+            raise ValueError(f"space field 'dropout_scale': {bad[0]!r} gives the last block a dropout >= 1")
+        bad = [v for v in self._dims["join"].values() if v not in JOINS]
+        if bad:
+            raise ValueError(f"space field 'join': {bad[0]!r} is not one of {', '.join(JOINS)}")
+
+    def _route_extras(self) -> None:
+        self._train_extras: list[str] = []
+        self._model_extras: list[str] = []
+        extras = [name for name in self._dims if name not in CORE]
+        if not extras:
+            return
+        train_fields, model_args = _extra_targets()
+        for name in extras:
+            if name in train_fields:
+                self._train_extras.append(name)
+            elif name in model_args:
+                self._model_extras.append(name)
+            else:
+                raise ValueError(f"space field '{name}': not a known dimension, TrainConfig field or FractalNet "
+                                 "argument")
+
+    # -- sampling -----------------------------------------------------------------------------------------------
+    @property
+    def searched(self) -> list[str]:
+        """Names of the dimensions that are actually searched (not fixed)."""
+        return [name for name, dim in self._dims.items() if dim.kind != "fixed"]
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Sample one config with ``trial`` (an Optuna trial or Ray's captor): ``{"model_kwargs", "train"}``.
+
+        Only ``suggest_*`` calls happen here, so Ray's ``OptunaSearch`` can run it as its define-by-run function.
+        """
+        v = {name: dim.suggest(trial) for name, dim in self._dims.items()}
+        blocks = int(v["num_blocks"])
+        model_kwargs = {
+            "num_blocks": blocks,
+            "num_columns": int(v["num_columns"]),
+            "widths": widths_for(blocks, v["base_width"], v["width_growth"]),
+            "join": v["join"],
+            "drop_path_rate": float(v["drop_path_rate"]),
+            "global_drop_fraction": float(v["global_drop_fraction"]),
+            "block_dropout": tuple(round(float(v["dropout_scale"]) * i, 6) for i in range(blocks)),
+            **{name: v[name] for name in self._model_extras},
+        }
+        train = {"lr": float(v["lr"]), "weight_decay": float(v["weight_decay"]), "batch_size": int(v["batch_size"]),
+                 **{name: v[name] for name in self._train_extras}}
+        return {"model_kwargs": model_kwargs, "train": train}
+
+    def reference_point(self) -> dict[str, Any]:
+        """The paper's recipe projected into this space (each searched value clipped to its range or choices).
+
+        Searches enqueue it as their first trial, and baselines train with its lr / weight decay / batch size.
+        """
+        point = {}
+        for name in self.searched:
+            dim, want = self._dims[name], PAPER_POINT.get(name)
+            if want is None:  # an extension dimension: its first choice or lower bound
+                point[name] = dim.choices[0] if dim.kind == "cat" else dim.low
+            elif dim.kind == "cat":
+                point[name] = want if want in dim.choices else dim.choices[0]
+            else:
+                point[name] = type(dim.low)(min(max(want, dim.low), dim.high))
+        return point
