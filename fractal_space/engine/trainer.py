@@ -7,7 +7,6 @@ a finished epoch and a new ``Trainer`` on the same ``out_dir`` continues where t
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import json
@@ -264,8 +263,9 @@ class Trainer:
     def evaluate(self, split: str = "val", columns: bool = True) -> EvalReport:
         """Full-model loss/accuracy on ``split`` (``val``/``test``); with ``columns``, every FractalNet column too.
 
-        A column is evaluated on a copy of the model whose batch-norm statistics are re-estimated through that
-        column alone (``bn_batches`` training batches), so the full model's statistics stay untouched.
+        A column is extracted as a standalone plain network (``model.extract_column(k)``, no shared tensors) and its
+        batch-norm statistics are re-estimated through that column alone from ``bn_batches`` un-augmented training
+        batches, so the full model's statistics stay untouched and the latency is the deployed column's.
         """
         loader = {"val": self.val_loader, "test": self.test_loader}.get(split)
         if loader is None:
@@ -277,11 +277,10 @@ class Trainer:
 
             bn_inputs = [x for x, _ in itertools.islice(self.bn_loader, self.cfg.bn_batches)]
             for k in range(1, self.num_columns + 1):
-                column_model = copy.deepcopy(self.model)
-                reestimate_bn_stats(column_model, bn_inputs, column=k)
-                _, col_acc = self._accuracy(column_model, loader, column=k)
-                latency = measure_latency(column_model, self.input_size, column=k)
-                report.columns.append(ColumnReport(k, col_acc, latency))
+                column = self.model.extract_column(k).to(memory_format=self.memory_format)
+                reestimate_bn_stats(column, bn_inputs)
+                _, col_acc = self._accuracy(column, loader)
+                report.columns.append(ColumnReport(k, col_acc, measure_latency(column, self.input_size)))
         self.model.train()
         return report
 
