@@ -9,12 +9,17 @@ from typing import Any
 from fractal_space.data import AUGMENTS
 
 SCHEDULES = ("paper", "cosine", "constant")
+REGULARIZATIONS = ("paper", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
 class TrainConfig:
-    """A JSON-serialisable training run: model, data, recipe and where to write checkpoints and metrics."""
+    """A JSON-serialisable training run: model, data, recipe and where to write checkpoints and metrics.
+
+    ``regularization="paper"`` gives FractalNet models the paper's drop-path (local rate 0.15, half the batches
+    global) and per-block dropout (0, 0.1, 0.2, ...); keys given in ``model_kwargs`` win. Other models are unchanged.
+    """
 
     model: str = "fractalnet_c3"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -27,6 +32,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "paper"
     label_smoothing: float = 0.0
+    regularization: str = "paper"
     augment: str = "+"
     train_subset: int | None = None
     val_size: int = 5000
@@ -54,6 +60,7 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
+            (self.regularization in REGULARIZATIONS, "regularization", f"must be one of {REGULARIZATIONS}"),
             (self.augment in AUGMENTS, "augment", f"must be one of {AUGMENTS}"),
             (self.train_subset is None or self.train_subset >= 1, "train_subset", "must be >= 1 or None"),
             (self.val_size >= 0, "val_size", "must be >= 0"),
@@ -81,4 +88,5 @@ class TrainConfig:
 
 # Fields that define what is trained; a checkpoint may only be resumed by a config that agrees on all of them.
 RECIPE_FIELDS = ("model", "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-                 "schedule", "label_smoothing", "augment", "train_subset", "val_size", "val_seed", "seed")
+                 "schedule", "label_smoothing", "regularization", "augment", "train_subset", "val_size", "val_seed",
+                 "seed")

@@ -31,6 +31,8 @@ from fractal_space.metrics import count_flops, count_params, measure_latency
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_BATCH = 500
+PAPER_DROP_PATH = 0.15  # local drop-path rate of the paper's CIFAR runs
+PAPER_GLOBAL_FRACTION = 0.5  # share of mini-batches that use global drop-path
 
 
 class TrainingDiverged(RuntimeError):
@@ -129,8 +131,7 @@ class Trainer:
         self.data = load_splits(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.train_subset, cfg.val_seed,
                                 cfg.download)
         self.input_size = (self.data.in_chans, *self.data.image_size)
-        self.model: nn.Module = timm.create_model(cfg.model, num_classes=self.data.num_classes,
-                                                  in_chans=self.data.in_chans, **cfg.model_kwargs).to(self.device)
+        self.model = self._create_model()
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.num_params = count_params(self.model)
@@ -162,6 +163,17 @@ class Trainer:
         if self.out_dir is not None:
             self._resume(self.out_dir)
             self.tensorboard = _tensorboard_writer(self.out_dir)
+
+    def _create_model(self) -> nn.Module:
+        """timm model for this dataset; FractalNet gets the paper's drop-path + dropout under ``regularization``."""
+        cfg = self.cfg
+        size = dict(num_classes=self.data.num_classes, in_chans=self.data.in_chans)
+        model = timm.create_model(cfg.model, **size, **cfg.model_kwargs)
+        if cfg.regularization == "paper" and hasattr(model, "num_columns"):
+            paper = dict(drop_path_rate=PAPER_DROP_PATH, global_drop_fraction=PAPER_GLOBAL_FRACTION,
+                         block_dropout=tuple(round(0.1 * i, 10) for i in range(len(model.blocks))))
+            model = timm.create_model(cfg.model, **size, **{**paper, **cfg.model_kwargs})
+        return model.to(self.device)
 
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
