@@ -314,13 +314,12 @@ class FractalNet(nn.Module):
                 nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             )
             prev_chs, reduction = stem_width, 4
-            self.feature_info = [dict(num_chs=stem_width, reduction=2, module="stem.0")]
         else:
             self.stem = nn.Identity()
             prev_chs, reduction = in_chans, 1
-            self.feature_info = []
+        self.feature_info = []
         blocks = []
-        for i, (width, p) in enumerate(zip(widths, block_dropout)):
+        for i, (width, p) in enumerate(zip(widths, block_dropout, strict=True)):
             downsample = downsample_last or i < num_blocks - 1
             blocks.append(FractalBlock(prev_chs, width, num_columns, join=join, dropout=p, downsample=downsample,
                                        norm_layer=norm_act_layer, act_layer=act_layer))
@@ -526,6 +525,7 @@ class FractalColumn(nn.Module):
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.Sequential(*blocks)
         self.head = copy.deepcopy(parent.head)
+        self.train(parent.training)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x))
@@ -602,9 +602,9 @@ REDUCED_WIDTHS = (16, 32, 64, 128, 128)
 PAPER_WIDTHS = (64, 128, 256, 512, 512)
 
 
-def _reduced(num_columns: int, pretrained: bool, **kwargs: Any) -> FractalNet:
-    args = dict(num_blocks=5, num_columns=num_columns, widths=REDUCED_WIDTHS)
-    return _create_fractalnet(f"fractalnet_c{num_columns}", pretrained, **dict(args, **kwargs))
+def _reduced(columns: int, pretrained: bool, **kwargs: Any) -> FractalNet:
+    args = dict(num_blocks=5, num_columns=columns, widths=REDUCED_WIDTHS)
+    return _create_fractalnet(f"fractalnet_c{columns}", pretrained, **dict(args, **kwargs))
 
 
 @register_model

@@ -1,0 +1,345 @@
+"""FractalNet against the paper: expansion rule, flat joins, drop-path, skipped work, anytime columns, Table 3."""
+
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import fractal_space  # noqa: F401  (registers the models)
+from fractal_space.anytime import reestimate_bn_stats
+from fractal_space.models.fractalnet import FractalBlock, FractalNet, Join, paper_block_dropout
+
+TINY = dict(widths=(8, 8, 8, 8, 8))
+
+
+def _x(n: int = 2, size: int = 32) -> torch.Tensor:
+    return torch.randn(n, 3, size, size)
+
+
+def _column_conv(block: FractalBlock, column: int, m: int) -> nn.Module:
+    """The m-th conv unit (0-based) of ``column`` (0 = shallowest), located by the expansion rule alone."""
+    span = 2 ** (block.num_columns - 1 - column)
+    step = block.steps[(m + 1) * span - 1]
+    return step.convs[column - step.first_col]
+
+
+def _reference_join_inputs(block: FractalBlock, z: torch.Tensor, lo: int, m0: int, join) -> list[torch.Tensor]:
+    """Inputs of the final join of f_C over columns lo..C-1, by the paper's recursion with collapsed joins.
+
+    f_{C}(z) = join(f_{C-1}(f_{C-1}(z)), conv(z)): the deeper columns run the smaller fractal twice, with one join
+    between; their last join is merged with the new shallow conv into one flat join. ``m0`` counts conv units of
+    the deepest column already used, to find the right modules.
+    """
+    n_cols = block.num_columns - lo
+    if n_cols == 1:
+        return [_column_conv(block, lo, m0)(z)]
+    half = 2 ** (n_cols - 2)  # conv units of the deepest column in one half
+    first = _reference_join_inputs(block, z, lo + 1, m0, join)
+    second = _reference_join_inputs(block, join(first), lo + 1, m0 + half, join)
+    span_lo = 2 ** (block.num_columns - 1 - lo)
+    shallow = _column_conv(block, lo, m0 // span_lo)  # the shallow column spans exactly these steps
+    return second + [shallow(z)]
+
+
+def _mean(xs: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(xs).mean(0)
+
+
+@pytest.mark.parametrize("num_columns", [1, 2, 3, 4])
+def test_block_follows_expansion_rule_with_flat_joins(num_columns: int) -> None:
+    torch.manual_seed(0)
+    block = FractalBlock(3, 8, num_columns, join="mean", downsample=False).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = _mean(_reference_join_inputs(block, x, 0, 0, _mean))
+        torch.testing.assert_close(block(x), expected)
+    # column j holds 2^(j-1) conv units, the block 2^C - 1 in all
+    convs_per_column = [sum(1 for d in range(1, 2 ** (num_columns - 1) + 1) if d % 2 ** (num_columns - 1 - c) == 0)
+                        for c in range(num_columns)]
+    assert convs_per_column == [2 ** c for c in range(num_columns)]
+    assert sum(len(step.convs) for step in block.steps) == 2 ** num_columns - 1
+
+
+def test_last_join_weights_every_column_equally() -> None:
+    """A flat mean over C=3 columns weights the shallow column 1/3; a nested pairwise mean would give it 1/2."""
+    torch.manual_seed(0)
+    block = FractalBlock(4, 4, 3, join="mean", downsample=False).eval()
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        inputs = _reference_join_inputs(block, x, 0, 0, _mean)
+        assert len(inputs) == 3
+        flat = _mean(inputs)
+        nested = 0.5 * (0.5 * (inputs[0] + inputs[1]) + inputs[2])
+        out = block(x)
+    torch.testing.assert_close(out, flat)
+    assert not torch.allclose(out, nested, atol=1e-4)
+
+
+@pytest.mark.parametrize("join", ["mean", "sum", "max", "concat"])
+def test_join_types_run_and_differ(join: str) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("fractalnet_c3", join=join, **TINY).eval()
+    with torch.no_grad():
+        out = model(_x())
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    if join == "concat":  # the 1x1 projection back to the block width: width * inputs -> width
+        proj = model.blocks[0].steps[-1].join.proj
+        assert proj.in_channels == 8 * 3 and proj.out_channels == 8
+
+
+def test_join_is_flat_over_survivors() -> None:
+    xs = [torch.full((1, 1, 1, 1), v) for v in (1.0, 2.0, 6.0)]
+    assert Join("mean")(xs, [0, 1, 2]).item() == 3.0
+    assert Join("sum")(xs, [0, 1, 2]).item() == 9.0
+    assert Join("max")(xs, [0, 1, 2]).item() == 6.0
+    assert Join("mean")(xs[:1], [2]) is xs[0]
+
+
+def test_depth_and_layer_counts_of_variants() -> None:
+    for c in range(1, 5):
+        model = timm.create_model(f"fractalnet_c{c}", **TINY)
+        convs = [m for m in model.extract_column(c).modules() if isinstance(m, nn.Conv2d)]
+        assert len(convs) == 5 * 2 ** (c - 1)  # B * 2^(C-1): 5, 10, 20, 40 layers
+    for name, depth in (("fractalnet20_cifar", 20), ("fractalnet40_cifar", 40)):
+        model = timm.create_model(name)
+        convs = [m for m in model.extract_column(model.num_columns).modules() if isinstance(m, nn.Conv2d)]
+        assert len(convs) == depth
+    model = timm.create_model("fractalnet34", widths=(8, 8, 8, 8), stem_width=8)
+    assert [f["reduction"] for f in model.feature_info] == [8, 16, 32, 32]
+    with torch.no_grad():
+        assert model.eval().forward_features(torch.randn(1, 3, 224, 224)).shape[-2:] == (7, 7)
+
+
+# Paper Table 3 (CIFAR-100, reduced widths 16..128), parameters in millions, one decimal.
+TABLE3_PARAMS = {1: 0.3, 2: 0.8, 3: 2.1, 4: 4.8, 5: 10.2, 6: 21.1}
+
+
+@pytest.mark.parametrize("num_columns", sorted(TABLE3_PARAMS))
+def test_parameter_counts_match_table3(num_columns: int) -> None:
+    model = timm.create_model(f"fractalnet_c{num_columns}", num_classes=100)
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    paper = TABLE3_PARAMS[num_columns]
+    # Table 3 prints one decimal: the count must round to it, and be within 3% wherever that precision allows.
+    assert round(millions, 1) == paper
+    if paper >= 2:
+        assert abs(millions - paper) / paper < 0.03
+
+
+def test_paper_20_layer_network_size() -> None:
+    millions = sum(p.numel() for p in timm.create_model("fractalnet20_cifar").parameters()) / 1e6
+    assert abs(millions - 33.7) < 0.1  # the plain layout's count (the paper quotes 38.6M)
+
+
+# ---- drop-path ------------------------------------------------------------------------------------------------
+
+
+def _model_with_drop_path(**kwargs) -> FractalNet:
+    return timm.create_model("fractalnet_c4", drop_path_rate=0.15, **TINY, **kwargs)
+
+
+def test_local_drop_path_keeps_one_input_per_join_and_drops_at_rate_p() -> None:
+    torch.manual_seed(0)
+    model = _model_with_drop_path(global_drop_fraction=0.0).train()
+    dropped = total = 0
+    for _ in range(300):
+        plan = model._sample_plan(torch.device("cpu"))
+        for block, keep in zip(model.blocks, plan, strict=True):
+            for d, first in enumerate(block.first_cols):
+                step = keep[block.offsets[d]:block.offsets[d] + block.num_columns - first]
+                assert any(step)
+                if len(step) > 1:
+                    dropped += step.count(False)
+                    total += len(step)
+    # the survivor rule lifts the rate slightly above p only when every input drops (p^n, small here)
+    assert 0.12 < dropped / total < 0.17
+
+
+def test_global_drop_path_picks_one_column_for_the_whole_network() -> None:
+    torch.manual_seed(0)
+    model = _model_with_drop_path(global_drop_fraction=0.5).train()
+    counts = {"global": 0, "local": 0}
+    columns = set()
+    for _ in range(400):
+        plan = model._sample_plan(torch.device("cpu"))
+        for c in range(model.num_columns):
+            if plan == model.column_keeps[c]:
+                counts["global"] += 1
+                columns.add(c)
+                break
+        else:
+            counts["local"] += 1
+    assert columns == set(range(model.num_columns))
+    assert 0.4 < counts["global"] / 400 < 0.6
+    # a global plan keeps exactly one consistent column in every block
+    for c, plan in enumerate(model.column_keeps):
+        for block, keep in zip(model.blocks, plan, strict=True):
+            needed = block.needed(keep)
+            active = {col for step in needed for col, on in enumerate(step) if on}
+            assert active == {c}
+
+
+def test_eval_uses_every_path_and_training_without_rate_has_no_drop_path() -> None:
+    model = _model_with_drop_path(block_dropout=paper_block_dropout(5)).eval()
+    x = _x(1)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = model(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(a, model(x))
+    plain = timm.create_model("fractalnet_c4", **TINY).train()
+    assert plain._plan(x, None) is None
+
+
+def test_drop_path_draws_all_randomness_in_one_device_call_per_step() -> None:
+    """No host round trip per join: one torch.rand and one read-back for the whole network per forward."""
+    calls = []
+
+    class Count(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in (torch.rand, torch.Tensor.tolist):
+                calls.append(func)
+            return func(*args, **(kwargs or {}))
+
+    model = _model_with_drop_path().train()
+    with Count():
+        model(_x())
+    assert calls == [torch.rand, torch.Tensor.tolist]
+
+
+def _naive_block(block: FractalBlock, x: torch.Tensor, keep: list[bool]) -> torch.Tensor:
+    """Computes every conv of every step, then joins the kept ones: what public FractalNets do."""
+    states = [x] * block.num_columns
+    for d, step in enumerate(block.steps):
+        outs = [conv(states[step.first_col + j]) for j, conv in enumerate(step.convs)]
+        kept = [o for j, o in enumerate(outs) if keep[block.offsets[d] + j]]
+        cols = [step.first_col + j for j in range(len(outs)) if keep[block.offsets[d] + j]]
+        if kept:
+            y = step.join(kept, cols)
+            states = states[:step.first_col] + [y] * (block.num_columns - step.first_col)
+    return block.drop(block.pool(states[-1]))
+
+
+@pytest.mark.parametrize("join", ["mean", "concat"])
+def test_skipping_dropped_work_does_not_change_the_result(join: str) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("fractalnet_c4", join=join, drop_path_rate=0.4, global_drop_fraction=0.5, **TINY)
+    model.eval()  # fixed BN statistics, so that both computations see the same normalisation
+    x = torch.randn(2, 8, 16, 16)
+    block = model.blocks[1]
+    with torch.no_grad():
+        for _ in range(20):
+            keep = model._sample_plan(torch.device("cpu"))[1]
+            torch.testing.assert_close(block(x, keep), _naive_block(block, x, keep))
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def test_global_drop_path_step_costs_only_its_column() -> None:
+    """Train step (forward + backward) FLOPs with global column k equal those of column k extracted, within 5%."""
+    small = dict(num_blocks=2, widths=(8, 8))  # FlopCounterMode is slow per op; the ratio does not need depth
+    model = timm.create_model("fractalnet_c4", drop_path_rate=0.15, global_drop_fraction=1.0, **small).train()
+    x = _x(2)
+
+    def step(m, **kw):
+        return lambda: m(x, **kw).sum().backward()
+
+    costs = {c: _flops(step(model.extract_column(c).train())) for c in range(1, 5)}
+    full = _flops(step(timm.create_model("fractalnet_c4", **small).train()))
+    for c, cost in costs.items():
+        assert _flops(step(model, column=c)) == pytest.approx(cost, rel=0.05)
+        assert cost < full * (0.6 if c == 4 else 0.3)
+    # a sampled global step costs one of the column costs, never the full network
+    for seed in range(3):
+        torch.manual_seed(seed)
+        sampled = _flops(step(model))
+        assert any(sampled == pytest.approx(v, rel=0.05) for v in costs.values())
+
+
+def test_local_drop_path_skips_convs_whose_output_is_dropped() -> None:
+    model = timm.create_model("fractalnet_c3", drop_path_rate=0.5, global_drop_fraction=0.0, **TINY).train()
+    x = _x(2)
+    full = _flops(lambda: timm.create_model("fractalnet_c3", **TINY)(x))
+    cheaper = 0
+    for seed in range(6):
+        torch.manual_seed(seed)
+        flops = _flops(lambda: model(x))
+        assert flops <= full
+        cheaper += flops < full
+    assert cheaper >= 4
+
+
+# ---- anytime columns ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("join", ["mean", "max", "concat"])
+def test_extracted_column_equals_column_path(join: str) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("fractalnet_c3", join=join, **TINY)
+    model.train()
+    model(_x(8))  # move the BN statistics away from their initial values
+    model.eval()
+    x = _x()
+    with torch.no_grad():
+        for k in range(1, 4):
+            column = model.extract_column(k).eval()
+            assert not any(isinstance(m, Join) for m in column.modules())
+            torch.testing.assert_close(column(x), model(x, column=k))
+            assert not torch.allclose(model(x, column=k), model(x))
+
+
+def test_bn_reestimation_uses_the_column_path_only(data_root) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("fractalnet_c3", **TINY).eval()
+    column = model.extract_column(2)
+    batches = [_x(16) for _ in range(3)]
+    before = {n: b.clone() for n, b in column.named_buffers()}
+    assert reestimate_bn_stats(column, batches) == 3
+    means = [m.running_mean for m in column.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(not torch.equal(m, torch.zeros_like(m)) for m in means)
+    assert any(not torch.equal(b, before[n]) for n, b in column.named_buffers())
+    assert not column.training
+    # on the parent, layers off the column's path keep their statistics
+    parent_before = {n: b.clone() for n, b in model.named_buffers() if "running_mean" in n}
+    reestimate_bn_stats(model, batches, column=1)
+    changed = {n for n, b in model.named_buffers() if "running_mean" in n and not torch.equal(b, parent_before[n])}
+    assert changed and all(".convs.0." in n for n in changed)
+    with pytest.raises(ValueError, match="no batches"):
+        reestimate_bn_stats(column, [])
+
+
+# ---- errors ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(num_columns=0), "num_columns=0"),
+    (dict(num_blocks=0, widths=()), "num_blocks=0"),
+    (dict(widths=(8, 8)), r"widths=\(8, 8\).*5"),
+    (dict(join="median"), "join='median'"),
+    (dict(drop_path_rate=1.0), r"drop_path_rate=1.0.*\[0, 1\)"),
+    (dict(drop_rate=-0.1), "drop_rate=-0.1"),
+    (dict(global_drop_fraction=1.5), r"global_drop_fraction=1.5.*\[0, 1\]"),
+    (dict(block_dropout=(0, 0, 0, 0, 2)), r"block_dropout\[4\]=2"),
+    (dict(block_dropout=(0.1,)), "block_dropout=.*5 entries"),
+    (dict(img_size=16), "img_size=16 is too small"),
+])
+def test_bad_arguments_name_the_argument_and_range(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        timm.create_model("fractalnet_c2", **kwargs)
+
+
+def test_input_too_small_and_bad_column_are_value_errors() -> None:
+    model = timm.create_model("fractalnet_c2", **TINY).eval()
+    with pytest.raises(ValueError, match=r"input of size \(16, 16\) is too small.*32x32"):
+        model(_x(1, 16))
+    with pytest.raises(ValueError, match="column=3 is outside 1..2"):
+        model(_x(1), column=3)
+    with pytest.raises(ValueError, match="column=0"):
+        model.extract_column(0)
+    assert math.isclose(sum(paper_block_dropout(5)), 1.0)
