@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 
 ENV_DATA = "FRACTAL_SPACE_DATA"
 ENV_CACHE = "FRACTAL_SPACE_CACHE"
@@ -89,21 +90,23 @@ def _cached(kind: str, split: str, files: Sequence[Path], decode: Callable[[], I
     return data
 
 
-def _decode_all(blobs: Sequence[bytes], mode: ImageReadMode, where: str) -> torch.Tensor:
+def _decode_all(blobs: Sequence[bytes], mode: str, where: str) -> torch.Tensor:
+    """Decode encoded images (JPEG, PNG, ...) with PIL into one uint8 (N, C, H, W) tensor."""
     if not blobs:
         raise ValueError(f"no images in {where}")
-    images = [decode_image(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=mode) for b in blobs]
-    shapes = {tuple(im.shape) for im in images}
+    arrays = [np.asarray(Image.open(io.BytesIO(b)).convert(mode)) for b in blobs]
+    shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"images in {where} have different sizes {sorted(shapes)[:4]}; resize them to one size first")
-    return torch.stack(images)
+    images = torch.from_numpy(np.stack(arrays))
+    return images[:, None] if mode == "L" else images.permute(0, 3, 1, 2).contiguous()
 
 
-def _read_mode(channels: int | None, sample: bytes) -> ImageReadMode:
+def _read_mode(channels: int | None, sample: bytes) -> str:
     """Grayscale sources stay 1-channel (the model gets in_chans=1); everything else is read as RGB."""
     if channels is None:
-        channels = 1 if decode_image(torch.frombuffer(bytearray(sample), dtype=torch.uint8)).shape[0] == 1 else 3
-    return ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        channels = 1 if Image.open(io.BytesIO(sample)).mode in ("1", "L", "I", "I;16", "F") else 3
+    return "L" if channels == 1 else "RGB"
 
 
 def read_parquet(files: Sequence[Path], channels: int | None = None) -> ImageSet:
