@@ -27,6 +27,7 @@ import dataclasses
 import inspect
 import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,18 @@ PAPER_POINT: dict[str, Any] = {
     "drop_path_rate": 0.15, "global_drop_fraction": 0.5, "dropout_scale": 0.1,
     "lr": 0.02, "weight_decay": 1e-4, "batch_size": 100,
 }
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-6`` as a string; JSON and YAML 1.2 read it as a number, and so does this loader."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
+               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
 
 
 def max_blocks(input_size: int) -> int:
@@ -205,7 +218,7 @@ class SearchSpace:
         except OSError as exc:
             raise ValueError(f"space file {path}: {exc.strerror}") from None
         try:
-            specs = yaml.safe_load(text)
+            specs = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise ValueError(f"space file {path}: malformed YAML/JSON ({str(exc).splitlines()[0]})") from None
         if not specs:

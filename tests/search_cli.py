@@ -1,0 +1,54 @@
+"""Helpers shared by the search tests: a tiny real search (real CIFAR-10 subset, real storages) and its results."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from fractal_space.search.cli import main
+from fractal_space.search.study import counts_as_finished
+
+REPO = Path(__file__).resolve().parents[1]
+# Small, fast corner of the space: B <= 3, C <= 3, 4-8 channels; trials take seconds on 2 cores.
+TINY_SPACE = ("num_blocks: {low: 2, high: 3}\nnum_columns: {low: 1, high: 3}\nbase_width: 4\n"
+              "width_growth: {choices: [1.0, 2.0]}\nbatch_size: 50\n")
+
+
+def tiny_args(runs: Path, study: str, *extra: str, epochs: int = 1) -> list[str]:
+    """Command-line arguments of a tiny CPU search writing under ``runs``."""
+    space = runs / "tiny_space.yaml"
+    if not space.exists():
+        runs.mkdir(parents=True, exist_ok=True)
+        space.write_text(TINY_SPACE)
+    return ["--runs-dir", str(runs), "--study", study, "--device", "cpu", "--epochs", str(epochs),
+            "--train-subset", "200", "--val-size", "200", "--baselines", "", "--space", str(space),
+            "--no-progress", "--heartbeat", "2", *extra]
+
+
+def run_search(runs: Path, study: str, *extra: str, epochs: int = 1) -> int:
+    """Run the CLI in-process (what ``python search/run.py`` does)."""
+    return main(tiny_args(runs, study, *extra, epochs=epochs))
+
+
+def spawn_search(runs: Path, study: str, *extra: str, epochs: int = 1) -> subprocess.Popen:
+    """Run ``python search/run.py`` as a child process (for signals), stdout+stderr piped together."""
+    return subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"), *tiny_args(runs, study, *extra,
+                                                                                        epochs=epochs)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def load_study(runs: Path, study: str, storage: str | None = None) -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=storage or f"sqlite:///{runs / study / 'study.db'}")
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials ``--trials N`` counts."""
+    return [t for t in study.get_trials() if counts_as_finished(t)]
+
+
+def trials_table(runs: Path, study: str) -> pd.DataFrame:
+    return pd.read_parquet(runs / study / "trials.parquet")

@@ -1,0 +1,109 @@
+"""The Optuna backend end to end on real CIFAR-10 subsets and real storages (tiny budgets)."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from optuna.trial import TrialState
+from search_cli import finished, load_study, run_search, trials_table
+
+from fractal_space.search.results import FIXED_SCHEMA
+
+
+def test_search_with_baseline_writes_parquet_report_and_resumes(tmp_path, capsys):
+    assert run_search(tmp_path, "e2e", "--trials", "3", "--baselines", "resnet20_cifar", epochs=2) == 0
+    out = capsys.readouterr().out
+    study_dir = tmp_path / "e2e"
+    assert f"report: {study_dir / 'report.md'}" in out
+
+    table = pq.read_table(study_dir / "trials.parquet")
+    for field in FIXED_SCHEMA:
+        assert table.schema.field(field.name).type == field.type, field.name
+    params = {"param_num_blocks", "param_num_columns", "param_width_growth", "param_join", "param_drop_path_rate",
+              "param_global_drop_fraction", "param_dropout_scale", "param_lr", "param_weight_decay"}
+    assert params <= set(table.column_names)
+
+    df = table.to_pandas()
+    base = df[df.kind == "baseline"]
+    assert list(base.model) == ["resnet20_cifar"] and list(base.state) == ["COMPLETE"]
+    frac = df[df.kind == "fractalnet"]
+    assert len(frac) == 3 and set(frac.state) <= {"COMPLETE", "PRUNED"}
+    done = frac[frac.state == "COMPLETE"]
+    assert len(done) >= 1
+    for row in done.itertuples():
+        assert 0.0 <= row.val_acc <= 1.0 and row.params > 0 and row.flops > 0 and row.latency_ms > 0
+        config = json.loads(row.config)["model_kwargs"]
+        assert len(row.column_val_acc) == len(row.column_latency_ms) == config["num_columns"] == row.num_columns
+        assert len(row.val_acc_history) == row.epochs_run == 2 and row.duration_s > 0
+    reference = load_study(tmp_path, "e2e").trials[1]  # trial 0 is the baseline, trial 1 the paper's recipe
+    assert reference.user_attrs.get("reference") and reference.params["lr"] == 0.02
+
+    report = (study_dir / "report.md").read_text()
+    assert "resnet20_cifar" in report and "best FractalNet" in report and "its best column alone" in report
+    for png in ("history.png", "pareto.png", "anytime.png"):
+        assert (study_dir / png).stat().st_size > 1000
+
+    # The same command with a larger --trials resumes: the total is 4, the baseline is not trained again.
+    assert run_search(tmp_path, "e2e", "--trials", "4", "--baselines", "resnet20_cifar", epochs=2) == 0
+    df2 = trials_table(tmp_path, "e2e")
+    assert (df2.kind == "baseline").sum() == 1 and len(finished(load_study(tmp_path, "e2e"))) == 4
+    assert df2.set_index("number").loc[done.number, "val_acc"].tolist() == done.val_acc.tolist()
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path):
+    """A learning rate of 1e6 makes the loss non-finite: TrainingDiverged -> FAIL with the reason; run completes."""
+    space = tmp_path / "diverge.yaml"
+    space.write_text("lr: 1000000.0\nnum_blocks: 2\nnum_columns: 2\nbase_width: 4\nwidth_growth: 1.0\n")
+    assert run_search(tmp_path, "nan", "--trials", "2", "--space", str(space)) == 0
+    df = trials_table(tmp_path, "nan")
+    assert list(df.state) == ["FAIL", "FAIL"]
+    assert all(r.startswith("TrainingDiverged") for r in df.fail_reason)
+    assert "## Failed trials" in (tmp_path / "nan" / "report.md").read_text()
+
+
+def test_multi_objective_accuracy_vs_latency(tmp_path, capsys):
+    assert run_search(tmp_path, "multi", "--trials", "2", "--objective", "latency") == 0
+    assert "Optuna cannot prune multi-objective studies" in capsys.readouterr().out
+    study = load_study(tmp_path, "multi")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    df = trials_table(tmp_path, "multi")
+    assert set(df.state) == {"COMPLETE"} and all(len(v) == 2 for v in df["values"])
+    assert all(v[1] == lat for v, lat in zip(df["values"], df.latency_ms, strict=True))
+    report = (tmp_path / "multi" / "report.md").read_text()
+    assert "Optuna cannot prune multi-objective studies" in report and "Pareto front" in report
+    # each trial contributes its C columns to the accuracy-latency front
+    assert "column" in report
+
+
+def test_two_worker_processes_share_one_journal_with_the_exact_trial_count(tmp_path):
+    journal = f"journal:{tmp_path / 'shared.journal'}"
+    assert run_search(tmp_path, "workers", "--trials", "4", "--workers", "2", "--storage", journal) == 0
+    study = load_study(tmp_path, "workers", storage=_journal(tmp_path / "shared.journal"))
+    search = [t for t in study.get_trials() if not t.user_attrs.get("surplus")]
+    assert len(finished(study)) == 4 and len(search) == 4
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in search)
+    assert len({t.user_attrs["worker"] for t in search}) == 2  # both processes trained trials
+
+
+def _journal(path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--dataset", "imagenet42"], "unknown dataset 'imagenet42'"),
+    (["--baselines", "resnet999_cifar"], "unknown baseline model 'resnet999_cifar'"),
+    (["--backend", "dask"], "unknown backend 'dask'"),
+    (["--objective", "speed"], "unknown objective 'speed'"),
+    (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open storage"),
+    (["--storage", "mysql+nodriver://x/y"], "cannot open storage"),
+    (["--space", "/nonexistent/space.yaml"], "space file /nonexistent/space.yaml"),
+    (["--trials", "0"], "--trials and --workers must be >= 1"),
+])
+def test_bad_input_is_one_line_and_exits_before_any_trial(tmp_path, capsys, args, message):
+    assert run_search(tmp_path, "bad", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "bad" / "study.db").exists() and not (tmp_path / "bad" / "trials.parquet").exists()

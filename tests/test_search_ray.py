@@ -1,0 +1,66 @@
+"""The Ray Tune backend: a real local Ray (2 CPUs) end to end with the dashboard, and how trials reach Optuna."""
+
+import json
+import time
+import urllib.request
+
+import pytest
+from optuna.trial import TrialState
+from search_cli import finished, load_study, spawn_search, tiny_args, trials_table
+
+from fractal_space.search.cli import build_parser, settings_from_args
+from fractal_space.search.ray_backend import StudySearch
+from fractal_space.search.study import open_storage
+
+
+def test_ray_search_end_to_end_with_dashboard(tmp_path):
+    proc = spawn_search(tmp_path, "ray", "--backend", "ray", "--trials", "3", epochs=2)
+    url, lines = None, []
+    deadline = time.monotonic() + 120
+    while url is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        if line.startswith("Ray dashboard: "):
+            url = line.split(": ", 1)[1].strip()
+    assert url, "".join(lines)
+    with urllib.request.urlopen(url, timeout=30) as page:  # the dashboard answers while the search runs
+        assert page.status == 200
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, "".join(lines) + out
+    study = load_study(tmp_path, "ray")
+    assert len(finished(study)) == 3
+    df = trials_table(tmp_path, "ray")
+    assert set(df.state) <= {"COMPLETE", "PRUNED"} and (df.state == "COMPLETE").any()
+    assert all(len(c) == n for c, n in zip(df.column_val_acc.dropna(), df.num_columns.dropna(), strict=True))
+    assert (tmp_path / "ray" / "report.md").exists() and list((tmp_path / "ray" / "ray").glob("run-*"))
+
+
+@pytest.fixture
+def searcher(tmp_path):
+    settings = settings_from_args(build_parser().parse_args(tiny_args(tmp_path, "asha", epochs=3)))
+    storage = open_storage(None, settings.study_dir, heartbeat_s=None)
+    return StudySearch(settings, storage), settings
+
+
+def _result(epoch, epochs=3, **extra):
+    record = {"epoch": epoch, "epochs": epochs, "val_acc": 0.3, "params": 10, "flops": 100, "latency_ms": 1.0,
+              "column_val_acc": [0.3], "column_latency_ms": [1.0], "history": [0.3] * epoch, "config": {}}
+    return {"val_acc": 0.3, "record": json.dumps(record), **extra}
+
+
+def test_asha_stopped_trials_reach_optuna_as_pruned_and_errors_as_fail(searcher):
+    """Stock OptunaSearch tells an ASHA-stopped trial COMPLETE with its partial score; ours tells PRUNED."""
+    search, settings = searcher
+    for trial_id in ("stopped", "complete", "raised", "crashed"):
+        assert "model_kwargs" in search.suggest(trial_id)
+    search.on_trial_complete("stopped", result=_result(epoch=1))  # ASHA stopped it after epoch 1 of 3
+    search.on_trial_complete("complete", result=_result(epoch=3))
+    search.on_trial_complete("raised", result=_result(epoch=2, fail_reason="TrainingDiverged: loss became nan"))
+    search.on_trial_complete("crashed", error=True)
+    trials = load_study(settings.study_dir.parent, "asha").get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert trials[1].values == [0.3] and trials[0].user_attrs["history"] == [0.3]
+    assert trials[2].user_attrs["fail_reason"].startswith("TrainingDiverged")
+    assert "error" in trials[3].user_attrs["fail_reason"]

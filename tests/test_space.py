@@ -1,0 +1,131 @@
+"""The declarative search space: sampling, exclusion of impossible ranges, file round trips, one-line errors."""
+
+import json
+
+import optuna
+import pytest
+import timm
+import torch
+
+import fractal_space  # noqa: F401  (registers the timm models)
+from fractal_space.search.trial import FRACTAL_MODEL
+from fractal_space.space import DEFAULT, SearchSpace, max_blocks, widths_for
+
+
+def _configs(space: SearchSpace, n: int) -> list[dict]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    return [space.suggest(study.ask()) for _ in range(n)]
+
+
+def test_every_sample_is_a_consistent_buildable_network():
+    space = SearchSpace.default(32, "cpu")
+    for cfg in _configs(space, 40):
+        kw = cfg["model_kwargs"]
+        assert 1 <= kw["num_blocks"] <= 5 and 1 <= kw["num_columns"] <= 4
+        assert len(kw["widths"]) == len(kw["block_dropout"]) == kw["num_blocks"]
+        assert kw["join"] in ("mean", "sum", "max", "concat") and max(kw["block_dropout"]) < 1
+        assert set(cfg["train"]) == {"lr", "weight_decay", "batch_size"}
+    kw = _configs(space, 1)[0]["model_kwargs"]
+    model = timm.create_model(FRACTAL_MODEL, num_classes=10, **kw).eval()
+    assert model.num_columns == kw["num_columns"]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_widths_follow_the_paper_rule():
+    assert widths_for(5, 16, 2.0) == (16, 32, 64, 128, 128)  # the paper's reduced widths
+    assert widths_for(1, 16, 2.0) == (16,)
+    assert widths_for(3, 8, 1.5) == (8, 12, 12)
+
+
+def test_blocks_are_bounded_by_the_input_size():
+    assert max_blocks(32) == 5 and max_blocks(28) == 4
+    assert {c["model_kwargs"]["num_blocks"] for c in _configs(SearchSpace.default(16), 30)} <= {2, 3, 4}
+    with pytest.raises(ValueError, match=r"^space field 'num_blocks': 6 blocks need an input of 64 px"):
+        SearchSpace.from_dict({"num_blocks": {"low": 2, "high": 6}}, input_size=32)
+    with pytest.raises(ValueError, match="num_blocks"):
+        SearchSpace.from_dict({"num_blocks": {"low": 2, "high": "max"}}, input_size=2)
+
+
+def test_paper_reference_point_is_in_the_space():
+    space = SearchSpace.default(32, "cuda")
+    cfg = space.suggest(optuna.trial.FixedTrial(space.reference_point()))
+    assert cfg["model_kwargs"]["widths"] == (16, 32, 64, 128, 128)
+    assert cfg["model_kwargs"]["block_dropout"] == (0.0, 0.1, 0.2, 0.3, 0.4)
+    assert cfg["train"] == {"lr": 0.02, "weight_decay": 1e-4, "batch_size": 100}
+
+
+def test_narrow_fix_and_extend_from_python():
+    space = SearchSpace.default().replace(num_columns=3, join={"choices": ["mean"]}, label_smoothing={"low": 0.0,
+                                                                                                    "high": 0.2})
+    assert "num_columns" not in space.searched and "label_smoothing" in space.searched
+    for cfg in _configs(space, 10):
+        assert cfg["model_kwargs"]["num_columns"] == 3 and cfg["model_kwargs"]["join"] == "mean"
+        assert 0.0 <= cfg["train"]["label_smoothing"] <= 0.2
+
+
+def test_user_objective_calls_the_space():
+    space = SearchSpace.default(32, "cpu").replace(num_blocks=2, num_columns=2, base_width=4, width_growth=1.0)
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg = space.suggest(trial)
+        model = timm.create_model(FRACTAL_MODEL, num_classes=10, **cfg["model_kwargs"])
+        return float(sum(p.numel() for p in model.parameters())) * cfg["train"]["lr"]
+
+    study = optuna.create_study()
+    study.optimize(objective, n_trials=3)
+    assert len(study.trials) == 3 and "lr" in study.best_params
+
+
+def test_yaml_and_json_files(tmp_path):
+    yml = tmp_path / "space.yaml"
+    yml.write_text("num_columns: {low: 2, high: 3}\njoin: mean\nlr: {low: 0.01, high: 0.05, log: true}\n")
+    space = SearchSpace.from_file(yml)
+    assert space.to_dict()["num_columns"] == {"low": 2, "high": 3} and "join" not in space.searched
+    js = tmp_path / "space.json"
+    js.write_text(json.dumps(space.to_dict()))
+    assert SearchSpace.from_file(js).to_dict() == space.to_dict()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "empty"),
+    ("num_columns: {low: 3, high: 1}", "space field 'num_columns': low 3 > high 1"),
+    ("join: {choices: [mean, avg]}", "space field 'join': 'avg' is not one of"),
+    ("lr: {low: 0, high: 0.1, log: true}", "space field 'lr': a log range needs low > 0"),
+    ("depth: 3", "space field 'depth': not a known dimension"),
+    ("batch_size: {choices: []}", "space field 'batch_size': 'choices' must be a non-empty list"),
+    ("num_columns: {low: 1}", "space field 'num_columns': expected {low, high"),
+    ("dropout_scale: 0.3", "space field 'dropout_scale': 0.3 gives the last block a dropout >= 1"),
+    ("num_columns: [1, 2", "malformed YAML/JSON"),
+    ("- 1\n- 2", "expected a mapping"),
+])
+def test_bad_space_files_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        SearchSpace.from_file(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_core_dimension_and_empty_space():
+    with pytest.raises(ValueError, match="^space: empty"):
+        SearchSpace({})
+    specs = dict(DEFAULT)
+    del specs["lr"]
+    with pytest.raises(ValueError, match="^space field 'lr': missing"):
+        SearchSpace(specs)
+
+
+def test_ray_optuna_search_uses_the_same_define_by_run_function(tmp_path):
+    """Ray's OptunaSearch runs the space's own suggest (no second definition of the space)."""
+    import functools
+
+    from ray.tune.search.optuna import OptunaSearch
+
+    from fractal_space.search.ray_backend import define_by_run
+
+    space = SearchSpace.default(32, "cpu")
+    searcher = OptunaSearch(functools.partial(define_by_run, space), metric="val_acc", mode="max")
+    config = searcher.suggest("trial-a")
+    assert config["trial_number"] == 0
+    assert len(config["model_kwargs"]["widths"]) == config["model_kwargs"]["num_blocks"]
+    assert set(config["train"]) == {"lr", "weight_decay", "batch_size"}
