@@ -16,11 +16,12 @@ from timm.models import create_feature_extractor, get_graph_node_names, group_pa
 import fractal_space  # noqa: F401  (registers the models)
 
 CONTRACT_MODELS = [
+    "fractalnet_c3",
     "resnet20_cifar",
     "densenet_bc100_cifar",
 ]
 # constructor overrides that shrink a model for these checks (the contract is the code's, not the depth's)
-SMALL_KWARGS = {"densenet_bc100_cifar": dict(block_depth=2)}
+SMALL_KWARGS = {"densenet_bc100_cifar": dict(block_depth=2), "fractalnet_c3": dict(widths=(8, 8, 16, 16, 16))}
 # models without residual branches take no drop_path_rate (timm's own DenseNet does not either)
 NO_DROP_PATH = {"densenet_bc100_cifar"}
 
@@ -38,6 +39,12 @@ def _input(model: torch.nn.Module) -> torch.Tensor:
     return torch.randn(BATCH, *model.pretrained_cfg["input_size"])
 
 
+def _first_convs(model: torch.nn.Module) -> tuple[str, ...]:
+    """timm allows several first convs (a FractalNet's columns all read the image)."""
+    first_conv = model.pretrained_cfg["first_conv"]
+    return (first_conv,) if isinstance(first_conv, str) else tuple(first_conv)
+
+
 def _assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -53,8 +60,7 @@ def test_pretrained_cfg_matches_model(name: str) -> None:
     assert cfg["input_size"] == (3, 32, 32)
     assert len(cfg["mean"]) == len(cfg["std"]) == 3
     assert cfg["num_classes"] == model.num_classes
-    first_convs = [cfg["first_conv"]] if isinstance(cfg["first_conv"], str) else cfg["first_conv"]
-    for conv_name in first_convs:  # timm adapts these to in_chans
+    for conv_name in _first_convs(model):  # timm adapts these to in_chans
         conv = model.get_submodule(conv_name)
         assert isinstance(conv, torch.nn.Conv2d) and conv.in_channels == 3
     assert model.get_submodule(cfg["classifier"]) is model.get_classifier()

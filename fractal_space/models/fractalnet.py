@@ -333,8 +333,9 @@ class FractalNet(nn.Module):
             if min(hw) < self.min_input_size:
                 raise ValueError(f"img_size={img_size!r} is too small for {num_blocks} blocks of 2x2 pooling; "
                                  f"the input must be at least {self.min_input_size}x{self.min_input_size}")
-        self.num_features = self.head_hidden_size = prev_chs
+        self.num_features = prev_chs
         self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.head_hidden_size = self.head.num_features  # pooled width: 2x num_features for 'catavgmax'
         self._build_plan_tables()
         self._init_weights(init)
 
@@ -368,7 +369,8 @@ class FractalNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
+        self.head.reset(num_classes, global_pool, in_features=self.num_features)
+        self.head_hidden_size = self.head.num_features
 
     # ---- drop-path ------------------------------------------------------------------------------------------
     def _build_plan_tables(self) -> None:
@@ -468,9 +470,11 @@ class FractalNet(nn.Module):
     ) -> list[int]:
         """Drop the blocks (and head) after the last requested intermediate."""
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        prune_end = max_index < len(self.blocks) - 1
         self.blocks = self.blocks[:max_index + 1]
         self._build_plan_tables()
-        if prune_head:
+        self.num_features = self.widths[max_index]
+        if prune_head or prune_end:
             self.reset_classifier(0, "")
         return take_indices
 
