@@ -2,3 +2,5 @@
 
 Importing this package registers every family with timm's model registry.
 """
+
+from fractal_space.models import densenet_cifar, fractalnet, resnet_cifar  # noqa: F401
