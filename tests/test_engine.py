@@ -1,0 +1,129 @@
+"""Training engine on small real CIFAR-10 subsets: one-epoch training, metrics, resume, divergence, CLI, columns."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fractal_space.engine import EpochReport, TrainConfig, Trainer, TrainingDiverged, lr_factor, train
+from fractal_space.engine.config import RECIPE_FIELDS
+from fractal_space.train import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(model="test_efficientnet", train_subset=200, val_size=100, batch_size=50, progress=False,
+            download=False)
+
+
+def _cfg(**overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, **overrides})
+
+
+def test_config_roundtrips_json_and_rejects_bad_values():
+    cfg = _cfg(model_kwargs={"drop_rate": 0.1}, epochs=3)
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    with pytest.raises(ValueError, match="unknown TrainConfig fields \\['epoch'\\]"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="schedule .*'step'"):
+        TrainConfig(schedule="step")
+    with pytest.raises(ValueError, match="augment .*'x'"):
+        TrainConfig(augment="x")
+    assert set(RECIPE_FIELDS) <= set(cfg.to_dict())
+
+
+def test_paper_schedule_divides_when_remaining_epochs_halve():
+    def at(epoch: int) -> float:
+        return lr_factor("paper", epoch / 400)
+
+    assert [at(e) for e in (0, 199, 200, 299, 300, 350, 375, 399)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 1e-3, 1e-4, 1e-4])
+    assert lr_factor("cosine", 0) == 1 and lr_factor("cosine", 0.5) == pytest.approx(0.5)
+    assert lr_factor("constant", 0.99) == 1
+
+
+def test_one_epoch_on_real_subset_writes_metrics_and_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    seen: list[EpochReport] = []
+    summary = train(_cfg(epochs=1, out_dir=str(out), schedule="constant"), callbacks=[seen.append])
+    assert [r.epoch for r in seen] == [1]
+    report = seen[0]
+    assert math.isfinite(report.train_loss) and 0 <= report.train_acc <= 1 and 0 <= report.val_acc <= 1
+    assert report.lr == pytest.approx(0.02) and report.train_images_per_s > 0 and report.latency_ms > 0
+    assert report.columns == []  # not a FractalNet
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [report.to_dict()]
+    pointer = json.loads((out / "checkpoint.json").read_text())
+    assert pointer["epoch"] == 1
+    weights = load_file(out / pointer["weights"])
+    assert any(k.endswith("running_mean") for k in weights)
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["epochs"] == 1 and 0 <= summary["test_acc"] <= 1 and summary["num_params"] > 0
+    assert summary["flops"] > 0
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path):
+    recipe = dict(epochs=2, lr=0.05, schedule="constant", augment="none")
+    cfg = _cfg(**recipe, out_dir=str(tmp_path / "a"))
+    first = Trainer(cfg)
+    for report in first.epochs():
+        assert report.epoch == 1
+        break  # interrupted after epoch 1 (as search pruning does)
+    metrics = tmp_path / "a" / "metrics.jsonl"
+    with open(metrics, "a") as f:  # an epoch logged but never checkpointed, as after a crash in between
+        f.write(json.dumps({**report.to_dict(), "epoch": 2}) + "\n")
+    resumed = Trainer(cfg)
+    assert resumed.epoch == 1
+    assert [r.epoch for r in resumed.epochs()] == [2]
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "a").glob("epoch-*")) == ["epoch-0002.safetensors",
+                                                                         "epoch-0002.state.pt"]
+    assert list(Trainer(cfg).epochs()) == []  # already complete: nothing more to train
+
+    straight = Trainer(_cfg(**recipe, out_dir=str(tmp_path / "b")))
+    losses = [r.train_loss for r in straight.epochs()]
+    assert losses[1] < losses[0]  # it learns from the real images
+    for (name, a), b in zip(resumed.model.state_dict().items(), straight.model.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_resume_refuses_a_different_recipe(tmp_path):
+    list(Trainer(_cfg(epochs=1, train_subset=50, out_dir=str(tmp_path))).epochs())
+    with pytest.raises(ValueError, match="lr differ"):
+        Trainer(_cfg(epochs=1, train_subset=50, lr=0.1, out_dir=str(tmp_path)))
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_no_garbage(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch 1, step \d+"):
+        list(Trainer(_cfg(lr=1e30, schedule="constant", out_dir=str(tmp_path))).epochs())
+    assert not (tmp_path / "checkpoint.json").exists()
+
+
+def test_fractalnet_reports_every_column_and_keeps_full_model_bn(tmp_path):
+    cfg = _cfg(model="fractalnet_c2", model_kwargs={"widths": [8, 8, 8, 8, 8]}, epochs=1, bn_batches=2)
+    trainer = Trainer(cfg)
+    assert trainer.model.drop_path_rate == 0.15  # the paper's regularisation preset
+    (report,) = list(trainer.epochs())
+    assert [c.column for c in report.columns] == [1, 2]
+    assert all(0 <= c.val_acc <= 1 and c.latency_ms > 0 for c in report.columns)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    again = trainer.evaluate("val")
+    assert [c.val_acc for c in again.columns] == [c.val_acc for c in report.columns]  # re-estimation is repeatable
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cli_bad_arguments_exit_nonzero(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--epochs", "0"])
+    assert exit_info.value.code == 2 and "epochs" in capsys.readouterr().err
+    assert main(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-download", "--model",
+                 "test_efficientnet"]) == 1
+    assert str(tmp_path / "cifar10" / "train.parquet") in capsys.readouterr().err
+    proc = subprocess.run([sys.executable, "-m", "fractal_space.train", "--augment", "+++"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "'+++'" in proc.stderr
