@@ -170,8 +170,10 @@ class Trainer:
         size = dict(num_classes=self.data.num_classes, in_chans=self.data.in_chans)
         model = timm.create_model(cfg.model, **size, **cfg.model_kwargs)
         if cfg.regularization == "paper" and hasattr(model, "num_columns"):
+            from fractal_space.models.fractalnet import paper_block_dropout
+
             paper = dict(drop_path_rate=PAPER_DROP_PATH, global_drop_fraction=PAPER_GLOBAL_FRACTION,
-                         block_dropout=tuple(round(0.1 * i, 10) for i in range(len(model.blocks))))
+                         block_dropout=paper_block_dropout(len(model.blocks)))
             model = timm.create_model(cfg.model, **size, **{**paper, **cfg.model_kwargs})
         return model.to(self.device)
 
