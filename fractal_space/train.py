@@ -47,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
             continue
-        args = typing.get_args(hint)
-        base = next((a for a in args if a is not type(None)), hint)
-        parse = {int: int, float: float, str: str}.get(base, _json_object)
-        parser.add_argument(flag, type=_optional(parse) if type(None) in args else parse, default=default,
+        optional = type(None) in typing.get_args(hint)
+        base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+        parse = _json_object if typing.get_origin(base) is dict else base
+        parser.add_argument(flag, type=_optional(parse) if optional else parse, default=default,
                             metavar=f.name.upper(), help=f"default: {json.dumps(default)}")
     return parser
 

@@ -124,6 +124,8 @@ def test_cli_bad_arguments_exit_nonzero(tmp_path, capsys):
     assert main(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-download", "--model",
                  "test_efficientnet"]) == 1
     assert str(tmp_path / "cifar10" / "train.parquet") in capsys.readouterr().err
+    assert main(["--model", "fractalnet_c2", "--model-kwargs", '{"widthz": 8}', "--train-subset", "50"]) == 1
+    assert "widthz" in capsys.readouterr().err
     proc = subprocess.run([sys.executable, "-m", "fractal_space.train", "--augment", "+++"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "'+++'" in proc.stderr

@@ -107,6 +107,12 @@ def _tensorboard_writer(out_dir: Path) -> Any:
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (respects affinity masks and container CPU sets where the OS reports them)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -126,7 +132,7 @@ class Trainer:
         self.cfg = cfg
         self.device = _resolve_device(cfg.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
+            torch.set_num_threads(cfg.num_threads or _usable_cpus())
         torch.manual_seed(cfg.seed)
         self.data = load_splits(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.train_subset, cfg.val_seed,
                                 cfg.download)
@@ -168,13 +174,16 @@ class Trainer:
         """timm model for this dataset; FractalNet gets the paper's drop-path + dropout under ``regularization``."""
         cfg = self.cfg
         size = dict(num_classes=self.data.num_classes, in_chans=self.data.in_chans)
-        model = timm.create_model(cfg.model, **size, **cfg.model_kwargs)
-        if cfg.regularization == "paper" and hasattr(model, "num_columns"):
-            from fractal_space.models.fractalnet import paper_block_dropout
+        try:
+            model = timm.create_model(cfg.model, **size, **cfg.model_kwargs)
+            if cfg.regularization == "paper" and hasattr(model, "num_columns"):
+                from fractal_space.models.fractalnet import paper_block_dropout
 
-            paper = dict(drop_path_rate=PAPER_DROP_PATH, global_drop_fraction=PAPER_GLOBAL_FRACTION,
-                         block_dropout=paper_block_dropout(len(model.blocks)))
-            model = timm.create_model(cfg.model, **size, **{**paper, **cfg.model_kwargs})
+                paper = dict(drop_path_rate=PAPER_DROP_PATH, global_drop_fraction=PAPER_GLOBAL_FRACTION,
+                             block_dropout=paper_block_dropout(len(model.blocks)))
+                model = timm.create_model(cfg.model, **size, **{**paper, **cfg.model_kwargs})
+        except TypeError as err:  # an unknown keyword in model_kwargs
+            raise ValueError(f"model_kwargs {cfg.model_kwargs} rejected by {cfg.model}: {err}") from err
         return model.to(self.device)
 
     def _autocast(self) -> Any:
