@@ -343,3 +343,17 @@ def test_input_too_small_and_bad_column_are_value_errors() -> None:
     with pytest.raises(ValueError, match="column=0"):
         model.extract_column(0)
     assert math.isclose(sum(paper_block_dropout(5)), 1.0)
+
+
+def test_timm_train_script_model_creation() -> None:
+    """timm's train.py (``--device-modules fractal_space``) imports us, then creates the model like this."""
+    import importlib
+
+    importlib.import_module("fractal_space")
+    model = timm.create_model(
+        "fractalnet_c2", pretrained=False, in_chans=3, num_classes=10, drop_rate=0.1, drop_path_rate=0.15,
+        drop_block_rate=None, global_pool=None, bn_momentum=None, bn_eps=None, scriptable=False, checkpoint_path="",
+    )
+    assert model.drop_path_rate == 0.15 and model.head.drop.p == 0.1
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    assert data_cfg["input_size"] == (3, 32, 32) and data_cfg["crop_pct"] == 1.0
