@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 
 from fractal_space.search.cli import main
-from fractal_space.search.study import counts_as_finished
+from fractal_space.search.study import counts_as_finished, open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 # Small, fast corner of the space: B <= 3, C <= 3, 4-8 channels; trials take seconds on 2 cores.
@@ -25,7 +25,7 @@ def tiny_args(runs: Path, study: str, *extra: str, epochs: int = 1) -> list[str]
         runs.mkdir(parents=True, exist_ok=True)
         space.write_text(TINY_SPACE)
     return ["--runs-dir", str(runs), "--study", study, "--device", "cpu", "--epochs", str(epochs),
-            "--train-subset", "200", "--val-size", "200", "--baselines", "", "--space", str(space),
+            "--train-subset", "100", "--val-size", "100", "--baselines", "", "--space", str(space),
             "--no-progress", "--heartbeat", "2", *extra]
 
 
@@ -42,7 +42,8 @@ def spawn_search(runs: Path, study: str, *extra: str, epochs: int = 1) -> subpro
 
 
 def load_study(runs: Path, study: str, storage: str | None = None) -> optuna.Study:
-    return optuna.load_study(study_name=study, storage=storage or f"sqlite:///{runs / study / 'study.db'}")
+    """Load ``study`` from ``storage`` (any URL the CLI takes; default: the study's SQLite under ``runs``)."""
+    return optuna.load_study(study_name=study, storage=open_storage(storage, runs / study, heartbeat_s=None))
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

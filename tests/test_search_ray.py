@@ -14,7 +14,7 @@ from fractal_space.search.study import open_storage
 
 
 def test_ray_search_end_to_end_with_dashboard(tmp_path):
-    proc = spawn_search(tmp_path, "ray", "--backend", "ray", "--trials", "3", epochs=2)
+    proc = spawn_search(tmp_path, "ray", "--backend", "ray", "--trials", "2", epochs=2)
     url, lines = None, []
     deadline = time.monotonic() + 120
     while url is None and time.monotonic() < deadline:
@@ -30,7 +30,7 @@ def test_ray_search_end_to_end_with_dashboard(tmp_path):
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, "".join(lines) + out
     study = load_study(tmp_path, "ray")
-    assert len(finished(study)) == 3
+    assert len(finished(study)) == 2
     df = trials_table(tmp_path, "ray")
     assert set(df.state) <= {"COMPLETE", "PRUNED"} and (df.state == "COMPLETE").any()
     assert all(len(c) == n for c, n in zip(df.column_val_acc.dropna(), df.num_columns.dropna(), strict=True))

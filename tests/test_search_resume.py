@@ -1,4 +1,4 @@
-"""Reliability: Ctrl-C and SIGKILL lose no finished trial, and re-running resumes to the exact trial count."""
+"""Reliability: SIGKILL and Ctrl-C lose no finished trial, re-running resumes to the exact count; PostgreSQL."""
 
 import os
 import signal
@@ -29,31 +29,36 @@ def _wait_for(proc, runs, study, n_finished, timeout=150.0):
     pytest.fail(f"no {n_finished} finished trials within {timeout}s: {proc.stdout.read()}")
 
 
-def test_ctrl_c_then_sigkill_then_resume_loses_no_finished_trial(tmp_path):
-    proc = spawn_search(tmp_path, "resume", "--trials", "4", epochs=2)
-    _wait_for(proc, tmp_path, "resume", 1)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in out
-    study = load_study(tmp_path, "resume")
-    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]  # storage left consistent
-    interrupted = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]
-    assert len(interrupted) <= 1 and all(t.state == TrialState.FAIL for t in interrupted)  # 0 if between trials
-
-    proc = spawn_search(tmp_path, "resume", "--trials", "4", epochs=2)
-    study = _wait_for(proc, tmp_path, "resume", len(finished(study)) + 1)
+def test_sigkill_then_resume_loses_no_finished_trial(tmp_path):
+    proc = spawn_search(tmp_path, "killed", "--trials", "2", epochs=2)
+    study = _wait_for(proc, tmp_path, "killed", 1)
     before = {t.number: (t.state, t.values) for t in finished(study)}
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
 
-    assert run_search(tmp_path, "resume", "--trials", "4", epochs=2) == 0
-    study = load_study(tmp_path, "resume")
+    assert run_search(tmp_path, "killed", "--trials", "2", epochs=2) == 0
+    study = load_study(tmp_path, "killed")
     after = {t.number: (t.state, t.values) for t in finished(study)}
-    assert len(after) == 4 and all(after[n] == before[n] for n in before)
+    assert len(after) == 2 and all(after[n] == before[n] for n in before)
     killed = [t for t in study.get_trials() if t.user_attrs.get("fail_reason") == "interrupted: worker process died"]
     assert len(killed) <= 1 and all(t.state == TrialState.FAIL for t in killed)  # reaped, not left RUNNING
-    df = trials_table(tmp_path, "resume")
-    assert "RUNNING" not in set(df.state) and len(df) == 4 + len(interrupted) + len(killed)
+    df = trials_table(tmp_path, "killed")
+    assert "RUNNING" not in set(df.state) and len(df) == 2 + len(killed)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_leaves_the_storage_consistent(tmp_path):
+    proc = spawn_search(tmp_path, "ctrl-c", "--trials", "3", epochs=2)
+    _wait_for(proc, tmp_path, "ctrl-c", 1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in out
+    study = load_study(tmp_path, "ctrl-c")
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    interrupted = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]
+    assert len(interrupted) <= 1 and all(t.state == TrialState.FAIL for t in interrupted)  # 0 if between trials
+    assert run_search(tmp_path, "ctrl-c", "--trials", "3", epochs=2) == 0
+    assert len(finished(load_study(tmp_path, "ctrl-c"))) == 3
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,8 @@ def _history(df: pd.DataFrame, base: pd.DataFrame, path: Path) -> None:
         if row.val_acc is not None and not math.isnan(row.val_acc):
             ax.axhline(row.val_acc, ls="--", color=f"C{i + 2}", label=row.model)
     ax.set(xlabel="trial", ylabel="validation accuracy", title="Optimisation history")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -62,7 +63,8 @@ def _front(df: pd.DataFrame, base: pd.DataFrame, cost: str, path: Path) -> list[
     for i, row in enumerate(base[base.state == "COMPLETE"].itertuples()):
         ax.scatter([getattr(row, cost)], [row.val_acc], marker="*", s=90, color=f"C{i + 2}", label=row.model)
     ax.set(xscale="log", xlabel=cost, ylabel="validation accuracy", title=f"Accuracy vs {cost}")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -13,6 +13,7 @@ import shutil
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,19 @@ def open_storage(url: str | None, study_dir: Path, heartbeat_s: int | None = 30)
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
         engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+        return RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
                           grace_period=None if heartbeat_s is None else 3 * heartbeat_s)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of every kind become one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot open storage {url!r}: {reason}") from None
+
+
+def _with_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3; use psycopg2 (the project's driver) when only it exists."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres") and find_spec("psycopg") is None and find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return url
 
 
 def directions(objective: str) -> list[str]:
