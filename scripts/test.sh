@@ -7,4 +7,5 @@ cd "$root"
 bash scripts/bootstrap.sh
 # Stable CPU timings and memory use for small batches (see shared/docs/performance-notes.md).
 export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824
+export FRACTAL_SPACE_PG_URL="${FRACTAL_SPACE_PG_URL:-$(bash scripts/postgres.sh)}"  # PostgreSQL for the storage test
 exec .venv/bin/python -m pytest "$@"
