@@ -103,7 +103,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_no_garbage(tmp_path):
     assert not (tmp_path / "checkpoint.json").exists()
 
 
-def test_fractalnet_reports_every_column_and_keeps_full_model_bn(tmp_path):
+def test_fractalnet_reports_every_column_with_repeatable_bn_estimates():
     cfg = _cfg(model="fractalnet_c2", model_kwargs={"widths": [8, 8, 8, 8, 8]}, epochs=1, bn_batches=2)
     trainer = Trainer(cfg)
     assert trainer.model.drop_path_rate == 0.15  # the paper's regularisation preset
@@ -111,10 +111,10 @@ def test_fractalnet_reports_every_column_and_keeps_full_model_bn(tmp_path):
     assert [c.column for c in report.columns] == [1, 2]
     assert all(0 <= c.val_acc <= 1 and c.latency_ms > 0 for c in report.columns)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    again = trainer.evaluate("val")
-    assert [c.val_acc for c in again.columns] == [c.val_acc for c in report.columns]  # re-estimation is repeatable
+    again = trainer.evaluate("val")  # columns are evaluated on copies; the full model's estimate is repeatable
+    assert again.acc == report.val_acc and [c.val_acc for c in again.columns] == [c.val_acc for c in report.columns]
     after = trainer.model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith("num_batches_tracked"))
 
 
 def test_cli_bad_arguments_exit_nonzero(tmp_path, capsys):
