@@ -137,7 +137,7 @@ def test_paper_20_layer_network_size() -> None:
 
 
 def _model_with_drop_path(**kwargs) -> FractalNet:
-    return timm.create_model("fractalnet_c4", drop_path_rate=0.15, **TINY, **kwargs)
+    return timm.create_model("fractalnet_c4", **{"drop_path_rate": 0.15, **TINY, **kwargs})
 
 
 def test_local_drop_path_keeps_one_input_per_join_and_drops_at_rate_p() -> None:
@@ -357,3 +357,15 @@ def test_timm_train_script_model_creation() -> None:
     assert model.drop_path_rate == 0.15 and model.head.drop.p == 0.1
     data_cfg = timm.data.resolve_data_config({}, model=model)
     assert data_cfg["input_size"] == (3, 32, 32) and data_cfg["crop_pct"] == 1.0
+
+
+def test_torchscript_runs_drop_path_like_eager() -> None:
+    model = _model_with_drop_path(num_columns=3).train()
+    scripted = torch.jit.script(model)
+    x = _x()
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expected = model(x)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(scripted(x), expected)
+    torch.testing.assert_close(scripted.eval()(x, 2), model.eval()(x, column=2))
