@@ -15,8 +15,18 @@ from fractal_space.engine.config import RECIPE_FIELDS
 from fractal_space.train import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(model="test_efficientnet", train_subset=200, val_size=100, batch_size=50, progress=False,
-            download=False)
+# One thread: on a shared 2-core machine, 2-thread OpenMP regions stall on every small op (measured 88 s vs 16 s for
+# this file under load).
+TINY = dict(model="test_efficientnet", train_subset=100, val_size=100, batch_size=50, progress=False,
+            download=False, num_threads=1)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Trainer sets torch's process-wide thread count; give other test files theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _cfg(**overrides) -> TrainConfig:
