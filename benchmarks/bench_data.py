@@ -49,14 +49,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--batches", type=int, default=20, help="batches per timed round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--num-threads", type=int, default=None, help="torch threads (default: all usable CPUs)")
     args = parser.parse_args()
 
     start = time.perf_counter()
     data = load_splits(args.dataset, download=False)
-    print(f"load {args.dataset} (decoded cache): {time.perf_counter() - start:.1f} s, "
-          f"{len(data.train)} train images, threads {torch.get_num_threads()}")
+    print(f"load {args.dataset} (decoded cache): {time.perf_counter() - start:.1f} s, {len(data.train)} train images")
     cfg = TrainConfig(model=args.model, dataset=args.dataset, batch_size=args.batch_size, progress=False,
-                      download=False, eval_columns=False)
+                      download=False, eval_columns=False, num_threads=args.num_threads)
     trainer = Trainer(cfg)  # the engine's model, optimizer, layout and paper regularisation
     loaders = {a: BatchLoader(data.train, data.norm, args.batch_size, augment=a, shuffle=True,
                               channels_last=cfg.channels_last) for a in AUGMENTS}
@@ -68,7 +68,8 @@ def main() -> None:
         rates["train step"].append(_train_rate(trainer, model_batches))
     train_rate = statistics.median(rates["train step"])
     print(f"{args.model} ({trainer.num_params / 1e6:.2f}M params, {trainer.flops / 1e6:.0f} MFLOP/img), "
-          f"batch {args.batch_size}, {args.rounds} rounds x {args.batches} batches, medians:")
+          f"batch {args.batch_size}, {torch.get_num_threads()} threads, {args.rounds} rounds x {args.batches} batches, "
+          f"medians:")
     for name, values in rates.items():
         rate = statistics.median(values)
         share = f"  (= {train_rate / rate:.1%} of a train step)" if name != "train step" else ""
