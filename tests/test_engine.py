@@ -105,6 +105,8 @@ def test_resume_refuses_a_different_recipe(tmp_path):
     list(Trainer(_cfg(epochs=1, train_subset=50, out_dir=str(tmp_path))).epochs())
     with pytest.raises(ValueError, match="lr differ"):
         Trainer(_cfg(epochs=1, train_subset=50, lr=0.1, out_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="model differ"):  # refused before any weights are loaded
+        Trainer(_cfg(epochs=1, train_subset=50, model="test_resnet", out_dir=str(tmp_path)))
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_no_garbage(tmp_path):

@@ -38,19 +38,23 @@ def save_checkpoint(out_dir: Path, epoch: int, model: nn.Module, state: dict[str
     _atomic(out_dir / weights, lambda p: save_file(tensors, p, metadata={"epoch": str(epoch)}))
     _atomic(out_dir / extra, lambda p: torch.save(state, p))
     pointer = json.dumps({"epoch": epoch, "weights": weights, "state": extra})
-    _atomic(out_dir / POINTER, lambda p: Path(p).write_text(pointer))
+    write_atomic(out_dir / POINTER, pointer)
     for old in out_dir.glob("epoch-*"):
         if old.name not in (weights, extra):
             old.unlink(missing_ok=True)
 
 
-def load_checkpoint(out_dir: Path, model: nn.Module) -> dict[str, Any] | None:
-    """Load the latest checkpoint's weights into ``model``; returns its trainer state, or None if there is none."""
+def read_checkpoint(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The latest checkpoint's weights and trainer state (with its ``epoch``), or None if there is none."""
     pointer = out_dir / POINTER
     if not pointer.exists():
         return None
     info = json.loads(pointer.read_text())
-    model.load_state_dict(load_file(out_dir / info["weights"]))
     state = torch.load(out_dir / info["state"], weights_only=False)
     state["epoch"] = info["epoch"]
-    return state
+    return load_file(out_dir / info["weights"]), state
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that readers see the old or the new content, never a part."""
+    _atomic(path, lambda p: Path(p).write_text(text))

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fractal_space.data import BatchLoader, load_splits
-from fractal_space.engine.checkpoint import load_checkpoint, save_checkpoint
+from fractal_space.engine.checkpoint import read_checkpoint, save_checkpoint, write_atomic
 from fractal_space.engine.config import RECIPE_FIELDS, TrainConfig
 from fractal_space.metrics import count_flops, count_params, measure_latency
 
@@ -190,24 +190,24 @@ class Trainer:
         return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
     def _resume(self, out_dir: Path) -> None:
-        state = load_checkpoint(out_dir, self.model)
-        if state is None:
-            return
-        saved = state["config"]
-        differ = [k for k in RECIPE_FIELDS if saved.get(k) != getattr(self.cfg, k)]
-        if differ:
-            raise ValueError(f"checkpoint in {out_dir} was written by a different recipe ({', '.join(differ)} differ);"
-                             f" use a new out_dir or the same settings to resume")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-        self.epoch = state["epoch"]
+        checkpoint = read_checkpoint(out_dir)
+        if checkpoint is not None:
+            weights, state = checkpoint
+            differ = [k for k in RECIPE_FIELDS if state["config"].get(k) != getattr(self.cfg, k)]
+            if differ:
+                raise ValueError(f"checkpoint in {out_dir} was written by a different recipe ({', '.join(differ)} "
+                                 f"differ); use a new out_dir or the same settings to resume")
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng"])
+            self.epoch = state["epoch"]
         metrics = out_dir / METRICS_FILE
-        if metrics.exists():  # drop lines of an epoch that was logged but never checkpointed
+        if metrics.exists():  # keep only checkpointed epochs: a crash may fall between the log line and the checkpoint
             lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             self.history = [EpochReport.from_dict(r) for r in lines if r["epoch"] <= self.epoch]
-            metrics.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in self.history))
+            write_atomic(metrics, "".join(json.dumps(r.to_dict()) + "\n" for r in self.history))
 
     def epochs(self) -> Iterator[EpochReport]:
         """Train until ``cfg.epochs`` epochs are done, yielding a validated, checkpointed report after each."""
@@ -347,8 +347,5 @@ def train(cfg: TrainConfig, callbacks: Sequence[Callable[[EpochReport], None]] =
         "wall_seconds": time.perf_counter() - start,
     }
     if trainer.out_dir is not None:
-        path = trainer.out_dir / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, path)
+        write_atomic(trainer.out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
