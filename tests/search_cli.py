@@ -26,7 +26,7 @@ def tiny_args(runs: Path, study: str, *extra: str, epochs: int = 1) -> list[str]
         space.write_text(TINY_SPACE)
     return ["--runs-dir", str(runs), "--study", study, "--device", "cpu", "--epochs", str(epochs),
             "--train-subset", "100", "--val-size", "100", "--baselines", "", "--space", str(space),
-            "--no-progress", "--heartbeat", "2", *extra]
+            "--no-progress", "--heartbeat", "2", "--workers", "1", "--threads", "1", *extra]
 
 
 def run_search(runs: Path, study: str, *extra: str, epochs: int = 1) -> int:

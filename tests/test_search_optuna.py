@@ -93,7 +93,7 @@ def test_two_worker_processes_share_one_journal_with_the_exact_trial_count(tmp_p
     (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open storage"),
     (["--storage", "mysql+nodriver://x/y"], "cannot open storage"),
     (["--space", "/nonexistent/space.yaml"], "space file /nonexistent/space.yaml"),
-    (["--trials", "0"], "--trials and --workers must be >= 1"),
+    (["--trials", "0"], "--trials, --workers and --threads must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exits_before_any_trial(tmp_path, capsys, args, message):
     assert run_search(tmp_path, "bad", *args) == 2

@@ -64,3 +64,33 @@ def test_asha_stopped_trials_reach_optuna_as_pruned_and_errors_as_fail(searcher)
     assert trials[1].values == [0.3] and trials[0].user_attrs["history"] == [0.3]
     assert trials[2].user_attrs["fail_reason"].startswith("TrainingDiverged")
     assert "error" in trials[3].user_attrs["fail_reason"]
+
+
+@pytest.mark.slow
+def test_ray_search_killed_with_sigkill_is_restored(tmp_path):
+    """SIGKILL the Ray driver mid-search; the same command calls Tuner.restore and ends at the exact count."""
+    import os
+    import signal
+
+    proc = spawn_search(tmp_path, "ray-kill", "--backend", "ray", "--trials", "3", epochs=2)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        db = tmp_path / "ray-kill" / "study.db"
+        if db.exists() and list((tmp_path / "ray-kill" / "ray").glob("run-*")):
+            try:
+                if finished(load_study(tmp_path, "ray-kill")):
+                    break
+            except KeyError:
+                pass
+        time.sleep(1)
+    before = {t.number: t.values for t in finished(load_study(tmp_path, "ray-kill"))}
+    assert before
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+
+    again = spawn_search(tmp_path, "ray-kill", "--backend", "ray", "--trials", "3", epochs=2)
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out
+    assert "restoring Ray experiment" in out
+    after = {t.number: t.values for t in finished(load_study(tmp_path, "ray-kill"))}
+    assert len(after) == 3 and all(after[n] == before[n] for n in before)

@@ -7,10 +7,8 @@ exactly that count even with several workers (see ``TrialProcedure.search``).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing
-import os
 import time
 from collections.abc import Callable
 
@@ -87,9 +85,8 @@ def worker(settings: SearchSettings, on_trial: Callable[[], None] | None = None)
             on_trial()
 
 
-def _worker_process(settings: SearchSettings, threads: int) -> None:
+def _worker_process(settings: SearchSettings) -> None:
     quiet_optuna()
-    settings = dataclasses.replace(settings, budget=dataclasses.replace(settings.budget, num_threads=threads))
     try:
         worker(settings)
     except KeyboardInterrupt:
@@ -106,9 +103,8 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
     if settings.workers <= 1:
         worker(settings, on_trial=lambda: progress(tally(study)[0]))
         return study
-    threads = max(1, (os.cpu_count() or 1) // settings.workers)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_process, args=(settings, threads), daemon=False)
+    procs = [ctx.Process(target=_worker_process, args=(settings,), daemon=False)
              for _ in range(settings.workers)]
     for p in procs:
         p.start()

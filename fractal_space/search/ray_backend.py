@@ -148,8 +148,7 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
     dashboard = _init_ray(settings)
     print(f"Ray dashboard: {dashboard}", flush=True)
     _PROGRESS[:] = [lambda: progress(tally(study)[0])]
-    cpus = settings.ray.get("cpus_per_trial") or (1.0 if settings.ray.get("gpus_per_trial") else
-                                                  float(os.cpu_count() or 1))
+    cpus = settings.ray["cpus_per_trial"]
     budget = dataclasses.replace(settings.budget, num_threads=max(1, int(cpus)),
                                  device="cuda" if settings.ray.get("gpus_per_trial") else "cpu")
     fn = tune.with_resources(tune.with_parameters(trainable, budget=budget, study_dir=str(settings.study_dir)),
