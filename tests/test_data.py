@@ -116,6 +116,10 @@ def test_imagefolder_roundtrips_real_images(cifar_test, tmp_path, monkeypatch):
         match = (cifar_test.images[:12] == image).flatten(1).all(1).nonzero().flatten()
         assert len(match) >= 1 and cifar_test.classes[int(cifar_test.labels[match[0]])] == train.classes[label]
     assert len(load_split(f"imagefolder:{tmp_path / 'tree'}", "test")) == 4
+    flat = load_splits(f"imagefolder:{tmp_path / 'tree' / 'train'}", val_size=2)  # no split folders: all train
+    assert len(flat.train) == 10 and flat.test is None
+    with pytest.raises(DataNotFoundError, match="no test split"):
+        load_split(f"imagefolder:{tmp_path / 'tree' / 'train'}", "test")
     with pytest.raises(DataNotFoundError, match="looked at"):
         load_split(f"imagefolder:{tmp_path / 'missing'}", "train")
 

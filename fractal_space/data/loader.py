@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fractal_space.data.sources import ImageSet, load_split
+from fractal_space.data.sources import NAMED, DataNotFoundError, ImageSet, load_split
 
 AUGMENTS = ("none", "+", "++")
 TRANSLATE = 4  # the paper's "+": translation by up to 4 px
@@ -122,7 +122,8 @@ def load_splits(dataset: str, data_dir: str | os.PathLike[str] | None = None, va
     """Carve a fixed-seed validation split from train, then optionally keep the first ``train_subset`` of the rest.
 
     The validation set depends only on ``val_seed`` and ``val_size``, never on ``train_subset``, so cheap search
-    trials and full runs select on the same images; the test split is never used for selection.
+    trials and full runs select on the same images; the test split is never used for selection. ``imagefolder:`` and
+    ``parquet:`` datasets without a test split get ``test=None``.
     """
     full = load_split(dataset, "train", data_dir, download)
     n = len(full)
@@ -135,7 +136,13 @@ def load_splits(dataset: str, data_dir: str | os.PathLike[str] | None = None, va
             raise ValueError(f"train_subset must be in [1, {len(rest)}] ({n} training images minus val_size "
                              f"{val_size}), got {train_subset}")
         rest = rest[:train_subset]
-    test = load_split(dataset, "test", data_dir, download) if with_test else None
+    test = None
+    if with_test:
+        try:
+            test = load_split(dataset, "test", data_dir, download)
+        except DataNotFoundError:
+            if dataset in NAMED:  # named datasets always have a test split: its absence is an error
+                raise
     return DataSplits(train=_take(full, rest), val=_take(full, val_idx), test=test, norm=Normalize.fit(full.images),
                       num_classes=len(full.classes), in_chans=full.images.shape[1],
                       image_size=tuple(full.images.shape[-2:]))

@@ -241,8 +241,8 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike[str] | None
                download: bool = True) -> ImageSet:
     """Load one split (``train``/``test``) of a dataset spec, decoding and caching on first use.
 
-    ``dataset`` is a name in ``NAMED``, ``imagefolder:<path>`` (``<path>/<split>/<class>/...``, or the whole tree as
-    the train split when there is no ``train`` subfolder) or ``parquet:<path>`` (a folder with ``<split>.parquet`` or
+    ``dataset`` is a name in ``NAMED``, ``imagefolder:<path>`` (``<path>/train/<class>/...`` and ``test/`` or ``val/``;
+    a tree without a ``train`` folder is all training data) or ``parquet:<path>`` (a folder with ``<split>.parquet`` or
     ``<split>-*.parquet`` shards, or one .parquet file used as the train split).
     """
     if split not in SPLITS:
@@ -281,16 +281,20 @@ def _pad_to_32(data: ImageSet) -> ImageSet:
 
 def _load_path_dataset(kind: str, path: Path, split: str) -> ImageSet:
     if kind == "parquet":
-        files = ([path] if split == "train" else []) if path.is_file() else _parquet_shards(path, split)
+        if path.is_file():
+            looked, files = f"{path} (a single file is the train split)", [path] if split == "train" else []
+        else:
+            looked, files = f"{path / split}.parquet; {path / split}-*.parquet", _parquet_shards(path, split)
         if not files:
-            raise DataNotFoundError(f"parquet:{path} has no {split} split (looked at: {path / split}.parquet; "
-                                    f"{path / split}-*.parquet)")
+            raise DataNotFoundError(f"parquet:{path} has no {split} split (looked at: {looked})")
         return _cached(f"parquet:{path}", split, files, lambda: read_parquet(files))
-    subdirs = ["train"] if split == "train" else ["test", "val"]
-    folder = next((path / d for d in subdirs if (path / d).is_dir()), path / subdirs[0])
-    if split == "train" and not (path / "train").is_dir():
-        folder = path
-    if not folder.is_dir():
-        raise DataNotFoundError(f"imagefolder:{path} has no {split} split (looked at: {folder})")
+    if (path / "train").is_dir():
+        candidates = [path / "train"] if split == "train" else [path / "test", path / "val"]
+    else:  # a tree without split folders is all training data
+        candidates = [path] if split == "train" else []
+    folder = next((c for c in candidates if c.is_dir()), None)
+    if folder is None:
+        looked = "; ".join(str(c) for c in candidates) or f"{path / 'train'} (needed for a test/val split)"
+        raise DataNotFoundError(f"imagefolder:{path} has no {split} split (looked at: {looked})")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     return _cached(f"imagefolder:{path}", split, files, lambda: read_imagefolder(folder))

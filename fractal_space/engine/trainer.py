@@ -327,7 +327,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Callable[[EpochReport], None]] =
     for report in trainer.epochs():
         for callback in callbacks:
             callback(report)
-    test = trainer.test()
+    test = trainer.test() if trainer.test_loader is not None else EvalReport(math.nan, math.nan, math.nan)
     last = trainer.history[-1] if trainer.history else None
     summary = {
         "config": cfg.to_dict(),
