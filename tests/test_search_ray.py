@@ -23,7 +23,7 @@ def test_ray_search_end_to_end_with_dashboard(tmp_path):
             break
         lines.append(line)
         if line.startswith("Ray dashboard: "):
-            url = line.split(": ", 1)[1].strip()
+            url = line.split(": ", 1)[1].split()[0]
     assert url, "".join(lines)
     with urllib.request.urlopen(url, timeout=30) as page:  # the dashboard answers while the search runs
         assert page.status == 200
@@ -94,3 +94,24 @@ def test_ray_search_killed_with_sigkill_is_restored(tmp_path):
     assert "restoring Ray experiment" in out
     after = {t.number: t.values for t in finished(load_study(tmp_path, "ray-kill"))}
     assert len(after) == 3 and all(after[n] == before[n] for n in before)
+
+
+@pytest.mark.slow
+def test_ray_search_ctrl_c_exits_130_and_leaves_nothing_running(tmp_path):
+    import signal
+
+    proc = spawn_search(tmp_path, "ray-int", "--backend", "ray", "--trials", "4", epochs=2)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            study = load_study(tmp_path, "ray-int")
+            if finished(study) and any(t.state == TrialState.RUNNING for t in study.get_trials()):
+                break
+        except (KeyError, ValueError):  # storage or study not created yet
+            pass
+        time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "re-run the same command to resume" in out
+    trials = load_study(tmp_path, "ray-int").get_trials()
+    assert finished(load_study(tmp_path, "ray-int")) and not [t for t in trials if t.state == TrialState.RUNNING]

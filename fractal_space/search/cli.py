@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray: address of an existing cluster (default: start one)")
     p.add_argument("--cpus-per-trial", type=float, default=None,
                    help="Ray: CPUs per trial (default: 1 on CPU, cores / workers with GPUs)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial, fractions allowed")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="Ray: GPUs per trial, fractions allowed (default: 1 with --device cuda, else 0)")
     p.add_argument("--dashboard-port", type=int, default=8265, help="Ray: dashboard port on 127.0.0.1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -136,7 +137,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     study_dir = Path(args.runs_dir) / study
     open_storage(args.storage, study_dir, args.heartbeat)  # fail now, not in a worker
     cpus_per_trial = args.cpus_per_trial or (1.0 if device == "cpu" else float(threads))
-    ray = {"address": args.address, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+    gpus_per_trial = (0.0 if device == "cpu" else 1.0) if args.gpus_per_trial is None else args.gpus_per_trial
+    ray = {"address": args.address, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
            "dashboard_port": args.dashboard_port}
     return SearchSettings(study=study, study_dir=study_dir.resolve(), storage_url=args.storage,
                           objective=args.objective, trials=args.trials, space_specs=space.to_dict(),

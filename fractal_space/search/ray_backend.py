@@ -24,6 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 from fractal_space.search.settings import SearchSettings
 from fractal_space.search.study import (
     WORKER,
+    fail_interrupted,
     keep_best_checkpoints,
     open_storage,
     reap_stale,
@@ -146,7 +147,9 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
     run_baselines(settings, study)
     enqueue_reference(study, settings)
     dashboard = _init_ray(settings)
-    print(f"Ray dashboard: {dashboard}", flush=True)
+    token = Path.home() / ".ray" / "auth_token"  # Ray >= 2.5x turns token authentication on by default
+    print(f"Ray dashboard: {dashboard}" + (f" (its API wants the token in {token})" if token.exists() else ""),
+          flush=True)
     _PROGRESS[:] = [lambda: progress(tally(study)[0])]
     cpus = settings.ray["cpus_per_trial"]
     budget = dataclasses.replace(settings.budget, num_threads=max(1, int(cpus)),
@@ -154,6 +157,7 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
     fn = tune.with_resources(tune.with_parameters(trainable, budget=budget, study_dir=str(settings.study_dir)),
                              {"cpu": cpus, "gpu": settings.ray.get("gpus_per_trial") or 0})
     root = settings.study_dir / "ray"
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C raises here, as in the Optuna backend
     try:
         previous = sorted(root.glob("run-*")) if root.exists() else []
         if previous and tune.Tuner.can_restore(previous[-1]):
@@ -175,6 +179,9 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
             )
             tuner.fit()
         progress(tally(study)[0])
+    except KeyboardInterrupt:
+        fail_interrupted(study, "interrupted: KeyboardInterrupt", owned_by=WORKER)  # leave nothing RUNNING
+        raise
     finally:
         _PROGRESS.clear()
         ray.shutdown()

@@ -100,26 +100,35 @@ def tally(study: optuna.Study) -> tuple[int, int]:
     return finished, running
 
 
-def reap_stale(study: optuna.Study) -> int:
-    """Fail RUNNING trials whose worker process on this host is gone (SIGKILL, crash); returns how many.
+def fail_interrupted(study: optuna.Study, reason: str, owned_by: str | None = None) -> int:
+    """Mark RUNNING trials FAIL (``interrupted``, so they do not count) whose worker is dead, or is ``owned_by``.
 
-    Trials of other hosts are left to the RDB heartbeat. The finished trials of a killed run are untouched.
+    Without ``owned_by``: trials of worker processes on this host that are gone (SIGKILL, crash); trials of other
+    hosts are left to the RDB heartbeat. The finished trials of a killed run are untouched. Returns how many.
     """
     host = socket.gethostname()
-    reaped = 0
-    storage = study._storage  # noqa: SLF001 - Optuna has no public API to fail a trial owned by a dead process
+    failed = 0
+    storage = study._storage  # noqa: SLF001 - Optuna has no public API to fail a trial owned by another process
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+        worker = str(t.user_attrs.get("worker", ""))
+        owner_host, _, pid = worker.rpartition(":")
+        dead = owner_host == host and pid.isdigit() and not _alive(int(pid))
+        if not (worker == owned_by if owned_by else dead):
             continue
         try:
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted: worker process died")  # noqa: SLF001
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)  # noqa: SLF001
             storage.set_trial_user_attr(t._trial_id, "interrupted", True)  # noqa: SLF001
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # noqa: SLF001
-            reaped += 1
-        except RuntimeError:  # finished meanwhile, or reaped by another worker
+            failed += 1
+        except RuntimeError:  # finished meanwhile, or failed by another worker
             pass
-    optuna.storages.fail_stale_trials(study)  # RDB heartbeat: trials of dead workers on any host
+    return failed
+
+
+def reap_stale(study: optuna.Study) -> int:
+    """Fail the RUNNING trials of dead workers: this host's by process id, other hosts' by the RDB heartbeat."""
+    reaped = fail_interrupted(study, "interrupted: worker process died")
+    optuna.storages.fail_stale_trials(study)
     return reaped
 
 
