@@ -104,10 +104,10 @@ def test_ray_search_ctrl_c_exits_130_and_leaves_nothing_running(tmp_path):
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            study = load_study(tmp_path, "ray-int")
-            if finished(study) and any(t.state == TrialState.RUNNING for t in study.get_trials()):
+            study = load_study(tmp_path, "ray-int") if (tmp_path / "ray-int" / "study.db").exists() else None
+            if study and finished(study) and any(t.state == TrialState.RUNNING for t in study.get_trials()):
                 break
-        except (KeyError, ValueError):  # storage or study not created yet
+        except KeyError:  # study not created yet
             pass
         time.sleep(1)
     proc.send_signal(signal.SIGINT)
