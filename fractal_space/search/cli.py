@@ -45,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default=None, help="YAML/JSON file overlaying the default search space")
     p.add_argument("--runs-dir", default="runs", help="where runs/<study>/ is created")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (sets the default budget)")
-    p.add_argument("--epochs", type=int, default=None, help="per-trial epochs (default: 2 on CPU, 15 on GPU)")
+    p.add_argument("--epochs", type=int, default=None, help="per-trial epochs (default: 3 on CPU, 15 on GPU)")
     p.add_argument("--train-subset", type=int, default=None,
-                   help="training images per trial (default: 1000 on CPU, all on GPU; 0 = all)")
+                   help="training images per trial (default: 2000 on CPU, all on GPU; 0 = all)")
     p.add_argument("--val-size", type=int, default=None, help="validation images (default: 500 CPU, 5000 GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--heartbeat", type=int, default=30, help="RDB heartbeat seconds (dead workers' trials fail)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
 import time
 from collections.abc import Callable
 
@@ -112,6 +114,12 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
         while any(p.is_alive() for p in procs):
             time.sleep(POLL_S)
             progress(tally(study)[0])
+    except KeyboardInterrupt:
+        for p in procs:  # a terminal's Ctrl-C reached them too; a `kill -INT` of this process did not
+            p.join(timeout=5)
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGINT)
+        raise
     finally:
         for p in procs:
             p.join()
