@@ -52,7 +52,7 @@ def test_ctrl_c_stops_cleanly_and_leaves_the_storage_consistent(tmp_path):
     _wait_for(proc, tmp_path, "ctrl-c", 1)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in out
+    assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in out and "report so far" in out
     study = load_study(tmp_path, "ctrl-c")
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
     interrupted = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]

@@ -199,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.close()
         print(f"interrupted: finished trials are stored in {storage_label(settings)}; re-run the same command to "
               "resume", file=sys.stderr)
+        print(f"report so far: {finish(settings)}", file=sys.stderr)
         return 130
     finally:
         bar.close()
