@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray: CPUs per trial (default: 1 on CPU, cores / workers with GPUs)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="Ray: GPUs per trial, fractions allowed (default: 1 with --device cuda, else 0)")
-    p.add_argument("--dashboard-port", type=int, default=8265, help="Ray: dashboard port on 127.0.0.1")
+    p.add_argument("--dashboard-port", type=int, default=None,
+                   help="Ray: dashboard port on 127.0.0.1 (default: 8265, or the next free one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

@@ -128,7 +128,7 @@ def _init_ray(settings: SearchSettings) -> str:
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(fractal_space.__file__).parents[1]),
                                                            os.environ.get("PYTHONPATH")]))}
         ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                       dashboard_port=opts.get("dashboard_port", 8265), log_to_driver=False,
+                       dashboard_port=opts.get("dashboard_port"), log_to_driver=False,
                        runtime_env={"env_vars": env})
     url = ctx.dashboard_url or ""
     return url if url.startswith("http") else f"http://{url}"
