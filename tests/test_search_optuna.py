@@ -7,6 +7,7 @@ import pytest
 from optuna.trial import TrialState
 from search_cli import finished, load_study, run_search, trials_table
 
+from fractal_space.search.cli import main
 from fractal_space.search.results import FIXED_SCHEMA
 
 
@@ -83,6 +84,12 @@ def test_two_worker_processes_share_one_journal_with_the_exact_trial_count(tmp_p
     assert len(finished(study)) == 4 and len(search) == 4
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in search)
     assert len({t.user_attrs["worker"] for t in search}) == 2  # both processes trained trials
+
+
+def test_unknown_option_is_one_line_with_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--bogus"])
+    assert exit_.value.code == 2 and capsys.readouterr().err == "error: unrecognized arguments: --bogus\n"
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -23,8 +23,9 @@ BACKENDS = ("optuna", "ray")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + message
-        raise SystemExit(f"error: {message}")
+    def error(self, message: str) -> None:  # one line, not usage + message; exit 2 like every bad input
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
