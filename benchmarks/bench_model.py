@@ -81,7 +81,7 @@ def _variants(cfg: dict) -> list[Variant]:
     ]
 
 
-def _train_flops_per_image(variant: Variant, samples: int = 8) -> float:
+def _train_flops_per_image(variant: Variant, samples: int = 16) -> float:
     """Mean FLOPs one training image really costs, over ``samples`` drop-path draws (batch 2)."""
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
     total = 0
@@ -102,7 +102,12 @@ def _eval_flops_per_image(variant: Variant) -> float:
 
 def interleaved_rates(variants: list[Variant], step: Callable[[Variant], Callable], batch: int, rounds: int,
                       steps_per_round: int) -> dict[str, float]:
-    """Median images/s per variant, timing ``steps_per_round`` steps of each variant in turn, ``rounds`` times."""
+    """Median images/s per variant, timing ``steps_per_round`` steps of each variant in turn, ``rounds`` times.
+
+    Every variant starts each round from the same seed, so implementations that draw drop-path the same way (the
+    two layouts of one implementation) see identical sequences of sampled paths, and the others the same
+    distribution; a global step with a shallow column costs a tenth of a full one, so rounds need several steps.
+    """
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     for v in variants:  # warm-up: allocator, kernels, first-touch
         for _ in range(2):
@@ -111,6 +116,8 @@ def interleaved_rates(variants: list[Variant], step: Callable[[Variant], Callabl
     for r in range(rounds):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
+            torch.manual_seed(r)
+            random.seed(r)
             start = time.perf_counter()
             for _ in range(steps_per_round):
                 step(v)(x, y)
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="c3,c4,20layer", help=f"comma-separated subset of {sorted(CONFIGS)}")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per measurement (median taken)")
-    parser.add_argument("--steps", type=int, default=3, help="steps timed per variant per round")
+    parser.add_argument("--steps", type=int, default=10, help="steps timed per variant per round")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args(argv)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
