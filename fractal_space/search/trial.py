@@ -39,10 +39,10 @@ class Budget:
     def default(cls, hardware: str, **overrides: Any) -> Budget:
         """The stock budget for ``hardware`` ('cpu' or 'cuda').
 
-        CPU (2 cores, one single-threaded trial per core): 3 epochs x 2000 images + 500 validation images took
-        3-30 s per sampled trial (76 s for the paper's C=3 reference), ~10 s of wall time per trial with two
-        workers, so 200 trials take ~35 min plus ~8 min of baselines: about an hour with TPE drifting to larger
-        nets. GPU: 45k images x 15 epochs with 5k validation images is a meaningful (if short-schedule) ranking.
+        CPU (2 cores, one single-threaded trial per core): 3 epochs x 2000 images + 500 validation images; the
+        whole 200-trial search measured 25 min 47 s on the shared machine (8.3 min of it baselines, median trial
+        9 s), up to ~45 min when TPE favours larger nets. GPU: 45k images x 15 epochs with 5k validation images
+        is a meaningful (if short-schedule) ranking of architectures.
         """
         if hardware == "cpu":
             base = cls(epochs=3, train_subset=2000, val_size=500, device="cpu")
