@@ -124,7 +124,8 @@ def read_parquet(files: Sequence[Path], channels: int | None = None) -> ImageSet
         raise ValueError(f"{where}: expected an image struct column with 'bytes' and a 'label' column, "
                          f"found columns {table.column_names}")
     blobs = table.column(image_cols[0]).combine_chunks().field("bytes").to_pylist()
-    labels = torch.as_tensor(table.column(label_cols[0]).to_numpy(), dtype=torch.int64)
+    # Arrow buffers are read-only; the copy gives torch a tensor it may own and write.
+    labels = torch.from_numpy(table.column(label_cols[0]).to_numpy().astype(np.int64, copy=True))
     meta = (pq.read_schema(files[0]).metadata or {}).get(b"classes")
     classes = meta.decode().split(",") if meta else [str(i) for i in range(int(labels.max()) + 1)]
     images = _decode_all(blobs, _read_mode(channels, blobs[0]), where)
