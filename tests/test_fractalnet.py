@@ -369,3 +369,27 @@ def test_torchscript_runs_drop_path_like_eager() -> None:
         torch.manual_seed(seed)
         torch.testing.assert_close(scripted(x), expected)
     torch.testing.assert_close(scripted.eval()(x, 2), model.eval()(x, column=2))
+
+
+def test_set_regularization_matches_construction_and_validates() -> None:
+    """The engine's paper preset sets drop-path and block dropout on a built model instead of building it twice."""
+    torch.manual_seed(0)
+    built = timm.create_model("fractalnet_c2", drop_path_rate=0.15, global_drop_fraction=0.3,
+                              block_dropout=paper_block_dropout(5), **TINY)
+    torch.manual_seed(0)
+    preset = timm.create_model("fractalnet_c2", **TINY)
+    preset.set_regularization(drop_path_rate=0.15, global_drop_fraction=0.3, block_dropout=paper_block_dropout(5))
+    assert repr(preset) == repr(built)
+    assert (preset.drop_path_rate, preset.global_drop_fraction) == (0.15, 0.3)
+    x = _x()
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expected = built.train()(x)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(preset.train()(x), expected)
+    with pytest.raises(ValueError, match=r"drop_path_rate=1.5"):
+        preset.set_regularization(drop_path_rate=1.5)
+    with pytest.raises(ValueError, match="block_dropout=.*5 entries"):
+        preset.set_regularization(block_dropout=(0.1,))
+    preset.set_regularization(block_dropout=(0.0,) * 5)
+    assert all(isinstance(block.drop, nn.Identity) for block in preset.blocks)

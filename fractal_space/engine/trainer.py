@@ -176,14 +176,14 @@ class Trainer:
         size = dict(num_classes=self.data.num_classes, in_chans=self.data.in_chans)
         try:
             model = timm.create_model(cfg.model, **size, **cfg.model_kwargs)
-            if cfg.regularization == "paper" and hasattr(model, "num_columns"):
-                from fractal_space.models.fractalnet import paper_block_dropout
-
-                paper = dict(drop_path_rate=PAPER_DROP_PATH, global_drop_fraction=PAPER_GLOBAL_FRACTION,
-                             block_dropout=paper_block_dropout(len(model.blocks)))
-                model = timm.create_model(cfg.model, **size, **{**paper, **cfg.model_kwargs})
         except TypeError as err:  # an unknown keyword in model_kwargs
             raise ValueError(f"model_kwargs {cfg.model_kwargs} rejected by {cfg.model}: {err}") from err
+        if cfg.regularization == "paper" and hasattr(model, "set_regularization"):
+            from fractal_space.models.fractalnet import paper_block_dropout
+
+            paper = dict(drop_path_rate=PAPER_DROP_PATH, global_drop_fraction=PAPER_GLOBAL_FRACTION,
+                         block_dropout=paper_block_dropout(len(model.blocks)))
+            model.set_regularization(**{k: v for k, v in paper.items() if k not in cfg.model_kwargs})
         return model.to(self.device)
 
     def _autocast(self) -> Any:

@@ -47,6 +47,10 @@ def paper_block_dropout(num_blocks: int) -> tuple[float, ...]:
     return tuple(round(0.1 * i, 10) for i in range(num_blocks))
 
 
+def _dropout(p: float) -> nn.Module:
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 def _check_rate(name: str, value: float, closed_top: bool = False) -> None:
     upper_ok = value <= 1 if closed_top else value < 1
     if not (0 <= value and upper_ok):
@@ -176,7 +180,7 @@ class FractalBlock(nn.Module):
         self.num_join_inputs = n_inputs
         self.steps = nn.ModuleList(steps)
         self.pool = nn.MaxPool2d(2) if downsample else nn.Identity()
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drop = _dropout(dropout)
         self.all_needed: list[list[bool]] = [[c >= first for c in range(num_columns)] for first in self.first_cols]
         self.grad_checkpointing = False
 
@@ -287,14 +291,7 @@ class FractalNet(nn.Module):
             raise ValueError(f"init={init!r} is not one of {INIT_TYPES}")
         if stem not in STEM_TYPES:
             raise ValueError(f"stem={stem!r} is not one of {STEM_TYPES}")
-        block_dropout = tuple(block_dropout) if block_dropout is not None else (0.0,) * num_blocks
-        if len(block_dropout) != num_blocks:
-            raise ValueError(f"block_dropout={block_dropout!r} must have {num_blocks} entries (one per block)")
-        for i, p in enumerate(block_dropout):
-            _check_rate(f"block_dropout[{i}]", p)
         _check_rate("drop_rate", drop_rate)
-        _check_rate("drop_path_rate", drop_path_rate)
-        _check_rate("global_drop_fraction", global_drop_fraction, closed_top=True)
 
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -303,8 +300,6 @@ class FractalNet(nn.Module):
         self.widths = widths
         self.join = join
         self.drop_rate = drop_rate
-        self.drop_path_rate = drop_path_rate
-        self.global_drop_fraction = global_drop_fraction
         self.grad_checkpointing = False
         norm_act_layer = get_norm_act_layer(norm_layer, act_layer)
 
@@ -319,9 +314,9 @@ class FractalNet(nn.Module):
             prev_chs, reduction = in_chans, 1
         self.feature_info = []
         blocks = []
-        for i, (width, p) in enumerate(zip(widths, block_dropout, strict=True)):
+        for i, width in enumerate(widths):
             downsample = downsample_last or i < num_blocks - 1
-            blocks.append(FractalBlock(prev_chs, width, num_columns, join=join, dropout=p, downsample=downsample,
+            blocks.append(FractalBlock(prev_chs, width, num_columns, join=join, downsample=downsample,
                                        norm_layer=norm_act_layer, act_layer=act_layer))
             reduction *= 2 if downsample else 1
             prev_chs = width
@@ -337,6 +332,7 @@ class FractalNet(nn.Module):
         self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate)
         self.head_hidden_size = self.head.num_features  # pooled width: 2x num_features for 'catavgmax'
         self._build_plan_tables()
+        self.set_regularization(drop_path_rate, global_drop_fraction, block_dropout)
         self._init_weights(init)
 
     def _init_weights(self, init: str) -> None:
@@ -373,6 +369,33 @@ class FractalNet(nn.Module):
         self.head_hidden_size = self.head.num_features
 
     # ---- drop-path ------------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def set_regularization(
+            self,
+            drop_path_rate: Optional[float] = None,
+            global_drop_fraction: Optional[float] = None,
+            block_dropout: Optional[Sequence[float]] = None,
+    ) -> None:
+        """Set drop-path and per-block dropout on a built model (a training preset, a schedule); None keeps a value.
+
+        Validated like the constructor, which calls it; parameters and their names do not change.
+        """
+        if drop_path_rate is not None:
+            _check_rate("drop_path_rate", drop_path_rate)
+            self.drop_path_rate = drop_path_rate
+        if global_drop_fraction is not None:
+            _check_rate("global_drop_fraction", global_drop_fraction, closed_top=True)
+            self.global_drop_fraction = global_drop_fraction
+        if block_dropout is not None:
+            block_dropout = tuple(block_dropout)
+            if len(block_dropout) != len(self.blocks):
+                raise ValueError(f"block_dropout={block_dropout!r} must have {len(self.blocks)} entries (one per "
+                                 f"block)")
+            for i, p in enumerate(block_dropout):
+                _check_rate(f"block_dropout[{i}]", p)
+            for block, p in zip(self.blocks, block_dropout, strict=True):
+                block.drop = _dropout(p)
+
     def _build_plan_tables(self) -> None:
         """Plain-list copies of each block's step layout, so sampling a plan touches no module (TorchScript)."""
         self.step_first_cols: list[list[int]] = [list(block.first_cols) for block in self.blocks]
