@@ -253,7 +253,6 @@ class FractalNet(nn.Module):
             init: str = "xavier",
             norm_layer: Any = "batchnorm2d",
             act_layer: Any = "relu",
-            **kwargs: Any,
     ):
         """
         Args:
@@ -276,8 +275,6 @@ class FractalNet(nn.Module):
             init: 'xavier' (paper) or 'kaiming'.
         """
         super().__init__()
-        if kwargs:
-            raise TypeError(f"FractalNet got unexpected arguments: {sorted(kwargs)}")
         if not isinstance(num_blocks, int) or num_blocks < 1:
             raise ValueError(f"num_blocks={num_blocks!r} must be an integer >= 1")
         if not isinstance(num_columns, int) or not 1 <= num_columns <= 10:
