@@ -33,11 +33,14 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
+from .layers import SmallMapConv2d, cpu_prefers_channels_last
+
 __all__ = ["FractalNet", "FractalColumn", "paper_block_dropout"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 JOIN_TYPES = ("mean", "sum", "max", "concat")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 INIT_TYPES = ("xavier", "kaiming")
 STEM_TYPES = ("none", "resnet")
 
@@ -45,6 +48,13 @@ STEM_TYPES = ("none", "resnet")
 def paper_block_dropout(num_blocks: int) -> tuple[float, ...]:
     """The paper's per-block dropout schedule (0, 0.1, 0.2, ...), used together with drop-path."""
     return tuple(round(0.1 * i, 10) for i in range(num_blocks))
+
+
+def _conv_unit(in_chs: int, out_chs: int, norm_layer: Any, act_layer: Any) -> ConvNormAct:
+    """conv 3x3 -> BN -> ReLU; the conv trains faster on small wide maps on CPU (``layers.SmallMapConv2d``)."""
+    unit = ConvNormAct(in_chs, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer)
+    unit.conv = SmallMapConv2d(in_chs, out_chs)
+    return unit
 
 
 def _dropout(p: float) -> nn.Module:
@@ -123,9 +133,7 @@ class FractalStep(nn.Module):
         super().__init__()
         self.first_col = first_col
         self.num_columns = num_columns
-        self.convs = nn.ModuleList([
-            ConvNormAct(c_in, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer) for c_in in in_chs
-        ])
+        self.convs = nn.ModuleList([_conv_unit(c_in, out_chs, norm_layer, act_layer) for c_in in in_chs])
         self.join = (ConcatJoin(out_chs, first_col, len(in_chs), norm_layer=norm_layer) if join == "concat"
                      else Join(join))
 
@@ -183,6 +191,7 @@ class FractalBlock(nn.Module):
         self.drop = _dropout(dropout)
         self.all_needed: list[list[bool]] = [[c >= first for c in range(num_columns)] for first in self.first_cols]
         self.grad_checkpointing = False
+        self.channels_last: Optional[bool] = None  # layout the block's input is brought to; None leaves it as is
 
     def needed(self, keep: list[bool]) -> list[list[bool]]:
         """Which conv units (per step, per column) feed the block output given the join inputs that are kept.
@@ -219,6 +228,8 @@ class FractalBlock(nn.Module):
         return self._forward(x, keep)
 
     def _forward(self, x: torch.Tensor, keep: Optional[list[bool]]) -> torch.Tensor:
+        if self.channels_last is not None:
+            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         needed = self.all_needed if keep is None else self.needed(keep)
         states = [x for _ in range(self.num_columns)]
         for d, step in enumerate(self.steps):
@@ -309,6 +320,7 @@ class FractalNet(nn.Module):
         else:
             self.stem = nn.Identity()
             prev_chs, reduction = in_chans, 1
+        self.stem_stride = reduction
         self.feature_info = []
         blocks = []
         for i, width in enumerate(widths):
@@ -364,6 +376,38 @@ class FractalNet(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool, in_features=self.num_features)
         self.head_hidden_size = self.head.num_features
+
+    @torch.jit.ignore
+    def set_memory_format(
+            self, memory_format: str = "auto", input_size: Optional[Union[int, Sequence[int]]] = None
+    ) -> None:
+        """Lay out weights and activations per block: 'channels_last', 'contiguous' (NCHW) or 'auto'.
+
+        oneDNN's best layout on CPU depends on width and spatial size, so 'auto' (the engine's CPU default) chooses
+        per block with :func:`cpu_prefers_channels_last`, for inputs of ``input_size`` (H, W or one int; default: the
+        pretrained_cfg's). Each block brings its input to its layout, so any input layout works. On CUDA use
+        'channels_last'. ``model.to(memory_format=...)`` afterwards overrides the weights' layout.
+        """
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format={memory_format!r} is not one of {MEMORY_FORMATS}")
+        if memory_format != "auto":
+            choice = [memory_format == "channels_last"] * len(self.blocks)
+        else:
+            if input_size is None:
+                input_size = (getattr(self, "pretrained_cfg", None) or {}).get("input_size", (None,))[-2:]
+            size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+            if len(size) != 2 or not all(isinstance(s, int) and s >= self.min_input_size for s in size):
+                raise ValueError(f"input_size={size!r} must be (H, W), each an integer >= {self.min_input_size}")
+            size = -(-size[0] // self.stem_stride), -(-size[1] // self.stem_stride)
+            choice = []
+            for block, width in zip(self.blocks, self.widths, strict=False):
+                choice.append(cpu_prefers_channels_last(width, size))
+                if isinstance(block.pool, nn.MaxPool2d):
+                    size = size[0] // 2, size[1] // 2
+        self.to(memory_format=torch.channels_last if choice[0] else torch.contiguous_format)
+        for block, cl in zip(self.blocks, choice, strict=True):
+            block.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            block.channels_last = cl
 
     # ---- drop-path ------------------------------------------------------------------------------------------
     @torch.jit.ignore

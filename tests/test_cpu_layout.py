@@ -1,0 +1,101 @@
+"""Per-block memory layout and the im2col weight gradient: same numbers as plain PyTorch, chosen where measured."""
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx import symbolic_trace
+
+import fractal_space  # noqa: F401  (registers the models)
+from fractal_space.models.layers import SmallMapConv2d, cpu_prefers_channels_last
+
+CL = torch.channels_last
+
+
+def _layouts(model: nn.Module) -> list[bool]:
+    """Per block: is its first conv weight channels_last (what oneDNN keys its layout on)?"""
+    return [block.steps[0].convs[0].conv.weight.is_contiguous(memory_format=CL) for block in model.blocks]
+
+
+def test_layout_rule_follows_the_measurements() -> None:
+    assert cpu_prefers_channels_last(128, (2, 2))  # narrow: channels_last at any size
+    assert cpu_prefers_channels_last(512, (8, 8))  # 8x8 and up: channels_last at any width
+    assert not cpu_prefers_channels_last(256, (4, 4))  # wide on tiny maps: NCHW
+    assert not cpu_prefers_channels_last(512, (2, 2))
+
+
+def test_auto_layout_picks_per_block_and_keeps_the_outputs() -> None:
+    """The paper's 20-layer widths on 32x32 inputs: blocks at 4x4 and 2x2 with 512 channels go NCHW."""
+    torch.manual_seed(0)
+    model = timm.create_model("fractalnet_c3", widths=(8, 16, 32, 256, 256), num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    model.set_memory_format("auto")  # input size from the pretrained_cfg: 32x32
+    assert [block.channels_last for block in model.blocks] == [True, True, True, False, False]
+    assert _layouts(model) == [True, True, True, False, False]
+    for inputs in (x, x.contiguous(memory_format=CL)):
+        torch.testing.assert_close(model(inputs), expected)
+    model.set_memory_format("auto", input_size=64)  # 8x8 at block 4 now: channels_last
+    assert _layouts(model) == [True, True, True, True, False]
+    model.set_memory_format("contiguous")
+    assert _layouts(model) == [False] * 5
+    torch.testing.assert_close(model(x.contiguous(memory_format=CL)), expected)
+
+
+def test_auto_layout_at_reduced_widths_is_channels_last_everywhere() -> None:
+    model = timm.create_model("fractalnet_c4")
+    model.set_memory_format("auto")
+    assert _layouts(model) == [True] * 5
+
+
+def test_auto_layout_keeps_torchscript_and_fx_equal_to_eager() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("fractalnet_c2", num_blocks=2, widths=(8, 256), img_size=8, num_classes=5).eval()
+    model.set_memory_format("auto", input_size=8)  # block 2 sees 4x4 maps at width 256: NCHW
+    assert _layouts(model) == [True, False]
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+    torch.testing.assert_close(symbolic_trace(model)(x), model(x))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(memory_format="cl"), r"memory_format='cl' is not one of"),
+    (dict(input_size=(16, 16)), r"input_size=\(16, 16\) must be \(H, W\), each an integer >= 32"),
+    (dict(input_size=(32, 32, 3)), r"input_size=\(32, 32, 3\) must be \(H, W\)"),
+])
+def test_set_memory_format_rejects_bad_values(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        timm.create_model("fractalnet_c1").set_memory_format(**kwargs)
+
+
+@pytest.mark.parametrize("size, chans, im2col", [(2, 512, True), (4, 512, False), (2, 256, False)])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, CL])
+def test_small_map_conv_trains_like_nn_conv2d(size: int, chans: int, im2col: bool, memory_format) -> None:
+    """Same forward, input gradient and weight gradient as nn.Conv2d; the im2col path only on 2x2 512x512 convs."""
+    torch.manual_seed(0)
+    conv = SmallMapConv2d(chans, chans).to(memory_format=memory_format)
+    ref = nn.Conv2d(chans, chans, 3, padding=1, bias=False).to(memory_format=memory_format)
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(3, chans, size, size).contiguous(memory_format=memory_format).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    out, out_ref = conv(x), ref(x_ref)
+    assert (type(out.grad_fn).__name__ == "_Im2colWeightGradBackward") == im2col
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    out_ref.backward(grad)
+    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_small_map_conv_is_plain_in_eval_scriptable_and_an_fx_leaf() -> None:
+    conv = SmallMapConv2d(512, 512)
+    x = torch.randn(2, 512, 2, 2)
+    with torch.no_grad():
+        assert conv(x).grad_fn is None
+    torch.testing.assert_close(torch.jit.script(conv)(x), F.conv2d(x, conv.weight, padding=1))
+    graph = symbolic_trace(conv)
+    assert any(n.op == "call_function" and n.target.__name__ == "conv2d_im2col_wgrad" for n in graph.graph.nodes)
+    out = graph(x.requires_grad_())
+    assert type(out.grad_fn).__name__ == "_Im2colWeightGradBackward"
