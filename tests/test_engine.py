@@ -119,6 +119,7 @@ def test_fractalnet_reports_every_column_with_repeatable_bn_estimates():
     cfg = _cfg(model="fractalnet_c2", model_kwargs={"widths": [8, 8, 8, 8, 8]}, epochs=1, bn_batches=2)
     trainer = Trainer(cfg)
     assert trainer.model.drop_path_rate == 0.15  # the paper's regularisation preset
+    assert [b.channels_last for b in trainer.model.blocks] == [True] * 5  # CPU: per-block 'auto' layout, all narrow
     (report,) = list(trainer.epochs())
     assert [c.column for c in report.columns] == [1, 2]
     assert all(0 <= c.val_acc <= 1 and c.latency_ms > 0 for c in report.columns)

@@ -139,7 +139,7 @@ class Trainer:
         self.input_size = (self.data.in_chans, *self.data.image_size)
         self.model = self._create_model()
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model.to(memory_format=self.memory_format)
+        self._set_memory_format()
         self.num_params = count_params(self.model)
         self.flops = count_flops(self.model, self.input_size)
         self.num_columns = int(getattr(self.model, "num_columns", 0))
@@ -185,6 +185,15 @@ class Trainer:
                          block_dropout=paper_block_dropout(len(model.blocks)))
             model.set_regularization(**{k: v for k, v in paper.items() if k not in cfg.model_kwargs})
         return model.to(self.device)
+
+    def _set_memory_format(self) -> None:
+        """channels_last where asked; on CPU a FractalNet picks it per block (NCHW for wide blocks on tiny maps)."""
+        if not hasattr(self.model, "set_memory_format"):
+            self.model.to(memory_format=self.memory_format)
+        elif self.cfg.channels_last and self.device.type == "cpu":
+            self.model.set_memory_format("auto", input_size=self.input_size[1:])
+        else:
+            self.model.set_memory_format("channels_last" if self.cfg.channels_last else "contiguous")
 
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
