@@ -1,23 +1,24 @@
 """FractalNet speed: fractal_space vs a straightforward public-style implementation, side by side in one run.
 
 For each configuration it times the train step (forward + backward + SGD, the paper's drop-path: local p=0.15 mixed
-50/50 with global, block dropout 0..0.4) and eval, interleaving the variants round by round (A B C A B C ...) and
-reporting medians, so that load from other processes hits every variant alike. Achieved GFLOP/s counts the FLOPs a
-variant actually executes (FlopCounterMode over sampled steps), and a CIFAR ResNet-56 measured in the same run gives
-the reference rate.
+50/50 with global, block dropout 0..0.4) and eval, interleaving the variants round by round (A B C, B C A, ...) so
+that load from other processes hits every variant alike. A fractal_space train step's cost depends on its drop-path
+draw, so its expected cost is measured stratified (``Variant.train_expectation``): each global column plan timed
+alone, local draws averaged, weighted as the sampler weights them. Achieved GFLOP/s counts the FLOPs a variant
+actually executes (FlopCounterMode, same expectation), and a CIFAR ResNet-56 measured in the same run gives the
+reference rate. Both implementations run in NCHW and in channels_last, fractal_space also in its per-block 'auto'
+layout (``FractalNet.set_memory_format``, the engine's CPU default); ratios divide by the faster public layout.
 
     python benchmarks/bench_model.py                # C=3, C=4 reduced and the 20-layer network
     python benchmarks/bench_model.py --configs c4 --rounds 9
 
-Set MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 for stable small-batch CPU timings
-(scripts/bench.sh does).
+Set MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 for stable small-batch CPU timings.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from public_fractalnet import PublicFractalNet  # noqa: E402
 
 import fractal_space  # noqa: E402,F401  (registers the models)
-from fractal_space.models.fractalnet import paper_block_dropout  # noqa: E402
+from fractal_space.models.fractalnet import FractalNet, paper_block_dropout  # noqa: E402
 
 CONFIGS = {
     "c3": dict(num_columns=3, widths=(16, 32, 64, 128, 128), batch=64, label="C=3 reduced (16..128)"),
@@ -47,20 +48,24 @@ DROP = dict(drop_path_rate=0.15, global_drop_fraction=0.5, block_dropout=paper_b
 class Variant:
     name: str
     model: torch.nn.Module
-    channels_last: bool
+    layout: str  # 'contiguous', 'channels_last' or 'auto' (FractalNet.set_memory_format: per block)
 
     def __post_init__(self) -> None:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.02, momentum=0.9)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        if hasattr(self.model, "set_memory_format"):
+            self.model.set_memory_format(self.layout, input_size=32)
+        else:
+            self.model.to(memory_format=torch.contiguous_format if self.layout == "contiguous" else torch.channels_last)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        """Inputs arrive as the engine's loader delivers them: channels_last unless the model is all NCHW."""
+        return x if self.layout == "contiguous" else x.contiguous(memory_format=torch.channels_last)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, column: int | None = None) -> None:
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        F.cross_entropy(self.model(self._layout(x)), y).backward()
+        out = self.model(self._layout(x)) if column is None else self.model(self._layout(x), column=column)
+        F.cross_entropy(out, y).backward()
         self.opt.step()
 
     def eval_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -68,101 +73,141 @@ class Variant:
         with torch.inference_mode():
             self.model(self._layout(x))
 
+    def train_expectation(self, measure: Callable[[int | None, int], float], steps: int) -> float:
+        """Expected ``measure(column, n)`` (a mean over n train steps) under the paper's drop-path distribution.
+
+        A fractal_space step costs from a tenth of a full step (global, shallowest column) to all of it, so a plain
+        average over a few dozen draws is off by 5-15%. Stratify instead: the global share g is spread evenly over
+        the C column plans, each deterministic and measured over ``steps // 8`` steps (at least 2), and the local
+        share over ``steps`` local draws: E = g * mean_k M(column k) + (1 - g) * M(local). A public-style step
+        computes everything whatever the draw, so it is measured over ``steps // 4`` ordinary steps.
+        """
+        if not isinstance(self.model, FractalNet):
+            return measure(None, max(2, steps // 4))
+        g = self.model.global_drop_fraction
+        per_column = [measure(k, max(2, steps // 8)) for k in range(1, self.model.num_columns + 1)]
+        self.model.set_regularization(global_drop_fraction=0.0)
+        try:
+            local = measure(None, steps)
+        finally:
+            self.model.set_regularization(global_drop_fraction=g)
+        return g * sum(per_column) / len(per_column) + (1 - g) * local
+
+    def train_seconds(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+        return self.train_expectation(lambda column, n: _mean_seconds(lambda: self.train_step(x, y, column), n), steps)
+
+    def eval_seconds(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+        return _mean_seconds(lambda: self.eval_step(x, y), max(2, steps // 4))
+
+    def train_flops_per_image(self) -> float:
+        """FLOPs one training image really costs (batch 2, FlopCounterMode), expected over drop-path draws."""
+        x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+
+        def flops(column: int | None, n: int) -> float:
+            total = 0
+            for _ in range(n):
+                with FlopCounterMode(display=False) as counter:
+                    self.train_step(x, y, column)
+                total += counter.get_total_flops()
+            return total / n / 2
+
+        return self.train_expectation(flops, 32)
+
+    def eval_flops_per_image(self) -> float:
+        with FlopCounterMode(display=False) as counter:
+            self.eval_step(torch.randn(1, 3, 32, 32), None)
+        return counter.get_total_flops()
+
+
+def _mean_seconds(step: Callable[[], None], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - start) / n
+
 
 def _variants(cfg: dict) -> list[Variant]:
     kw = dict(num_columns=cfg["num_columns"], widths=cfg["widths"], **DROP)
     name = f"fractalnet_c{cfg['num_columns']}"
     torch.manual_seed(0)
     return [
-        Variant("public (NCHW)", PublicFractalNet(**kw), channels_last=False),
-        Variant("public (channels_last)", PublicFractalNet(**kw), channels_last=True),
-        Variant("fractal_space (NCHW)", timm.create_model(name, **kw), channels_last=False),
-        Variant("fractal_space", timm.create_model(name, **kw), channels_last=True),
+        Variant("public (NCHW)", PublicFractalNet(**kw), "contiguous"),
+        Variant("public (channels_last)", PublicFractalNet(**kw), "channels_last"),
+        Variant("fractal_space (NCHW)", timm.create_model(name, **kw), "contiguous"),
+        Variant("fractal_space (channels_last)", timm.create_model(name, **kw), "channels_last"),
+        Variant("fractal_space (auto layout)", timm.create_model(name, **kw), "auto"),
     ]
 
 
-def _train_flops_per_image(variant: Variant, samples: int = 16) -> float:
-    """Mean FLOPs one training image really costs, over ``samples`` drop-path draws (batch 2)."""
-    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
-    total = 0
-    for seed in range(samples):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        with FlopCounterMode(display=False) as counter:
-            variant.train_step(x, y)
-        total += counter.get_total_flops()
-    return total / samples / 2
+def interleaved_rates(variants: list[Variant], seconds: Callable[[Variant, torch.Tensor, torch.Tensor], float],
+                      batch: int, rounds: int) -> dict[str, float]:
+    """Images/s per variant: batch over the mean of ``seconds`` (per step) across ``rounds`` interleaved rounds.
 
-
-def _eval_flops_per_image(variant: Variant) -> float:
-    with FlopCounterMode(display=False) as counter:
-        variant.eval_step(torch.randn(1, 3, 32, 32), None)
-    return counter.get_total_flops()
-
-
-def interleaved_rates(variants: list[Variant], step: Callable[[Variant], Callable], batch: int, rounds: int,
-                      steps_per_round: int) -> dict[str, float]:
-    """Median images/s per variant, timing ``steps_per_round`` steps of each variant in turn, ``rounds`` times.
-
-    Every variant starts each round from the same seed, so implementations that draw drop-path the same way (the
-    two layouts of one implementation) see identical sequences of sampled paths, and the others the same
-    distribution; a global step with a shallow column costs a tenth of a full one, so rounds need several steps.
+    Each round measures every variant in turn (A B C, then B C A, ...) from the same seed, so load from other
+    processes hits all of them alike and the layouts of one implementation see identical drop-path draws.
     """
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     for v in variants:  # warm-up: allocator, kernels, first-touch
-        for _ in range(2):
-            step(v)(x, y)
-    rates: dict[str, list[float]] = {v.name: [] for v in variants}
+        seconds(v, x, y)
+    totals = {v.name: 0.0 for v in variants}
     for r in range(rounds):
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
-        for v in order:
+        for v in variants[r % len(variants):] + variants[:r % len(variants)]:
             torch.manual_seed(r)
             random.seed(r)
-            start = time.perf_counter()
-            for _ in range(steps_per_round):
-                step(v)(x, y)
-            rates[v.name].append(batch * steps_per_round / (time.perf_counter() - start))
-    return {name: statistics.median(r) for name, r in rates.items()}
+            totals[v.name] += seconds(v, x, y)
+    return {name: batch * rounds / total for name, total in totals.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="c3,c4,20layer", help=f"comma-separated subset of {sorted(CONFIGS)}")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per measurement (median taken)")
-    parser.add_argument("--steps", type=int, default=10, help="steps timed per variant per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per measurement")
+    parser.add_argument("--steps", type=int, default=24,
+                        help="local drop-path train steps per round and variant of fractal_space (plus steps/8 per "
+                             "global column); fixed-cost measurements (public train, every eval) run steps/4")
+    parser.add_argument("--batch", type=int, default=None, help="batch size for every configuration (default: "
+                        f"{ {k: c['batch'] for k, c in CONFIGS.items()} })")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args(argv)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown config {unknown[0]!r}; choose from {sorted(CONFIGS)}")
+    if args.batch is not None and args.batch < 2:
+        parser.error(f"--batch {args.batch} is too small; batch norm needs at least 2 images")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds "
-          f"x {args.steps} steps, medians\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds, "
+          f"--steps {args.steps}\n")
+
+    def train(v: Variant, x: torch.Tensor, y: torch.Tensor) -> float:
+        return v.train_seconds(x, y, args.steps)
+
+    def evaluate(v: Variant, x: torch.Tensor, y: torch.Tensor) -> float:
+        return v.eval_seconds(x, y, args.steps)
 
     torch.manual_seed(0)
-    resnet = Variant("resnet56_cifar", timm.create_model("resnet56_cifar"), channels_last=True)
-    resnet_rates = {
-        "train": interleaved_rates([resnet], lambda v: v.train_step, 64, args.rounds, args.steps)[resnet.name],
-        "eval": interleaved_rates([resnet], lambda v: v.eval_step, 64, args.rounds, args.steps)[resnet.name],
-    }
-    resnet_gflops = {"train": _train_flops_per_image(resnet, 1) * resnet_rates["train"] / 1e9,
-                     "eval": _eval_flops_per_image(resnet) * resnet_rates["eval"] / 1e9}
+    resnet = Variant("resnet56_cifar", timm.create_model("resnet56_cifar"), "channels_last")
+    resnet_rates = {"train": interleaved_rates([resnet], train, 64, args.rounds)[resnet.name],
+                    "eval": interleaved_rates([resnet], evaluate, 64, args.rounds)[resnet.name]}
+    resnet_gflops = {"train": resnet.train_flops_per_image() * resnet_rates["train"] / 1e9,
+                     "eval": resnet.eval_flops_per_image() * resnet_rates["eval"] / 1e9}
     rows = []
     for key in names:
-        cfg = CONFIGS[key]
+        cfg = dict(CONFIGS[key], **({"batch": args.batch} if args.batch else {}))
         variants = _variants(cfg)
-        flops = {v.name: (_train_flops_per_image(v), _eval_flops_per_image(v)) for v in variants}
-        train = interleaved_rates(variants, lambda v: v.train_step, cfg["batch"], args.rounds, args.steps)
-        evals = interleaved_rates(variants, lambda v: v.eval_step, cfg["batch"], args.rounds, args.steps)
-        base = variants[0].name
+        flops = {v.name: (v.train_flops_per_image(), v.eval_flops_per_image()) for v in variants}
+        train_rates = interleaved_rates(variants, train, cfg["batch"], args.rounds)
+        eval_rates = interleaved_rates(variants, evaluate, cfg["batch"], args.rounds)
+        public = [v.name for v in variants if isinstance(v.model, PublicFractalNet)]
+        base_train, base_eval = max(train_rates[n] for n in public), max(eval_rates[n] for n in public)
         for v in variants:
-            rows.append((cfg["label"], v.name, train[v.name], train[v.name] / train[base],
-                         flops[v.name][0] * train[v.name] / 1e9, evals[v.name], evals[v.name] / evals[base],
-                         flops[v.name][1] * evals[v.name] / 1e9))
-    header = ("| network | implementation | train img/s | vs public | train GFLOP/s | eval img/s | vs public "
-              "| eval GFLOP/s |")
+            tr, ev = train_rates[v.name], eval_rates[v.name]
+            label = f"{cfg['label']}, batch {cfg['batch']}"
+            rows.append((label, v.name, tr, tr / base_train, flops[v.name][0] * tr / 1e9, ev, ev / base_eval,
+                         flops[v.name][1] * ev / 1e9))
+    header = ("| network | implementation | train img/s | vs best public | train GFLOP/s | eval img/s "
+              "| vs best public | eval GFLOP/s |")
     print(header)
     print("|" + "---|" * 8)
     for label, name, tr, tr_ratio, tr_gf, ev, ev_ratio, ev_gf in rows:
@@ -170,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
               f"| {ev_gf:.0f} |")
     print(f"| CIFAR ResNet-56 | resnet56_cifar (channels_last) | {resnet_rates['train']:.0f} | | "
           f"{resnet_gflops['train']:.0f} | {resnet_rates['eval']:.0f} | | {resnet_gflops['eval']:.0f} |")
-    print("\ntrain = forward + backward + SGD with the paper's drop-path; GFLOP/s counts the FLOPs each variant "
-          "executes (skipped columns are not counted for fractal_space).")
+    print("\ntrain = forward + backward + SGD with the paper's drop-path; 'vs best public' divides by the faster of "
+          "the two public layouts; GFLOP/s counts the FLOPs each variant executes (skipped columns are not counted for "
+          "fractal_space).")
     return 0
 
 
