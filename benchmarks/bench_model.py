@@ -9,7 +9,7 @@ actually executes (FlopCounterMode, same expectation), and a CIFAR ResNet-56 mea
 reference rate. Both implementations run in NCHW and in channels_last, fractal_space also in its per-block 'auto'
 layout (``FractalNet.set_memory_format``, the engine's CPU default); ratios divide by the faster public layout.
 
-    python benchmarks/bench_model.py                # C=3, C=4 reduced and the 20-layer network
+    python benchmarks/bench_model.py                # C=3, C=4 reduced and the 20-layer network, batch 100
     python benchmarks/bench_model.py --configs c4 --rounds 9
 
 Set MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 for stable small-batch CPU timings.
@@ -37,9 +37,9 @@ import fractal_space  # noqa: E402,F401  (registers the models)
 from fractal_space.models.fractalnet import FractalNet, paper_block_dropout  # noqa: E402
 
 CONFIGS = {
-    "c3": dict(num_columns=3, widths=(16, 32, 64, 128, 128), batch=64, label="C=3 reduced (16..128)"),
-    "c4": dict(num_columns=4, widths=(16, 32, 64, 128, 128), batch=64, label="C=4 reduced (16..128)"),
-    "20layer": dict(num_columns=3, widths=(64, 128, 256, 512, 512), batch=32, label="20-layer (64..512)"),
+    "c3": dict(num_columns=3, widths=(16, 32, 64, 128, 128), label="C=3 reduced (16..128)"),
+    "c4": dict(num_columns=4, widths=(16, 32, 64, 128, 128), label="C=4 reduced (16..128)"),
+    "20layer": dict(num_columns=3, widths=(64, 128, 256, 512, 512), label="20-layer (64..512)"),
 }
 DROP = dict(drop_path_rate=0.15, global_drop_fraction=0.5, block_dropout=paper_block_dropout(5))
 
@@ -165,20 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=24,
                         help="local drop-path train steps per round and variant of fractal_space (plus steps/8 per "
                              "global column); fixed-cost measurements (public train, every eval) run steps/4")
-    parser.add_argument("--batch", type=int, default=None, help="batch size for every configuration (default: "
-                        f"{ {k: c['batch'] for k, c in CONFIGS.items()} })")
+    parser.add_argument("--batch", type=int, default=100,
+                        help="batch size of every network, ResNet-56 too (default 100: the paper's and the engine's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args(argv)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown config {unknown[0]!r}; choose from {sorted(CONFIGS)}")
-    if args.batch is not None and args.batch < 2:
+    if args.batch < 2:
         parser.error(f"--batch {args.batch} is too small; batch norm needs at least 2 images")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds, "
-          f"--steps {args.steps}\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+          f"{args.rounds} interleaved rounds, --steps {args.steps}\n")
 
     def train(v: Variant, x: torch.Tensor, y: torch.Tensor) -> float:
         return v.train_seconds(x, y, args.steps)
@@ -188,22 +188,22 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     resnet = Variant("resnet56_cifar", timm.create_model("resnet56_cifar"), "channels_last")
-    resnet_rates = {"train": interleaved_rates([resnet], train, 64, args.rounds)[resnet.name],
-                    "eval": interleaved_rates([resnet], evaluate, 64, args.rounds)[resnet.name]}
+    resnet_rates = {"train": interleaved_rates([resnet], train, args.batch, args.rounds)[resnet.name],
+                    "eval": interleaved_rates([resnet], evaluate, args.batch, args.rounds)[resnet.name]}
     resnet_gflops = {"train": resnet.train_flops_per_image() * resnet_rates["train"] / 1e9,
                      "eval": resnet.eval_flops_per_image() * resnet_rates["eval"] / 1e9}
     rows = []
     for key in names:
-        cfg = dict(CONFIGS[key], **({"batch": args.batch} if args.batch else {}))
+        cfg = CONFIGS[key]
         variants = _variants(cfg)
         flops = {v.name: (v.train_flops_per_image(), v.eval_flops_per_image()) for v in variants}
-        train_rates = interleaved_rates(variants, train, cfg["batch"], args.rounds)
-        eval_rates = interleaved_rates(variants, evaluate, cfg["batch"], args.rounds)
+        train_rates = interleaved_rates(variants, train, args.batch, args.rounds)
+        eval_rates = interleaved_rates(variants, evaluate, args.batch, args.rounds)
         public = [v.name for v in variants if isinstance(v.model, PublicFractalNet)]
         base_train, base_eval = max(train_rates[n] for n in public), max(eval_rates[n] for n in public)
         for v in variants:
             tr, ev = train_rates[v.name], eval_rates[v.name]
-            label = f"{cfg['label']}, batch {cfg['batch']}"
+            label = f"{cfg['label']}, batch {args.batch}"
             rows.append((label, v.name, tr, tr / base_train, flops[v.name][0] * tr / 1e9, ev, ev / base_eval,
                          flops[v.name][1] * ev / 1e9))
     header = ("| network | implementation | train img/s | vs best public | train GFLOP/s | eval img/s "
