@@ -201,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         eval_rates = interleaved_rates(variants, evaluate, args.batch, args.rounds)
         public = [v.name for v in variants if isinstance(v.model, PublicFractalNet)]
         base_train, base_eval = max(train_rates[n] for n in public), max(eval_rates[n] for n in public)
+        label = f"{cfg['label']}, batch {args.batch}"
         for v in variants:
             tr, ev = train_rates[v.name], eval_rates[v.name]
-            label = f"{cfg['label']}, batch {args.batch}"
             rows.append((label, v.name, tr, tr / base_train, flops[v.name][0] * tr / 1e9, ev, ev / base_eval,
                          flops[v.name][1] * ev / 1e9))
     header = ("| network | implementation | train img/s | vs best public | train GFLOP/s | eval img/s "

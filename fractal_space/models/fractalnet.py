@@ -400,11 +400,12 @@ class FractalNet(nn.Module):
                 raise ValueError(f"input_size={size!r} must be (H, W), each an integer >= {self.min_input_size}")
             size = -(-size[0] // self.stem_stride), -(-size[1] // self.stem_stride)
             choice = []
-            for block, width in zip(self.blocks, self.widths, strict=False):
+            for block, width in zip(self.blocks, self.widths, strict=True):
                 choice.append(cpu_prefers_channels_last(width, size))
                 if isinstance(block.pool, nn.MaxPool2d):
                     size = size[0] // 2, size[1] // 2
-        self.to(memory_format=torch.channels_last if choice[0] else torch.contiguous_format)
+        # Outside the blocks only the stem has 4-D weights; each block is converted once, to its own layout.
+        self.stem.to(memory_format=torch.channels_last if choice[0] else torch.contiguous_format)
         for block, cl in zip(self.blocks, choice, strict=True):
             block.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
             block.channels_last = cl

@@ -50,7 +50,7 @@ class _Im2colWeightGrad(torch.autograd.Function):
                 grad_out, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1, [True, False, False]
             )[0]
         if ctx.needs_input_grad[1]:
-            batch, out_chs = grad_out.shape[:2]
+            out_chs = grad_out.shape[1]
             cols = F.unfold(x, weight.shape[-2:], padding=ctx.padding)  # (B, C*kh*kw, L)
             g = grad_out.transpose(0, 1).reshape(out_chs, -1)  # (O, B*L)
             grad_w = (g @ cols.transpose(1, 2).reshape(g.shape[1], -1)).view(weight.shape)
