@@ -139,9 +139,9 @@ def _variants(cfg: dict) -> list[Variant]:
     ]
 
 
-def interleaved_rates(variants: list[Variant], seconds: Callable[[Variant, torch.Tensor, torch.Tensor], float],
-                      batch: int, rounds: int) -> dict[str, float]:
-    """Images/s per variant: batch over the mean of ``seconds`` (per step) across ``rounds`` interleaved rounds.
+def interleaved_seconds(variants: list[Variant], seconds: Callable[[Variant, torch.Tensor, torch.Tensor], float],
+                        batch: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per step of each variant in each of ``rounds`` interleaved rounds.
 
     Each round measures every variant in turn (A B C, then B C A, ...) from the same seed, so load from other
     processes hits all of them alike and the layouts of one implementation see identical drop-path draws.
@@ -149,13 +149,27 @@ def interleaved_rates(variants: list[Variant], seconds: Callable[[Variant, torch
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     for v in variants:  # warm-up: allocator, kernels, first-touch
         seconds(v, x, y)
-    totals = {v.name: 0.0 for v in variants}
+    per_round: dict[str, list[float]] = {v.name: [] for v in variants}
     for r in range(rounds):
         for v in variants[r % len(variants):] + variants[:r % len(variants)]:
             torch.manual_seed(r)
             random.seed(r)
-            totals[v.name] += seconds(v, x, y)
-    return {name: batch * rounds / total for name, total in totals.items()}
+            per_round[v.name].append(seconds(v, x, y))
+    return per_round
+
+
+def _rate(batch: int, seconds: list[float]) -> float:
+    return batch * len(seconds) / sum(seconds)
+
+
+def _ratio_cell(ours: list[float], base: list[float]) -> str:
+    """Speed-up over the baseline on the mean step time, and its range over the rounds (a ratio is only as sure as
+    its spread: a busy neighbour moves single rounds by 5-10% on this machine)."""
+    mean = sum(base) / sum(ours)
+    if len(ours) < 2:
+        return f"{mean:.2f}x"
+    per_round = [b / o for b, o in zip(base, ours, strict=True)]
+    return f"{mean:.2f}x ({min(per_round):.2f}-{max(per_round):.2f})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     resnet = Variant("resnet56_cifar", timm.create_model("resnet56_cifar"), "channels_last")
-    resnet_rates = {"train": interleaved_rates([resnet], train, args.batch, args.rounds)[resnet.name],
-                    "eval": interleaved_rates([resnet], evaluate, args.batch, args.rounds)[resnet.name]}
+    resnet_rates = {mode: _rate(args.batch, interleaved_seconds([resnet], fn, args.batch, args.rounds)[resnet.name])
+                    for mode, fn in (("train", train), ("eval", evaluate))}
     resnet_gflops = {"train": resnet.train_flops_per_image() * resnet_rates["train"] / 1e9,
                      "eval": resnet.eval_flops_per_image() * resnet_rates["eval"] / 1e9}
     rows = []
@@ -197,22 +211,22 @@ def main(argv: list[str] | None = None) -> int:
         cfg = CONFIGS[key]
         variants = _variants(cfg)
         flops = {v.name: (v.train_flops_per_image(), v.eval_flops_per_image()) for v in variants}
-        train_rates = interleaved_rates(variants, train, args.batch, args.rounds)
-        eval_rates = interleaved_rates(variants, evaluate, args.batch, args.rounds)
+        times = {"train": interleaved_seconds(variants, train, args.batch, args.rounds),
+                 "eval": interleaved_seconds(variants, evaluate, args.batch, args.rounds)}
         public = [v.name for v in variants if isinstance(v.model, PublicFractalNet)]
-        base_train, base_eval = max(train_rates[n] for n in public), max(eval_rates[n] for n in public)
+        base = {mode: min(public, key=lambda n: sum(t[n])) for mode, t in times.items()}  # the faster public layout
         label = f"{cfg['label']}, batch {args.batch}"
         for v in variants:
-            tr, ev = train_rates[v.name], eval_rates[v.name]
-            rows.append((label, v.name, tr, tr / base_train, flops[v.name][0] * tr / 1e9, ev, ev / base_eval,
+            tr, ev = (_rate(args.batch, times[mode][v.name]) for mode in ("train", "eval"))
+            ratio = {mode: _ratio_cell(t[v.name], t[base[mode]]) for mode, t in times.items()}
+            rows.append((label, v.name, tr, ratio["train"], flops[v.name][0] * tr / 1e9, ev, ratio["eval"],
                          flops[v.name][1] * ev / 1e9))
-    header = ("| network | implementation | train img/s | vs best public | train GFLOP/s | eval img/s "
-              "| vs best public | eval GFLOP/s |")
+    header = ("| network | implementation | train img/s | vs best public (round range) | train GFLOP/s "
+              "| eval img/s | vs best public (round range) | eval GFLOP/s |")
     print(header)
     print("|" + "---|" * 8)
     for label, name, tr, tr_ratio, tr_gf, ev, ev_ratio, ev_gf in rows:
-        print(f"| {label} | {name} | {tr:.0f} | {tr_ratio:.2f}x | {tr_gf:.0f} | {ev:.0f} | {ev_ratio:.2f}x "
-              f"| {ev_gf:.0f} |")
+        print(f"| {label} | {name} | {tr:.0f} | {tr_ratio} | {tr_gf:.0f} | {ev:.0f} | {ev_ratio} | {ev_gf:.0f} |")
     print(f"| CIFAR ResNet-56 | resnet56_cifar (channels_last) | {resnet_rates['train']:.0f} | | "
           f"{resnet_gflops['train']:.0f} | {resnet_rates['eval']:.0f} | | {resnet_gflops['eval']:.0f} |")
     print("\ntrain = forward + backward + SGD with the paper's drop-path; 'vs best public' divides by the faster of "
