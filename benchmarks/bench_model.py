@@ -163,8 +163,8 @@ def _rate(batch: int, seconds: list[float]) -> float:
 
 
 def _ratio_cell(ours: list[float], base: list[float]) -> str:
-    """Speed-up over the baseline on the mean step time, and its range over the rounds (a ratio is only as sure as
-    its spread: a busy neighbour moves single rounds by 5-10% on this machine)."""
+    """Speed-up over the baseline on the mean step time, and its range over the rounds: a ratio is only as sure as
+    its spread, which here comes from busy neighbours and, for fractal_space, from each round's local draws."""
     mean = sum(base) / sum(ours)
     if len(ours) < 2:
         return f"{mean:.2f}x"
