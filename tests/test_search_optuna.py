@@ -1,6 +1,8 @@
 """The Optuna backend end to end on real CIFAR-10 subsets and real storages (tiny budgets)."""
 
 import json
+import multiprocessing
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -107,3 +109,24 @@ def test_bad_input_is_one_line_and_exits_before_any_trial(tmp_path, capsys, args
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "bad" / "study.db").exists() and not (tmp_path / "bad" / "trials.parquet").exists()
+
+
+def _open_after(barrier, url: str) -> None:
+    from fractal_space.search.study import open_storage
+
+    barrier.wait()
+    open_storage(url, Path("."), heartbeat_s=None)
+
+
+def test_workers_opening_a_fresh_sqlite_storage_together_all_succeed(tmp_path):
+    """Workers that start together on a new database race to create Optuna's schema; none may fail for it."""
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'fresh{round_}.db'}"
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_after, args=(barrier, url)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0], f"round {round_}: a worker failed to open {url}"

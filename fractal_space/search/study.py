@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -21,6 +22,7 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from fractal_space.search.trial import FRACTAL_MODEL, OBJECTIVES, Budget, Pruned, objective_values, run_trial
 from fractal_space.space import SearchSpace
@@ -44,12 +46,30 @@ def open_storage(url: str | None, study_dir: Path, heartbeat_s: int | None = 30)
             path = Path(url.removeprefix("journal:")).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
-        engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        return RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
-                          grace_period=None if heartbeat_s is None else 3 * heartbeat_s)
+        return _rdb_storage(url, heartbeat_s)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of every kind become one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot open storage {url!r}: {reason}") from None
+
+
+def _rdb_storage(url: str, heartbeat_s: int | None, attempts: int = 5) -> RDBStorage:
+    """RDBStorage, retried when another process creates the same new database's tables at the same moment.
+
+    Workers (and a monitor reading the study) that start together on a fresh database race to create Optuna's schema;
+    the loser fails ("table ... already exists", or a duplicate alembic_version row) although the schema is then
+    complete, so it simply opens again.
+    """
+    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    attempt = 0
+    while True:
+        try:
+            return RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                              grace_period=None if heartbeat_s is None else 3 * heartbeat_s)
+        except (OperationalError, IntegrityError) as exc:  # table, or alembic_version row, made by the other one
+            attempt += 1
+            if not ("already exists" in str(exc) or "alembic_version" in str(exc)) or attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
 
 
 def _with_driver(url: str) -> str:
