@@ -11,7 +11,11 @@ from search_cli import REPO, finished, load_study, run_search, spawn_search, tri
 
 
 def _wait_for(proc, runs, study, n_finished, timeout=150.0):
-    """Wait until the child has ``n_finished`` counted trials and is training the next one."""
+    """Wait until the child has ``n_finished`` counted trials and is training the next one.
+
+    Training means the objective has started and tagged the trial with its worker: Optuna creates the RUNNING trial
+    a moment earlier, and a worker killed in that moment leaves it to the RDB heartbeat, not to the local reaper.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()
@@ -21,7 +25,7 @@ def _wait_for(proc, runs, study, n_finished, timeout=150.0):
             except KeyError:  # study not created yet
                 time.sleep(0.5)
                 continue
-            running = [t for t in s.get_trials() if t.state == TrialState.RUNNING]
+            running = [t for t in s.get_trials() if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
             if len(finished(s)) >= n_finished and running:
                 return s
         time.sleep(0.5)
