@@ -1,4 +1,4 @@
-"""Per-block memory layout and the im2col weight gradient: same numbers as plain PyTorch, chosen where measured."""
+"""Per-block memory layout and the per-tap weight gradient: same numbers as plain PyTorch, chosen where measured."""
 
 import pytest
 import timm
@@ -69,24 +69,42 @@ def test_set_memory_format_rejects_bad_values(kwargs: dict, match: str) -> None:
         timm.create_model("fractalnet_c1").set_memory_format(**kwargs)
 
 
-@pytest.mark.parametrize("size, chans, im2col", [(2, 512, True), (4, 512, False), (2, 256, False)])
+@pytest.mark.parametrize("size, in_chs, out_chs, taps", [
+    (2, 512, 512, True), (4, 256, 512, True), (2, 128, 128, True), (1, 256, 256, True), (3, 256, 256, True),
+    (4, 128, 128, False), (8, 512, 512, False), (2, 64, 64, False),
+])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, CL])
-def test_small_map_conv_trains_like_nn_conv2d(size: int, chans: int, im2col: bool, memory_format) -> None:
-    """Same forward, input gradient and weight gradient as nn.Conv2d; the im2col path only on 2x2 512x512 convs."""
+def test_small_map_conv_trains_like_nn_conv2d(size: int, in_chs: int, out_chs: int, taps: bool, memory_format) -> None:
+    """Same forward, input gradient and weight gradient (values and layout) as nn.Conv2d; the per-tap weight gradient
+    only where in x out channels reach 4096 per pixel on maps of 4x4 and smaller (1x1 and odd sizes included)."""
     torch.manual_seed(0)
-    conv = SmallMapConv2d(chans, chans).to(memory_format=memory_format)
-    ref = nn.Conv2d(chans, chans, 3, padding=1, bias=False).to(memory_format=memory_format)
+    conv = SmallMapConv2d(in_chs, out_chs).to(memory_format=memory_format)
+    ref = nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=False).to(memory_format=memory_format)
     ref.load_state_dict(conv.state_dict())
-    x = torch.randn(3, chans, size, size).contiguous(memory_format=memory_format).requires_grad_()
+    x = torch.randn(3, in_chs, size, size).contiguous(memory_format=memory_format).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
     out, out_ref = conv(x), ref(x_ref)
-    assert (type(out.grad_fn).__name__ == "_Im2colWeightGradBackward") == im2col
+    assert (type(out.grad_fn).__name__ == "_TapWeightGradBackward") == taps
     grad = torch.randn_like(out)
     out.backward(grad)
     out_ref.backward(grad)
     torch.testing.assert_close(out, out_ref)
     torch.testing.assert_close(x.grad, x_ref.grad)
     torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    assert conv.weight.grad.stride() == ref.weight.grad.stride()
+
+
+def test_tap_weight_grad_without_input_grad_matches_autograd() -> None:
+    """The first conv of a network sees the image, which needs no gradient: only the weight's is computed."""
+    torch.manual_seed(0)
+    conv = SmallMapConv2d(512, 512)
+    x = torch.randn(2, 512, 2, 2)
+    out = conv(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected = torch.ops.aten.convolution_backward(grad, x, conv.weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                                   [False, True, False])[1]
+    torch.testing.assert_close(conv.weight.grad, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_small_map_conv_is_plain_in_eval_scriptable_and_an_fx_leaf() -> None:
@@ -96,6 +114,6 @@ def test_small_map_conv_is_plain_in_eval_scriptable_and_an_fx_leaf() -> None:
         assert conv(x).grad_fn is None
     torch.testing.assert_close(torch.jit.script(conv)(x), F.conv2d(x, conv.weight, padding=1))
     graph = symbolic_trace(conv)
-    assert any(n.op == "call_function" and n.target.__name__ == "conv2d_im2col_wgrad" for n in graph.graph.nodes)
+    assert any(n.op == "call_function" and n.target.__name__ == "conv2d_tap_wgrad" for n in graph.graph.nodes)
     out = graph(x.requires_grad_())
-    assert type(out.grad_fn).__name__ == "_Im2colWeightGradBackward"
+    assert type(out.grad_fn).__name__ == "_TapWeightGradBackward"

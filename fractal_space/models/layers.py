@@ -1,9 +1,10 @@
 """CPU kernel choices for wide convs on small feature maps, measured on this project's CPU (oneDNN, AVX-512).
 
 At the paper's full CIFAR widths the last blocks run 256-512 channels on 4x4 and 2x2 maps, where oneDNN's defaults are
-poor: channels_last convs are 20-80% slower than NCHW there, and on 2x2 maps its weight-gradient kernel for 512x512
-weights runs at 45-80 GFLOP/s against 110-180 for an im2col matmul (a whole conv, forward + backward, 1.5-1.9x
-faster). ``benchmarks/bench_model.py`` measures the effect on whole networks.
+poor: channels_last convs are 20-80% slower than NCHW there, and its weight-gradient kernel multiplies every kernel tap
+with the zero padding as well (on a 2x2 map 20 of a 3x3 kernel's 36 tap-position pairs land in the padding, on 4x4 44
+of 144). One matmul per tap over just the positions it meets is 1.3-5x faster there (batch 32-100, 128-512 channels).
+``benchmarks/bench_model.py`` measures the effect on whole networks.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-__all__ = ["SmallMapConv2d", "cpu_prefers_channels_last", "conv2d_im2col_wgrad"]
+__all__ = ["SmallMapConv2d", "conv2d_tap_wgrad", "conv_weight_grad_by_taps", "cpu_prefers_channels_last"]
 
 NCHW_MIN_WIDTH = 256  # channels from which NCHW beats channels_last on tiny maps ...
 NCHW_MAX_PIXELS = 16  # ... of 4x4 and smaller
-IM2COL_MAX_PIXELS = 4  # the im2col weight gradient pays on 2x2 maps and smaller ...
-IM2COL_MIN_WEIGHT = 512 * 512  # ... with at least 512x512 weights (in x out channels)
+TAPS_MAX_PIXELS = 16  # the per-tap weight gradient pays on 4x4 maps and smaller ...
+TAPS_MIN_WEIGHT_PER_PIXEL = 4096  # ... from in x out channels of 4096 per map pixel (128x128 on 2x2, 256x256 on 4x4)
 
 
 def cpu_prefers_channels_last(width: int, in_size: tuple[int, int]) -> bool:
@@ -32,8 +33,39 @@ def cpu_prefers_channels_last(width: int, in_size: tuple[int, int]) -> bool:
     return width < NCHW_MIN_WIDTH or in_size[0] * in_size[1] > NCHW_MAX_PIXELS
 
 
-class _Im2colWeightGrad(torch.autograd.Function):
-    """Conv forward and input gradient by oneDNN; the weight gradient as one im2col matmul."""
+def _tap_ranges(size: int, kernel: int) -> list[tuple[int, int, int]]:
+    """Per kernel index along one axis of a stride-1 'same' conv: its offset d and the output range [lo, hi) whose
+    input at offset d lies inside the map (empty where the tap only ever meets padding)."""
+    pad = kernel // 2
+    return [(max(0, pad - i), min(size, size + pad - i), i - pad) for i in range(kernel)]
+
+
+def conv_weight_grad_by_taps(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weight gradient of a stride-1, 'same'-padded conv without groups, as one matmul per kernel tap.
+
+    Tap (i, j) sums grad_out (O x n) times input (n x C) over the n = batch x positions where that tap meets the
+    input, so nothing is multiplied with padding. Returned with ``weight``'s strides, as autograd accumulates it.
+    """
+    out_chs, in_chs = grad_out.shape[1], x.shape[1]
+    kh, kw = weight.shape[-2:]
+    g = grad_out.permute(1, 2, 3, 0).contiguous()  # (O, H, W, B): a tap's positions are one (O, n) slice
+    xs = x.permute(2, 3, 0, 1).contiguous()  # (H, W, B, C)
+    grad_w = grad_out.new_empty(out_chs, kh, kw, in_chs)  # each tap's (O, C) slice has unit column stride
+    for i, (lo_h, hi_h, dh) in enumerate(_tap_ranges(g.shape[1], kh)):
+        for j, (lo_w, hi_w, dw) in enumerate(_tap_ranges(g.shape[2], kw)):
+            if lo_h >= hi_h or lo_w >= hi_w:
+                grad_w[:, i, j].zero_()
+                continue
+            torch.mm(g[:, lo_h:hi_h, lo_w:hi_w].reshape(out_chs, -1),
+                     xs[lo_h + dh:hi_h + dh, lo_w + dw:hi_w + dw].reshape(-1, in_chs), out=grad_w[:, i, j])
+    grad_w = grad_w.permute(0, 3, 1, 2)
+    if grad_w.stride() == weight.stride():  # a channels_last weight: already in its layout
+        return grad_w
+    return torch.empty_like(weight, memory_format=torch.preserve_format).copy_(grad_w)
+
+
+class _TapWeightGrad(torch.autograd.Function):
+    """Conv forward and input gradient by oneDNN; the weight gradient by :func:`conv_weight_grad_by_taps`."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
@@ -50,27 +82,24 @@ class _Im2colWeightGrad(torch.autograd.Function):
                 grad_out, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1, [True, False, False]
             )[0]
         if ctx.needs_input_grad[1]:
-            out_chs = grad_out.shape[1]
-            cols = F.unfold(x, weight.shape[-2:], padding=ctx.padding)  # (B, C*kh*kw, L)
-            g = grad_out.transpose(0, 1).reshape(out_chs, -1)  # (O, B*L)
-            grad_w = (g @ cols.transpose(1, 2).reshape(g.shape[1], -1)).view(weight.shape)
+            grad_w = conv_weight_grad_by_taps(x, grad_out, weight)
         return grad_x, grad_w, None
 
 
 @register_notrace_function
 @torch.fx.wrap
-def conv2d_im2col_wgrad(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
-    """A stride-1 conv without bias that trains with the im2col weight gradient where that is faster (CPU, 4x4 or
-    smaller maps, 512x512+ weights) and is plain ``F.conv2d`` everywhere else, eval and CUDA included."""
+def conv2d_tap_wgrad(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+    """A stride-1 'same' conv without bias that trains with the per-tap weight gradient where that is faster (CPU,
+    4x4 or smaller maps, wide enough weights) and is plain ``F.conv2d`` everywhere else, eval and CUDA included."""
     pixels, weights = x.shape[-2] * x.shape[-1], weight.shape[0] * weight.shape[1]
     training = torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu"
-    if training and pixels <= IM2COL_MAX_PIXELS and weights >= IM2COL_MIN_WEIGHT:
-        return _Im2colWeightGrad.apply(x, weight, padding)
+    if training and pixels <= TAPS_MAX_PIXELS and weights >= TAPS_MIN_WEIGHT_PER_PIXEL * pixels:
+        return _TapWeightGrad.apply(x, weight, padding)
     return F.conv2d(x, weight, padding=padding)
 
 
 class SmallMapConv2d(nn.Conv2d):
-    """3x3 stride-1 ``nn.Conv2d`` (same parameters and state dict) using :func:`conv2d_im2col_wgrad` in eager mode."""
+    """3x3 stride-1 ``nn.Conv2d`` (same parameters and state dict) using :func:`conv2d_tap_wgrad` in eager mode."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3):
         super().__init__(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=False)
@@ -82,4 +111,4 @@ class SmallMapConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
-        return conv2d_im2col_wgrad(x, self.weight, self.padding)
+        return conv2d_tap_wgrad(x, self.weight, self.padding)
