@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.fx import symbolic_trace
 
 import fractal_space  # noqa: F401  (registers the models)
-from fractal_space.models.layers import SmallMapConv2d, cpu_prefers_channels_last
+from fractal_space.models.layers import SmallMapConv2d, conv2d_tap_wgrad, cpu_prefers_channels_last
 
 CL = torch.channels_last
 
@@ -94,17 +94,19 @@ def test_small_map_conv_trains_like_nn_conv2d(size: int, in_chs: int, out_chs: i
     assert conv.weight.grad.stride() == ref.weight.grad.stride()
 
 
-def test_tap_weight_grad_without_input_grad_matches_autograd() -> None:
-    """The first conv of a network sees the image, which needs no gradient: only the weight's is computed."""
+@pytest.mark.parametrize("padding", [(1, 1), (0, 0), (0, 1)])
+def test_tap_weight_grad_without_input_grad_matches_autograd(padding: tuple[int, int]) -> None:
+    """Only the weight's gradient when the input needs none (the image before a first conv); any padding."""
     torch.manual_seed(0)
-    conv = SmallMapConv2d(512, 512)
-    x = torch.randn(2, 512, 2, 2)
-    out = conv(x)
+    weight = torch.randn(512, 512, 3, 3, requires_grad=True)
+    x = torch.randn(2, 512, 4, 4)
+    out = conv2d_tap_wgrad(x, weight, padding)
+    assert type(out.grad_fn).__name__ == "_TapWeightGradBackward"
     grad = torch.randn_like(out)
     out.backward(grad)
-    expected = torch.ops.aten.convolution_backward(grad, x, conv.weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                                                   [False, True, False])[1]
-    torch.testing.assert_close(conv.weight.grad, expected, rtol=1e-4, atol=1e-4)
+    expected = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], list(padding), [1, 1], False, [0, 0],
+                                                   1, [False, True, False])[1]
+    torch.testing.assert_close(weight.grad, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_small_map_conv_is_plain_in_eval_scriptable_and_an_fx_leaf() -> None:

@@ -33,26 +33,27 @@ def cpu_prefers_channels_last(width: int, in_size: tuple[int, int]) -> bool:
     return width < NCHW_MIN_WIDTH or in_size[0] * in_size[1] > NCHW_MAX_PIXELS
 
 
-def _tap_ranges(size: int, kernel: int) -> list[tuple[int, int, int]]:
-    """Per kernel index along one axis of a stride-1 'same' conv: its offset d and the output range [lo, hi) whose
-    input at offset d lies inside the map (empty where the tap only ever meets padding)."""
-    pad = kernel // 2
-    return [(max(0, pad - i), min(size, size + pad - i), i - pad) for i in range(kernel)]
+def _tap_ranges(in_size: int, out_size: int, kernel: int, pad: int) -> list[tuple[int, int, int]]:
+    """Per kernel index along one axis of a stride-1 conv: its offset d and the output range [lo, hi) whose input at
+    offset d lies inside the map (empty where the tap only ever meets padding)."""
+    return [(max(0, pad - i), min(out_size, in_size + pad - i), i - pad) for i in range(kernel)]
 
 
-def conv_weight_grad_by_taps(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Weight gradient of a stride-1, 'same'-padded conv without groups, as one matmul per kernel tap.
+def conv_weight_grad_by_taps(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor,
+                             padding: tuple[int, int]) -> torch.Tensor:
+    """Weight gradient of a stride-1 conv without groups or dilation, as one matmul per kernel tap.
 
     Tap (i, j) sums grad_out (O x n) times input (n x C) over the n = batch x positions where that tap meets the
     input, so nothing is multiplied with padding. Returned with ``weight``'s strides, as autograd accumulates it.
     """
     out_chs, in_chs = grad_out.shape[1], x.shape[1]
-    kh, kw = weight.shape[-2:]
-    g = grad_out.permute(1, 2, 3, 0).contiguous()  # (O, H, W, B): a tap's positions are one (O, n) slice
+    g = grad_out.permute(1, 2, 3, 0).contiguous()  # (O, H', W', B): a tap's positions are one (O, n) slice
     xs = x.permute(2, 3, 0, 1).contiguous()  # (H, W, B, C)
-    grad_w = grad_out.new_empty(out_chs, kh, kw, in_chs)  # each tap's (O, C) slice has unit column stride
-    for i, (lo_h, hi_h, dh) in enumerate(_tap_ranges(g.shape[1], kh)):
-        for j, (lo_w, hi_w, dw) in enumerate(_tap_ranges(g.shape[2], kw)):
+    rows = _tap_ranges(xs.shape[0], g.shape[1], weight.shape[2], padding[0])
+    cols = _tap_ranges(xs.shape[1], g.shape[2], weight.shape[3], padding[1])
+    grad_w = grad_out.new_empty(out_chs, len(rows), len(cols), in_chs)  # each tap's (O, C) slice: unit column stride
+    for i, (lo_h, hi_h, dh) in enumerate(rows):
+        for j, (lo_w, hi_w, dw) in enumerate(cols):
             if lo_h >= hi_h or lo_w >= hi_w:
                 grad_w[:, i, j].zero_()
                 continue
@@ -82,14 +83,14 @@ class _TapWeightGrad(torch.autograd.Function):
                 grad_out, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1, [True, False, False]
             )[0]
         if ctx.needs_input_grad[1]:
-            grad_w = conv_weight_grad_by_taps(x, grad_out, weight)
+            grad_w = conv_weight_grad_by_taps(x, grad_out, weight, ctx.padding)
         return grad_x, grad_w, None
 
 
 @register_notrace_function
 @torch.fx.wrap
 def conv2d_tap_wgrad(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
-    """A stride-1 'same' conv without bias that trains with the per-tap weight gradient where that is faster (CPU,
+    """A stride-1 conv without bias that trains with the per-tap weight gradient where that is faster (CPU,
     4x4 or smaller maps, wide enough weights) and is plain ``F.conv2d`` everywhere else, eval and CUDA included."""
     pixels, weights = x.shape[-2] * x.shape[-1], weight.shape[0] * weight.shape[1]
     training = torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu"
