@@ -3,7 +3,7 @@
 At the paper's full CIFAR widths the last blocks run 256-512 channels on 4x4 and 2x2 maps, where oneDNN's defaults are
 poor: channels_last convs are 20-80% slower than NCHW there, and its weight-gradient kernel multiplies every kernel tap
 with the zero padding as well (on a 2x2 map 20 of a 3x3 kernel's 36 tap-position pairs land in the padding, on 4x4 44
-of 144). One matmul per tap over just the positions it meets is 1.3-5x faster there (batch 32-100, 128-512 channels).
+of 144). One matmul per tap over just the positions it meets is 1.1-5x faster there (batch 32-100, 128-512 channels).
 ``benchmarks/bench_model.py`` measures the effect on whole networks.
 """
 
