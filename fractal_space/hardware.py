@@ -1,0 +1,36 @@
+"""Which device and how many CPU cores a run may use: one answer for the engine, the search and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (respects affinity masks and container CPU sets where the OS reports them)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+def check_device_name(name: str) -> None:
+    """One-line ValueError unless ``name`` is auto, cpu, cuda or cuda:N (does not look for a GPU)."""
+    if name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit()):
+        return
+    raise ValueError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``name`` means here: ``auto`` picks CUDA when present; asking for an absent GPU is a ValueError."""
+    check_device_name(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available")
+        index = torch.device(name).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return torch.device(name)
