@@ -33,21 +33,26 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
+from fractal_space.recipe import (
+    BLOCK_DROPOUT,
+    DROP_PATH_RATE,
+    GLOBAL_DROP_FRACTION,
+    JOINS,
+    MAX_COLUMNS,
+    check_rate,
+    paper_block_dropout,
+)
+
 from .layers import SmallMapConv2d, cpu_prefers_channels_last
 
+# paper_block_dropout lives in fractal_space.recipe; it stays importable from here for existing callers.
 __all__ = ["FractalNet", "FractalColumn", "paper_block_dropout"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-JOIN_TYPES = ("mean", "sum", "max", "concat")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 INIT_TYPES = ("xavier", "kaiming")
 STEM_TYPES = ("none", "resnet")
-
-
-def paper_block_dropout(num_blocks: int) -> tuple[float, ...]:
-    """The paper's per-block dropout schedule (0, 0.1, 0.2, ...), used together with drop-path."""
-    return tuple(round(0.1 * i, 10) for i in range(num_blocks))
 
 
 def _conv_unit(in_chs: int, out_chs: int, norm_layer: Any, act_layer: Any) -> ConvNormAct:
@@ -59,13 +64,6 @@ def _conv_unit(in_chs: int, out_chs: int, norm_layer: Any, act_layer: Any) -> Co
 
 def _dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
-
-
-def _check_rate(name: str, value: float, closed_top: bool = False) -> None:
-    upper_ok = value <= 1 if closed_top else value < 1
-    if not (0 <= value and upper_ok):
-        allowed = "[0, 1]" if closed_top else "[0, 1)"
-        raise ValueError(f"{name}={value!r} is outside the allowed range {allowed}")
 
 
 class Join(nn.Module):
@@ -288,18 +286,18 @@ class FractalNet(nn.Module):
         super().__init__()
         if not isinstance(num_blocks, int) or num_blocks < 1:
             raise ValueError(f"num_blocks={num_blocks!r} must be an integer >= 1")
-        if not isinstance(num_columns, int) or not 1 <= num_columns <= 10:
-            raise ValueError(f"num_columns={num_columns!r} must be an integer in [1, 10]")
+        if not isinstance(num_columns, int) or not 1 <= num_columns <= MAX_COLUMNS:
+            raise ValueError(f"num_columns={num_columns!r} must be an integer in [1, {MAX_COLUMNS}]")
         widths = tuple(widths)
         if len(widths) != num_blocks or not all(isinstance(w, int) and w >= 1 for w in widths):
             raise ValueError(f"widths={widths!r} must be {num_blocks} positive integers (one per block)")
-        if join not in JOIN_TYPES:
-            raise ValueError(f"join={join!r} is not one of {JOIN_TYPES}")
+        if join not in JOINS:
+            raise ValueError(f"join={join!r} is not one of {JOINS}")
         if init not in INIT_TYPES:
             raise ValueError(f"init={init!r} is not one of {INIT_TYPES}")
         if stem not in STEM_TYPES:
             raise ValueError(f"stem={stem!r} is not one of {STEM_TYPES}")
-        _check_rate("drop_rate", drop_rate)
+        check_rate("drop_rate", drop_rate, BLOCK_DROPOUT)  # a dropout probability, like the per-block ones
 
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -423,10 +421,10 @@ class FractalNet(nn.Module):
         Validated like the constructor, which calls it; parameters and their names do not change.
         """
         if drop_path_rate is not None:
-            _check_rate("drop_path_rate", drop_path_rate)
+            check_rate("drop_path_rate", drop_path_rate, DROP_PATH_RATE)
             self.drop_path_rate = drop_path_rate
         if global_drop_fraction is not None:
-            _check_rate("global_drop_fraction", global_drop_fraction, closed_top=True)
+            check_rate("global_drop_fraction", global_drop_fraction, GLOBAL_DROP_FRACTION)
             self.global_drop_fraction = global_drop_fraction
         if block_dropout is not None:
             block_dropout = tuple(block_dropout)
@@ -434,7 +432,7 @@ class FractalNet(nn.Module):
                 raise ValueError(f"block_dropout={block_dropout!r} must have {len(self.blocks)} entries (one per "
                                  f"block)")
             for i, p in enumerate(block_dropout):
-                _check_rate(f"block_dropout[{i}]", p)
+                check_rate(f"block_dropout[{i}]", p, BLOCK_DROPOUT)
             for block, p in zip(self.blocks, block_dropout, strict=True):
                 block.drop = _dropout(p)
 
