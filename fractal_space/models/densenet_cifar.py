@@ -22,7 +22,7 @@ from timm.layers import LayerType, create_conv2d, get_norm_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.densenet import DenseBlock, DenseTransition
 
-from fractal_space.models.resnet_cifar import CifarStageNet, cifar_cfg
+from fractal_space.models.cifar import CifarStageNet, cifar_cfg
 
 __all__ = ["DenseNetCifar"]
 

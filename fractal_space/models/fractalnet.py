@@ -33,6 +33,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
+from fractal_space.models.cifar import cifar_cfg
+from fractal_space.models.layers import SmallMapConv2d, cpu_prefers_channels_last
 from fractal_space.recipe import (
     BLOCK_DROPOUT,
     DROP_PATH_RATE,
@@ -43,13 +45,9 @@ from fractal_space.recipe import (
     paper_block_dropout,
 )
 
-from .layers import SmallMapConv2d, cpu_prefers_channels_last
-
 # paper_block_dropout lives in fractal_space.recipe; it stays importable from here for existing callers.
 __all__ = ["FractalNet", "FractalColumn", "paper_block_dropout"]
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 INIT_TYPES = ("xavier", "kaiming")
 STEM_TYPES = ("none", "resnet")
@@ -629,22 +627,10 @@ def _create_fractalnet(variant: str, pretrained: bool = False, **kwargs: Any) ->
     )
 
 
-def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 10,
-        "input_size": (3, 32, 32),
-        "pool_size": (1, 1),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": CIFAR10_MEAN,
-        "std": CIFAR10_STD,
-        "classifier": "head.fc",
-        "license": "apache-2.0",
-        "paper_ids": "arXiv:1605.07648",
-        "paper_name": "FractalNet: Ultra-Deep Neural Networks without Residuals",
-        **kwargs,
-    }
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    """The CIFAR cfg with FractalNet's 1x1 final map and paper reference (ImageNet variants override the rest)."""
+    return cifar_cfg(**{"pool_size": (1, 1), "paper_ids": "arXiv:1605.07648",
+                        "paper_name": "FractalNet: Ultra-Deep Neural Networks without Residuals", **kwargs})
 
 
 def _first_convs(num_columns: int) -> tuple[str, ...]:
