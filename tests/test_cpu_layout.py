@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.fx import symbolic_trace
 
 import fractal_space  # noqa: F401  (registers the models)
-from fractal_space.models.layers import SmallMapConv2d, conv2d_tap_wgrad, cpu_prefers_channels_last
+from fractal_space.models.cpu_conv import SmallMapConv2d, conv2d_tap_wgrad, cpu_prefers_channels_last
 
 CL = torch.channels_last
 

@@ -34,7 +34,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
 from fractal_space.models.cifar import cifar_cfg
-from fractal_space.models.layers import SmallMapConv2d, cpu_prefers_channels_last
+from fractal_space.models.cpu_conv import SmallMapConv2d, cpu_prefers_channels_last
 from fractal_space.recipe import (
     BLOCK_DROPOUT,
     DROP_PATH_RATE,
@@ -54,7 +54,7 @@ STEM_TYPES = ("none", "resnet")
 
 
 def _conv_unit(in_chs: int, out_chs: int, norm_layer: Any, act_layer: Any) -> ConvNormAct:
-    """conv 3x3 -> BN -> ReLU; the conv trains faster on small wide maps on CPU (``layers.SmallMapConv2d``)."""
+    """conv 3x3 -> BN -> ReLU; the conv trains faster on small wide maps on CPU (``cpu_conv.SmallMapConv2d``)."""
     unit = ConvNormAct(in_chs, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer)
     unit.conv = SmallMapConv2d(in_chs, out_chs)
     return unit
