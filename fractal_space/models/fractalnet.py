@@ -180,7 +180,6 @@ class FractalBlock(nn.Module):
             self.first_cols.append(first)
             self.offsets.append(n_inputs)
             n_inputs += num_columns - first
-        self.num_join_inputs = n_inputs
         self.steps = nn.ModuleList(steps)
         self.pool = nn.MaxPool2d(2) if downsample else nn.Identity()
         self.drop = _dropout(dropout)
