@@ -1,7 +1,7 @@
 """FractalNet speed: fractal_space vs a straightforward public-style implementation, side by side in one run.
 
-For each configuration it times the train step (forward + backward + SGD, the paper's drop-path: local p=0.15 mixed
-50/50 with global, block dropout 0..0.4) and eval, interleaving the variants round by round (A B C, B C A, ...) so
+For each configuration it times the train step (forward + backward + SGD with the paper's drop-path and block dropout,
+``fractal_space.recipe.PAPER.regularization``) and eval, interleaving the variants round by round (A B C, B C A, ...) so
 that load from other processes hits every variant alike. A fractal_space train step's cost depends on its drop-path
 draw, so its expected cost is measured stratified (``Variant.train_expectation``): each global column plan timed
 alone, local draws averaged, weighted as the sampler weights them. Achieved GFLOP/s counts the FLOPs a variant
@@ -34,14 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from public_fractalnet import PublicFractalNet  # noqa: E402
 
 import fractal_space  # noqa: E402,F401  (registers the models)
-from fractal_space.models.fractalnet import FractalNet, paper_block_dropout  # noqa: E402
+from fractal_space.models.fractalnet import FractalNet  # noqa: E402
+from fractal_space.recipe import PAPER  # noqa: E402
 
 CONFIGS = {
     "c3": dict(num_columns=3, widths=(16, 32, 64, 128, 128), label="C=3 reduced (16..128)"),
     "c4": dict(num_columns=4, widths=(16, 32, 64, 128, 128), label="C=4 reduced (16..128)"),
     "20layer": dict(num_columns=3, widths=(64, 128, 256, 512, 512), label="20-layer (64..512)"),
 }
-DROP = dict(drop_path_rate=0.15, global_drop_fraction=0.5, block_dropout=paper_block_dropout(5))
+DROP = PAPER.regularization(num_blocks=5)
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Variant:
     layout: str  # 'contiguous', 'channels_last' or 'auto' (FractalNet.set_memory_format: per block)
 
     def __post_init__(self) -> None:
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.02, momentum=0.9)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=PAPER.lr, momentum=PAPER.momentum)
         if hasattr(self.model, "set_memory_format"):
             self.model.set_memory_format(self.layout, input_size=32)
         else:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fractal_space.data import AUGMENTS
+from fractal_space.recipe import PAPER
 
 SCHEDULES = ("paper", "cosine", "constant")
 REGULARIZATIONS = ("paper", "none")
@@ -17,8 +18,9 @@ DEVICES = ("auto", "cpu", "cuda")
 class TrainConfig:
     """A JSON-serialisable training run: model, data, recipe and where to write checkpoints and metrics.
 
-    ``regularization="paper"`` gives FractalNet models the paper's drop-path (local rate 0.15, half the batches
-    global) and per-block dropout (0, 0.1, 0.2, ...); keys given in ``model_kwargs`` win. Other models are unchanged.
+    The recipe's defaults come from ``fractal_space.recipe.PAPER``. ``regularization="paper"`` gives FractalNet models
+    the paper's drop-path and per-block dropout (``PAPER.regularization``); keys given in ``model_kwargs`` win. Other
+    models are unchanged.
     """
 
     model: str = "fractalnet_c3"
@@ -26,14 +28,14 @@ class TrainConfig:
     dataset: str = "cifar10"
     data_dir: str | None = None
     epochs: int = 10
-    batch_size: int = 100
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "paper"
+    batch_size: int = PAPER.batch_size
+    lr: float = PAPER.lr
+    momentum: float = PAPER.momentum
+    weight_decay: float = PAPER.weight_decay
+    schedule: str = PAPER.schedule
     label_smoothing: float = 0.0
     regularization: str = "paper"
-    augment: str = "+"
+    augment: str = PAPER.augment
     train_subset: int | None = None
     val_size: int = 5000
     val_seed: int = 0

@@ -28,11 +28,10 @@ from fractal_space.data import BatchLoader, load_splits
 from fractal_space.engine.checkpoint import read_checkpoint, save_checkpoint, write_atomic
 from fractal_space.engine.config import RECIPE_FIELDS, TrainConfig
 from fractal_space.metrics import count_flops, count_params, measure_latency
+from fractal_space.recipe import PAPER
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_BATCH = 500
-PAPER_DROP_PATH = 0.15  # local drop-path rate of the paper's CIFAR runs
-PAPER_GLOBAL_FRACTION = 0.5  # share of mini-batches that use global drop-path
 
 
 class TrainingDiverged(RuntimeError):
@@ -179,10 +178,7 @@ class Trainer:
         except TypeError as err:  # an unknown keyword in model_kwargs
             raise ValueError(f"model_kwargs {cfg.model_kwargs} rejected by {cfg.model}: {err}") from err
         if cfg.regularization == "paper" and hasattr(model, "set_regularization"):
-            from fractal_space.models.fractalnet import paper_block_dropout
-
-            paper = dict(drop_path_rate=PAPER_DROP_PATH, global_drop_fraction=PAPER_GLOBAL_FRACTION,
-                         block_dropout=paper_block_dropout(len(model.blocks)))
+            paper = PAPER.regularization(len(model.blocks))
             model.set_regularization(**{k: v for k, v in paper.items() if k not in cfg.model_kwargs})
         return model.to(self.device)
 
