@@ -1,5 +1,6 @@
 """Training engine on small real CIFAR-10 subsets: one-epoch training, metrics, resume, divergence, CLI, columns."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -11,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from fractal_space.engine import EpochReport, TrainConfig, Trainer, TrainingDiverged, lr_factor, train
-from fractal_space.engine.config import RECIPE_FIELDS
+from fractal_space.engine.config import RECIPE_FIELDS, RUN_TIME, recipe_fields
 from fractal_space.train import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,16 @@ def test_config_roundtrips_json_and_rejects_bad_values():
     with pytest.raises(ValueError, match="augment .*'x'"):
         TrainConfig(augment="x")
     assert set(RECIPE_FIELDS) <= set(cfg.to_dict())
+
+
+def test_recipe_fields_come_from_field_metadata():
+    assert RECIPE_FIELDS == ("model", "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum",
+                             "weight_decay", "schedule", "label_smoothing", "regularization", "augment", "train_subset",
+                             "val_size", "val_seed", "seed")
+    run_time = dataclasses.field(default="", metadata=RUN_TIME)
+    extended = dataclasses.make_dataclass("Extended", [("new_knob", int, 0), ("new_path", str, run_time)],
+                                          bases=(TrainConfig,))
+    assert recipe_fields(extended) == (*RECIPE_FIELDS, "new_knob")  # a new field guards resume unless marked RUN_TIME
 
 
 def test_paper_schedule_divides_when_remaining_epochs_halve():

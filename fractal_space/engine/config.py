@@ -12,6 +12,9 @@ from fractal_space.recipe import PAPER
 SCHEDULES = ("paper", "cosine", "constant")
 REGULARIZATIONS = ("paper", "none")
 DEVICES = ("auto", "cpu", "cuda")
+#: Field metadata of settings that only say how and where a run executes, not what it trains: a checkpoint may be
+#: resumed with other values for them. Every other field is part of the recipe.
+RUN_TIME = {"recipe": False}
 
 
 @dataclass
@@ -26,7 +29,7 @@ class TrainConfig:
     model: str = "fractalnet_c3"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     dataset: str = "cifar10"
-    data_dir: str | None = None
+    data_dir: str | None = field(default=None, metadata=RUN_TIME)
     epochs: int = 10
     batch_size: int = PAPER.batch_size
     lr: float = PAPER.lr
@@ -40,14 +43,14 @@ class TrainConfig:
     val_size: int = 5000
     val_seed: int = 0
     seed: int = 0
-    device: str = "auto"
-    channels_last: bool = True
-    num_threads: int | None = None
-    out_dir: str | None = None
-    eval_columns: bool = True
-    bn_batches: int = 10
-    progress: bool = True
-    download: bool = True
+    device: str = field(default="auto", metadata=RUN_TIME)
+    channels_last: bool = field(default=True, metadata=RUN_TIME)
+    num_threads: int | None = field(default=None, metadata=RUN_TIME)
+    out_dir: str | None = field(default=None, metadata=RUN_TIME)
+    eval_columns: bool = field(default=True, metadata=RUN_TIME)
+    bn_batches: int = field(default=10, metadata=RUN_TIME)
+    progress: bool = field(default=True, metadata=RUN_TIME)
+    download: bool = field(default=True, metadata=RUN_TIME)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,7 +91,11 @@ class TrainConfig:
         return cls(**values)
 
 
-# Fields that define what is trained; a checkpoint may only be resumed by a config that agrees on all of them.
-RECIPE_FIELDS = ("model", "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-                 "schedule", "label_smoothing", "regularization", "augment", "train_subset", "val_size", "val_seed",
-                 "seed")
+def recipe_fields(cls: type = TrainConfig) -> tuple[str, ...]:
+    """The fields of ``cls`` that define what is trained: all but those marked ``RUN_TIME``, so a new field is part
+    of the recipe (and guards resume) unless it says otherwise."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("recipe", True))
+
+
+#: A checkpoint may only be resumed by a config that agrees on all of these.
+RECIPE_FIELDS = recipe_fields()
