@@ -13,7 +13,6 @@ import io
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from fractal_space.io import atomic_path
 
 ENV_DATA = "FRACTAL_SPACE_DATA"
 ENV_CACHE = "FRACTAL_SPACE_CACHE"
@@ -80,11 +81,8 @@ def _cached(kind: str, split: str, files: Sequence[Path], decode: Callable[[], I
         return ImageSet(blob["images"], blob["labels"], list(blob["classes"]))
     data = decode()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save({"images": data.images, "labels": data.labels, "classes": data.classes}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"images": data.images, "labels": data.labels, "classes": data.classes}, tmp)
     except OSError:  # a read-only cache only costs the decode next time
         pass
     return data

@@ -7,8 +7,6 @@ Each epoch writes ``epoch-NNNN.safetensors`` and ``epoch-NNNN.state.pt`` first a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fractal_space.io import atomic_path, write_atomic
+
 POINTER = "checkpoint.json"
-
-
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(out_dir: Path, epoch: int, model: nn.Module, state: dict[str, Any]) -> None:
@@ -35,8 +24,10 @@ def save_checkpoint(out_dir: Path, epoch: int, model: nn.Module, state: dict[str
     out_dir.mkdir(parents=True, exist_ok=True)
     weights, extra = f"epoch-{epoch:04d}.safetensors", f"epoch-{epoch:04d}.state.pt"
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic(out_dir / weights, lambda p: save_file(tensors, p, metadata={"epoch": str(epoch)}))
-    _atomic(out_dir / extra, lambda p: torch.save(state, p))
+    with atomic_path(out_dir / weights) as tmp:
+        save_file(tensors, tmp, metadata={"epoch": str(epoch)})
+    with atomic_path(out_dir / extra) as tmp:
+        torch.save(state, tmp)
     pointer = json.dumps({"epoch": epoch, "weights": weights, "state": extra})
     write_atomic(out_dir / POINTER, pointer)
     for old in out_dir.glob("epoch-*"):
@@ -54,7 +45,3 @@ def read_checkpoint(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     state["epoch"] = info["epoch"]
     return load_file(out_dir / info["weights"]), state
 
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers see the old or the new content, never a part."""
-    _atomic(path, lambda p: Path(p).write_text(text))

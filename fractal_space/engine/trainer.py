@@ -25,8 +25,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fractal_space.data import BatchLoader, load_splits
-from fractal_space.engine.checkpoint import read_checkpoint, save_checkpoint, write_atomic
+from fractal_space.engine.checkpoint import read_checkpoint, save_checkpoint
 from fractal_space.engine.config import RECIPE_FIELDS, TrainConfig
+from fractal_space.io import write_atomic
 from fractal_space.metrics import count_flops, count_params, measure_latency
 from fractal_space.recipe import PAPER
 
