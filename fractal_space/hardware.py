@@ -15,11 +15,15 @@ def usable_cpus() -> int:
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is auto, cpu, cuda or cuda:N (does not look for a GPU)."""
+    return name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit())
+
+
 def check_device_name(name: str) -> None:
     """One-line ValueError unless ``name`` is auto, cpu, cuda or cuda:N (does not look for a GPU)."""
-    if name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit()):
-        return
-    raise ValueError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
+    if not is_device_name(name):
+        raise ValueError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
 
 
 def resolve_device(name: str) -> torch.device:

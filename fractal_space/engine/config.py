@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fractal_space.data import AUGMENTS
+from fractal_space.hardware import DEVICES, is_device_name
 from fractal_space.recipe import PAPER
 
 SCHEDULES = ("paper", "cosine", "constant")
 REGULARIZATIONS = ("paper", "none")
-DEVICES = ("auto", "cpu", "cuda")
 #: Field metadata of settings that only say how and where a run executes, not what it trains: a checkpoint may be
 #: resumed with other values for them. Every other field is part of the recipe.
 RUN_TIME = {"recipe": False}
@@ -69,7 +69,7 @@ class TrainConfig:
             (self.augment in AUGMENTS, "augment", f"must be one of {AUGMENTS}"),
             (self.train_subset is None or self.train_subset >= 1, "train_subset", "must be >= 1 or None"),
             (self.val_size >= 0, "val_size", "must be >= 0"),
-            (self.device in DEVICES or self.device.startswith("cuda:"), "device", f"must be one of {DEVICES}"),
+            (is_device_name(self.device), "device", f"must be one of {', '.join(DEVICES)}, cuda:N"),
             (self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or None"),
             (self.bn_batches >= 1, "bn_batches", "must be >= 1"),
             (isinstance(self.model_kwargs, dict), "model_kwargs", "must be a dict"),

@@ -11,7 +11,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from fractal_space.data import BatchLoader, load_splits
 from fractal_space.engine.checkpoint import read_checkpoint, save_checkpoint
 from fractal_space.engine.config import RECIPE_FIELDS, TrainConfig
+from fractal_space.hardware import resolve_device, usable_cpus
 from fractal_space.io import write_atomic
 from fractal_space.metrics import count_flops, count_params, measure_latency
 from fractal_space.recipe import PAPER
@@ -107,20 +107,6 @@ def _tensorboard_writer(out_dir: Path) -> Any:
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def _usable_cpus() -> int:
-    """CPUs this process may run on (respects affinity masks and container CPU sets where the OS reports them)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
-
-
 class Trainer:
     """Builds data, model, optimizer and schedule from a ``TrainConfig``; resumes from ``cfg.out_dir`` if possible."""
 
@@ -130,9 +116,9 @@ class Trainer:
             raise ValueError(f"unknown model {cfg.model!r}; see timm.list_models() (fractal_space registers "
                              f"fractalnet_* and the *_cifar baselines)")
         self.cfg = cfg
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(cfg.num_threads or _usable_cpus())
+            torch.set_num_threads(cfg.num_threads or usable_cpus())
         torch.manual_seed(cfg.seed)
         self.data = load_splits(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.train_subset, cfg.val_seed,
                                 cfg.download)
