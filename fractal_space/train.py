@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_epoch(report: EpochReport) -> None:
-    columns = " ".join(f"c{c.column}={c.val_acc:.3f}" for c in report.columns)
+    columns = " ".join(f"c{c.column}={c.acc:.3f}" for c in report.columns)
     print(f"epoch {report.epoch}: train loss {report.train_loss:.3f} acc {report.train_acc:.3f} | val loss "
           f"{report.val_loss:.3f} acc {report.val_acc:.3f} {columns} | lr {report.lr:.3g} | "
           f"{report.train_images_per_s:.0f} img/s | {report.epoch_seconds:.0f} s", flush=True)

@@ -57,6 +57,15 @@ def test_recipe_fields_come_from_field_metadata():
     assert recipe_fields(extended) == (*RECIPE_FIELDS, "new_knob")  # a new field guards resume unless marked RUN_TIME
 
 
+def test_epoch_reports_written_before_the_column_rename_still_load():
+    old = {"epoch": 1, "train_loss": 2.0, "train_acc": 0.2, "val_loss": 2.1, "val_acc": 0.25, "lr": 0.02,
+           "train_images_per_s": 100.0, "epoch_seconds": 3.0, "latency_ms": 1.0,
+           "columns": [{"column": 1, "val_acc": 0.2, "latency_ms": 0.5}]}
+    report = EpochReport.from_dict(old)
+    assert report.columns[0].acc == 0.2 and report.to_dict()["columns"] == [{"column": 1, "acc": 0.2,
+                                                                             "latency_ms": 0.5}]
+
+
 def test_paper_schedule_divides_when_remaining_epochs_halve():
     def at(epoch: int) -> float:
         return lr_factor("paper", epoch / 400)
@@ -133,10 +142,10 @@ def test_fractalnet_reports_every_column_with_repeatable_bn_estimates():
     assert [b.channels_last for b in trainer.model.blocks] == [True] * 5  # CPU: per-block 'auto' layout, all narrow
     (report,) = list(trainer.epochs())
     assert [c.column for c in report.columns] == [1, 2]
-    assert all(0 <= c.val_acc <= 1 and c.latency_ms > 0 for c in report.columns)
+    assert all(0 <= c.acc <= 1 and c.latency_ms > 0 for c in report.columns)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     again = trainer.evaluate("val")  # columns are evaluated on copies; the full model's estimate is repeatable
-    assert again.acc == report.val_acc and [c.val_acc for c in again.columns] == [c.val_acc for c in report.columns]
+    assert again.acc == report.val_acc and [c.acc for c in again.columns] == [c.acc for c in report.columns]
     after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith("num_batches_tracked"))
 

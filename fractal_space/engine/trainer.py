@@ -41,11 +41,25 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class ColumnReport:
-    """One FractalNet column evaluated alone (with its own re-estimated batch-norm statistics)."""
+    """One FractalNet column evaluated alone (with its own re-estimated batch-norm statistics) on one split: the
+    validation split in an ``EpochReport``, the split asked for in an ``EvalReport``."""
 
     column: int
-    val_acc: float
+    acc: float
     latency_ms: float
+
+    @property
+    def val_acc(self) -> float:
+        """The former name of ``acc``, kept while ``fractal_space/search/procedure.py`` still reads it."""
+        return self.acc
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ColumnReport:
+        """Read a metrics.jsonl entry, including those written before ``val_acc`` was renamed ``acc``."""
+        values = dict(values)
+        if "val_acc" in values:
+            values["acc"] = values.pop("val_acc")
+        return cls(**values)
 
 
 @dataclass
@@ -69,14 +83,14 @@ class EpochReport:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EpochReport:
-        return cls(**{**values, "columns": [ColumnReport(**c) for c in values.get("columns", [])]})
+        return cls(**{**values, "columns": [ColumnReport.from_dict(c) for c in values.get("columns", [])]})
 
 
 @dataclass
 class EvalReport:
     """Accuracy and loss of the full model on one split, plus per-column results for FractalNet.
 
-    ``columns[i].val_acc`` is the column's accuracy on the split this report is for (the test split for ``test()``).
+    ``columns[i].acc`` is the column's accuracy on the split this report is for (the test split for ``test()``).
     """
 
     loss: float
@@ -229,7 +243,7 @@ class Trainer:
                 if isinstance(value, float):
                     self.tensorboard.add_scalar(key, value, report.epoch)
             for column in report.columns:
-                self.tensorboard.add_scalar(f"column_{column.column}/val_acc", column.val_acc, report.epoch)
+                self.tensorboard.add_scalar(f"column_{column.column}/val_acc", column.acc, report.epoch)
             self.tensorboard.flush()
 
     def _train_epoch(self, epoch: int) -> tuple[float, float, float, float]:
@@ -331,7 +345,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Callable[[EpochReport], None]] =
         "test_acc": test.acc,
         "test_loss": test.loss,
         "latency_ms": test.latency_ms,
-        "columns": [{"column": c.column, "test_acc": c.val_acc, "latency_ms": c.latency_ms} for c in test.columns],
+        "columns": [{"column": c.column, "test_acc": c.acc, "latency_ms": c.latency_ms} for c in test.columns],
         "val_columns": [dataclasses.asdict(c) for c in last.columns] if last else [],
         "train_images_per_s": (sum(r.train_images_per_s for r in trainer.history) / len(trainer.history)
                                if trainer.history else math.nan),
