@@ -94,10 +94,10 @@ class Variant:
             self.model.set_regularization(global_drop_fraction=g)
         return g * sum(per_column) / len(per_column) + (1 - g) * local
 
-    def train_seconds(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    def train_step_seconds(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
         return self.train_expectation(lambda column, n: _mean_seconds(lambda: self.train_step(x, y, column), n), steps)
 
-    def eval_seconds(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    def eval_step_seconds(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
         return _mean_seconds(lambda: self.eval_step(x, y), max(2, steps // 4))
 
     def train_flops_per_image(self) -> float:
@@ -196,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} interleaved rounds, --steps {args.steps}\n")
 
     def train(v: Variant, x: torch.Tensor, y: torch.Tensor) -> float:
-        return v.train_seconds(x, y, args.steps)
+        return v.train_step_seconds(x, y, args.steps)
 
     def evaluate(v: Variant, x: torch.Tensor, y: torch.Tensor) -> float:
-        return v.eval_seconds(x, y, args.steps)
+        return v.eval_step_seconds(x, y, args.steps)
 
     torch.manual_seed(0)
     resnet = Variant("resnet56_cifar", timm.create_model("resnet56_cifar"), "channels_last")

@@ -94,6 +94,8 @@ def test_one_epoch_on_real_subset_writes_metrics_and_checkpoint(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert summary["epochs"] == 1 and 0 <= summary["test_acc"] <= 1 and summary["num_params"] > 0
     assert summary["flops"] > 0
+    assert summary["train_seconds"] == pytest.approx(report.epoch_seconds)  # sum of epoch seconds
+    assert summary["wall_seconds"] > summary["train_seconds"]  # this invocation, with setup and the test pass
 
 
 def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path):

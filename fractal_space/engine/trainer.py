@@ -326,7 +326,9 @@ class Trainer:
 def train(cfg: TrainConfig, callbacks: Sequence[Callable[[EpochReport], None]] = ()) -> dict[str, Any]:
     """Train to the end (resuming if possible), evaluate on the test set and return a JSON-ready summary.
 
-    With ``cfg.out_dir`` the summary is also written to ``summary.json`` there.
+    ``train_seconds`` sums every epoch's seconds (training + validation), resumed invocations included, so it is the
+    cost of the whole run; ``wall_seconds`` is this invocation's wall time (with setup and the test pass). With
+    ``cfg.out_dir`` the summary is also written to ``summary.json`` there.
     """
     start = time.perf_counter()
     trainer = Trainer(cfg)
