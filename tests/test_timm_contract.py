@@ -203,6 +203,16 @@ def test_fx_trace_matches_eager(name: str, train: bool) -> None:
         _assert_close(fx_out, model(x))
 
 
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_fx_traced_model_scripts(name: str, train: bool) -> None:
+    """Quantisation flows and timm's own tests trace with FX, then script the GraphModule."""
+    model = _create(name).train(train)
+    scripted = torch.jit.script(torch.fx.symbolic_trace(model))
+    x = _input(model)
+    with torch.no_grad():
+        _assert_close(scripted(x), model(x))
+
+
 def test_drop_path_is_stochastic_only_in_training(name: str) -> None:
     if name in NO_DROP_PATH:
         with pytest.raises(TypeError):

@@ -87,29 +87,32 @@ class _TapWeightGrad(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+def _tap_wgrad_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Training on CPU with a 4x4 or smaller map and wide enough weights: where the per-tap weight gradient wins."""
+    pixels, weights = x.shape[-2] * x.shape[-1], weight.shape[0] * weight.shape[1]
+    training = torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu"
+    return training and pixels <= TAPS_MAX_PIXELS and weights >= TAPS_MIN_WEIGHT_PER_PIXEL * pixels
+
+
 @register_notrace_function
 @torch.fx.wrap
 def conv2d_tap_wgrad(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
     """A stride-1 conv without bias that trains with the per-tap weight gradient where that is faster (CPU,
-    4x4 or smaller maps, wide enough weights) and is plain ``F.conv2d`` everywhere else, eval and CUDA included."""
-    pixels, weights = x.shape[-2] * x.shape[-1], weight.shape[0] * weight.shape[1]
-    training = torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu"
-    if training and pixels <= TAPS_MAX_PIXELS and weights >= TAPS_MIN_WEIGHT_PER_PIXEL * pixels:
-        return _TapWeightGrad.apply(x, weight, padding)
+    4x4 or smaller maps, wide enough weights) and is plain ``F.conv2d`` everywhere else, eval and CUDA included.
+
+    Scriptable (TorchScript of an FX-traced model compiles it): scripted code always takes ``F.conv2d``.
+    """
+    if not torch.jit.is_scripting():
+        if _tap_wgrad_pays(x, weight):
+            return _TapWeightGrad.apply(x, weight, padding)
     return F.conv2d(x, weight, padding=padding)
 
 
 class SmallMapConv2d(nn.Conv2d):
-    """3x3 stride-1 ``nn.Conv2d`` (same parameters and state dict) using :func:`conv2d_tap_wgrad` in eager mode."""
+    """3x3 stride-1 ``nn.Conv2d`` (same parameters and state dict) that runs :func:`conv2d_tap_wgrad`."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3):
         super().__init__(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            return self._conv_forward(x, self.weight, self.bias)
-        return self._forward_eager(x)
-
-    @torch.jit.unused
-    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
         return conv2d_tap_wgrad(x, self.weight, self.padding)

@@ -18,8 +18,6 @@ Choices where the paper leaves room (documented in the README):
 * ``drop_path_rate`` is off by default like every timm model; when it is > 0 the paper's local/global mix applies.
 """
 
-from __future__ import annotations
-
 import copy
 from collections.abc import Sequence
 from typing import Any, Optional, Union
@@ -555,7 +553,7 @@ class FractalNet(nn.Module):
 
     # ---- anytime --------------------------------------------------------------------------------------------
     @torch.jit.ignore
-    def extract_column(self, column: int) -> FractalColumn:
+    def extract_column(self, column: int) -> "FractalColumn":
         """Column ``column`` (1 = shallowest) as a standalone plain network sharing no tensors with this one."""
         return FractalColumn(self, column)
 
