@@ -1,5 +1,6 @@
 """The training engine: one loop (``Trainer``) for search trials, baselines, benchmarks and the command line."""
 
+from fractal_space.engine.checkpoint import CheckpointError
 from fractal_space.engine.config import TrainConfig
 from fractal_space.engine.trainer import (
     ColumnReport,
@@ -11,5 +12,5 @@ from fractal_space.engine.trainer import (
     train,
 )
 
-__all__ = ["ColumnReport", "EpochReport", "EvalReport", "TrainConfig", "Trainer", "TrainingDiverged", "lr_factor",
-           "train"]
+__all__ = ["CheckpointError", "ColumnReport", "EpochReport", "EvalReport", "TrainConfig", "Trainer", "TrainingDiverged",
+           "lr_factor", "train"]

@@ -27,7 +27,7 @@ from fractal_space.data import BatchLoader, load_splits
 from fractal_space.engine.checkpoint import read_checkpoint, save_checkpoint
 from fractal_space.engine.config import RECIPE_FIELDS, TrainConfig
 from fractal_space.hardware import resolve_device, usable_cpus
-from fractal_space.io import write_atomic
+from fractal_space.io import remove_stale_temps, write_atomic
 from fractal_space.metrics import count_flops, count_params, measure_latency
 from fractal_space.recipe import PAPER
 
@@ -196,6 +196,9 @@ class Trainer:
         return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
     def _resume(self, out_dir: Path) -> None:
+        """Continue from the newest checkpoint in ``out_dir`` that verifies, after removing what killed writes left."""
+        if out_dir.is_dir():
+            remove_stale_temps(out_dir)
         checkpoint = read_checkpoint(out_dir)
         if checkpoint is not None:
             weights, state = checkpoint
