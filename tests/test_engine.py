@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fractal_space.data import Normalize
 from fractal_space.engine import EpochReport, TrainConfig, Trainer, TrainingDiverged, lr_factor, train
 from fractal_space.engine.config import RECIPE_FIELDS, RUN_TIME, recipe_fields
 from fractal_space.train import main
@@ -164,3 +165,21 @@ def test_cli_bad_arguments_exit_nonzero(tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "fractal_space.train", "--augment", "+++"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "'+++'" in proc.stderr
+
+
+def test_huge_lr_is_a_diverged_run_with_nothing_written(tmp_path, capsys):
+    args = ["--model", "test_efficientnet", "--train-subset", "100", "--val-size", "100", "--batch-size", "50",
+            "--no-progress", "--no-download", "--num-threads", "1", "--epochs", "1", "--lr", "1e6"]
+    assert main([*args, "--out-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "loss became" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "checkpoint.json").exists()
+
+
+def test_nan_validation_loss_is_diverged_and_not_checkpointed(tmp_path):
+    trainer = Trainer(_cfg(epochs=1, out_dir=str(tmp_path)))
+    norm = trainer.val_loader.norm
+    trainer.val_loader.norm = Normalize(norm.mean, (0.0,) * len(norm.std))  # division by zero: NaN/inf inputs
+    with pytest.raises(TrainingDiverged, match="validation loss became nan after epoch 1"):
+        list(trainer.epochs())
+    assert not (tmp_path / "checkpoint.json").exists() and not list(tmp_path.glob("epoch-*"))

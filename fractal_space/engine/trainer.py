@@ -35,8 +35,15 @@ METRICS_FILE = "metrics.jsonl"
 EVAL_BATCH = 500
 
 
+#: A training batch's mean loss above this many times ln(num_classes) (the loss of a uniform guess) counts as
+#: diverged: it means the true class gets on average a probability below K^-100 (e^-230 for 10 classes), which no
+#: healthy run reaches even in a spike (those stay within a few times ln K), while a run on its way to inf passes it.
+DIVERGED_LOSS_FACTOR = 100.0
+
+
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; training further would only produce garbage."""
+    """The training loss became NaN, infinite or absurdly large, or the validation loss non-finite: training further
+    would only produce garbage, and nothing of that epoch is checkpointed."""
 
 
 @dataclass
@@ -153,6 +160,7 @@ class Trainer:
         self.bn_loader = BatchLoader(self.data.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, **loader)
 
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.max_loss = DIVERGED_LOSS_FACTOR * math.log(max(self.data.num_classes, 2))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         total_steps = cfg.epochs * len(self.train_loader)
@@ -224,6 +232,10 @@ class Trainer:
             start = time.perf_counter()
             train_loss, train_acc, images_per_s, lr = self._train_epoch(self.epoch + 1)
             val = self.evaluate("val", columns=self.cfg.eval_columns)
+            if not math.isfinite(val.loss):
+                raise TrainingDiverged(f"validation loss became {val.loss} after epoch {self.epoch + 1} (train loss "
+                                       f"{train_loss:.3g}, lr {lr:.3g}); the last checkpoint is kept, lower the "
+                                       f"learning rate")
             self.epoch += 1
             report = EpochReport(self.epoch, train_loss, train_acc, val.loss, val.acc, lr, images_per_s,
                                  time.perf_counter() - start, val.latency_ms, val.columns)
@@ -261,9 +273,10 @@ class Trainer:
                 logits = self.model(x)
                 loss = self.criterion(logits, y)
             value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"loss became {value} at epoch {epoch}, step {step} (lr "
-                                       f"{self.scheduler.get_last_lr()[0]:.3g}); the last checkpoint is kept, "
+            if not value <= self.max_loss:  # also catches NaN
+                raise TrainingDiverged(f"loss became {value:.3g} at epoch {epoch}, step {step} (lr "
+                                       f"{self.scheduler.get_last_lr()[0]:.3g}; diverged above {self.max_loss:.3g} = "
+                                       f"{DIVERGED_LOSS_FACTOR:g} x ln(classes)); the last checkpoint is kept, "
                                        f"lower the learning rate")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
