@@ -34,12 +34,12 @@ from typing import Any
 
 import yaml
 
+from fractal_space.recipe import BLOCK_DROPOUT, DROP_PATH_RATE, GLOBAL_DROP_FRACTION, JOINS, MAX_COLUMNS, PAPER
+
 #: Dimensions the expansion rules above understand; anything else must name a TrainConfig field or a
 #: FractalNet constructor argument and is passed through unchanged.
 CORE = ("num_blocks", "num_columns", "base_width", "width_growth", "join", "drop_path_rate",
         "global_drop_fraction", "dropout_scale", "lr", "weight_decay", "batch_size")
-JOINS = ("mean", "sum", "max", "concat")
-TRAIN_KEYS = ("lr", "weight_decay", "batch_size")
 
 #: The default space: paper-centred, wide enough for a GPU search. ``cpu_default`` narrows the widths.
 DEFAULT: dict[str, Any] = {
@@ -56,11 +56,13 @@ DEFAULT: dict[str, Any] = {
     "batch_size": {"choices": [32, 64, 100, 128]},
 }
 
-#: The paper's recipe, used for baselines and as a reference point (and the first trial a search enqueues).
+#: The paper's reduced-width 20-layer network (B=5, C=3, widths 16..128) with the paper's recipe: the reference
+#: point (the first trial a search enqueues) and the recipe baselines train with.
 PAPER_POINT: dict[str, Any] = {
-    "num_blocks": 5, "num_columns": 3, "base_width": 16, "width_growth": 2.0, "join": "mean",
-    "drop_path_rate": 0.15, "global_drop_fraction": 0.5, "dropout_scale": 0.1,
-    "lr": 0.02, "weight_decay": 1e-4, "batch_size": 100,
+    "num_blocks": 5, "num_columns": 3, "base_width": 16, "width_growth": 2.0, "join": PAPER.join,
+    "drop_path_rate": PAPER.drop_path_rate, "global_drop_fraction": PAPER.global_drop_fraction,
+    "dropout_scale": PAPER.dropout_step, "lr": PAPER.lr, "weight_decay": PAPER.weight_decay,
+    "batch_size": PAPER.batch_size,
 }
 
 
@@ -260,16 +262,25 @@ class SearchSpace:
             bad = [v for v in self._dims[name].values() if not isinstance(v, (int, float)) or v < low]
             if bad:
                 raise ValueError(f"space field '{name}': {bad[0]!r} is not a number >= {low}")
-        for name, high in (("drop_path_rate", 1.0), ("global_drop_fraction", 1.0), ("lr", math.inf),
-                           ("weight_decay", math.inf)):
-            bad = [v for v in self._dims[name].values() if not isinstance(v, (int, float)) or not 0 <= v <= high]
+        bad = [v for v in self._dims["num_columns"].values() if v > MAX_COLUMNS]
+        if bad:
+            raise ValueError(f"space field 'num_columns': {bad[0]!r} is above the model's limit of {MAX_COLUMNS}")
+        # The model's own rules (fractal_space.recipe): a space value the model would reject fails here, not in every
+        # trial.
+        for name, allowed in (("drop_path_rate", DROP_PATH_RATE), ("global_drop_fraction", GLOBAL_DROP_FRACTION)):
+            bad = [v for v in self._dims[name].values() if v not in allowed]
             if bad:
-                raise ValueError(f"space field '{name}': {bad[0]!r} is outside [0, {high}]")
+                raise ValueError(f"space field '{name}': {bad[0]!r} is outside {allowed}")
+        for name in ("lr", "weight_decay"):
+            bad = [v for v in self._dims[name].values() if not isinstance(v, (int, float)) or v < 0]
+            if bad:
+                raise ValueError(f"space field '{name}': {bad[0]!r} is outside [0, inf)")
         drop = self._dims["dropout_scale"]
         top = max(self._dims["num_blocks"].values()) - 1
-        bad = [v for v in drop.values() if not isinstance(v, (int, float)) or v < 0 or v * top >= 1]
+        bad = [v for v in drop.values() if not isinstance(v, (int, float)) or v * top not in BLOCK_DROPOUT]
         if bad:
-            raise ValueError(f"space field 'dropout_scale': {bad[0]!r} gives the last block a dropout >= 1")
+            raise ValueError(f"space field 'dropout_scale': {bad[0]!r} gives the last block a dropout >= 1 or < 0 "
+                             f"(allowed per block: {BLOCK_DROPOUT})")
         bad = [v for v in self._dims["join"].values() if v not in JOINS]
         if bad:
             raise ValueError(f"space field 'join': {bad[0]!r} is not one of {', '.join(JOINS)}")

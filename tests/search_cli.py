@@ -9,8 +9,9 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from fractal_space.search.accounting import counts_as_finished
 from fractal_space.search.cli import main
-from fractal_space.search.study import counts_as_finished, open_storage
+from fractal_space.search.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 # Small, fast corner of the space: B <= 3, C <= 3, 4-8 channels; trials take seconds on 2 cores.

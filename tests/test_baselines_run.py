@@ -1,6 +1,7 @@
 """baselines/run.py trains every model with the same recipe through the engine and writes one comparison table."""
 
-import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,16 +13,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["resnet20_cifar", "resnet32_cifar"]
 
 
-def _load_run_module():
-    spec = importlib.util.spec_from_file_location("baselines_run", REPO_ROOT / "baselines" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def run_module():
-    return _load_run_module()
+    from fractal_space import compare
+
+    return compare
 
 
 @pytest.fixture
@@ -64,3 +60,10 @@ def test_rejects_a_bad_recipe_before_training(run_module, tmp_path: Path) -> Non
         run_module.main(["--models", "resnet20_cifar", "--epochs", "0", "--out-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert not (tmp_path / "resnet20_cifar").exists()
+
+
+def test_the_script_is_the_package_command_line(tmp_path: Path) -> None:
+    """``baselines/run.py`` is a thin entry point over ``fractal_space.compare`` (same parser, same exit codes)."""
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "baselines" / "run.py"), "--models", "resnet20_cifar",
+                           "--epochs", "0", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "epochs" in done.stderr and not (tmp_path / "resnet20_cifar").exists()

@@ -112,7 +112,7 @@ def test_bad_input_is_one_line_and_exits_before_any_trial(tmp_path, capsys, args
 
 
 def _open_after(barrier, url: str) -> None:
-    from fractal_space.search.study import open_storage
+    from fractal_space.search.storage import open_storage
 
     barrier.wait()
     open_storage(url, Path("."), heartbeat_s=None)

@@ -10,7 +10,8 @@ from search_cli import finished, load_study, spawn_search, tiny_args, trials_tab
 
 from fractal_space.search.cli import build_parser, settings_from_args
 from fractal_space.search.ray_backend import StudySearch
-from fractal_space.search.study import open_storage
+from fractal_space.search.record import TrialRecord
+from fractal_space.search.storage import open_storage
 
 
 def test_ray_search_end_to_end_with_dashboard(tmp_path):
@@ -45,9 +46,11 @@ def searcher(tmp_path):
 
 
 def _result(epoch, epochs=3, **extra):
-    record = {"epoch": epoch, "epochs": epochs, "val_acc": 0.3, "params": 10, "flops": 100, "latency_ms": 1.0,
-              "column_val_acc": [0.3], "column_latency_ms": [1.0], "history": [0.3] * epoch, "config": {}}
-    return {"val_acc": 0.3, "record": json.dumps(record), **extra}
+    record = TrialRecord(epoch=epoch, epochs=epochs, val_acc=0.3, val_loss=2.0, train_loss=2.0, train_acc=0.3,
+                         latency_ms=1.0, train_images_per_s=100.0, epoch_seconds=1.0, wall_seconds=float(epoch),
+                         params=10, flops=100, num_columns=1, column_val_acc=[0.3], column_latency_ms=[1.0],
+                         val_acc_history=[0.3] * epoch)
+    return {"val_acc": 0.3, "record": json.dumps(record.to_dict()), **extra}
 
 
 def test_asha_stopped_trials_reach_optuna_as_pruned_and_errors_as_fail(searcher):
@@ -61,7 +64,7 @@ def test_asha_stopped_trials_reach_optuna_as_pruned_and_errors_as_fail(searcher)
     search.on_trial_complete("crashed", error=True)
     trials = load_study(settings.study_dir.parent, "asha").get_trials()
     assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
-    assert trials[1].values == [0.3] and trials[0].user_attrs["history"] == [0.3]
+    assert trials[1].values == [0.3] and trials[0].user_attrs["record"]["val_acc_history"] == [0.3]
     assert trials[2].user_attrs["fail_reason"].startswith("TrainingDiverged")
     assert "error" in trials[3].user_attrs["fail_reason"]
 

@@ -8,7 +8,8 @@ import timm
 import torch
 
 import fractal_space  # noqa: F401  (registers the timm models)
-from fractal_space.search.trial import FRACTAL_MODEL
+from fractal_space.recipe import PAPER
+from fractal_space.search.record import FRACTAL_MODEL
 from fractal_space.space import DEFAULT, SearchSpace, max_blocks, widths_for
 
 
@@ -51,7 +52,30 @@ def test_paper_reference_point_is_in_the_space():
     cfg = space.suggest(optuna.trial.FixedTrial(space.reference_point()))
     assert cfg["model_kwargs"]["widths"] == (16, 32, 64, 128, 128)
     assert cfg["model_kwargs"]["block_dropout"] == (0.0, 0.1, 0.2, 0.3, 0.4)
-    assert cfg["train"] == {"lr": 0.02, "weight_decay": 1e-4, "batch_size": 100}
+    # The paper states no weight decay (recipe.PAPER: 0); the default log range cannot hold 0, so the reference point
+    # takes its lower bound, the nearest value the space can represent.
+    assert cfg["train"] == {"lr": 0.02, "weight_decay": DEFAULT["weight_decay"]["low"], "batch_size": 100}
+    fixed = space.replace(weight_decay=PAPER.weight_decay, lr=PAPER.lr, batch_size=PAPER.batch_size)
+    assert fixed.suggest(optuna.trial.FixedTrial(fixed.reference_point()))["train"] == {
+        "lr": PAPER.lr, "weight_decay": PAPER.weight_decay, "batch_size": PAPER.batch_size}
+
+
+@pytest.mark.parametrize(("dim", "value"), [
+    ("drop_path_rate", 1.0), ("drop_path_rate", -0.1), ("global_drop_fraction", 1.5), ("num_columns", 11),
+    ("join", "avg"), ("dropout_scale", 0.3),
+])
+def test_the_space_rejects_what_the_model_rejects(dim, value):
+    """A space value the model would refuse fails when the space is built, not in every trial of the search."""
+    space = SearchSpace.default(32, "cpu").replace(num_blocks=5, num_columns=2, base_width=4)
+    config = space.suggest(optuna.trial.FixedTrial(space.reference_point()))["model_kwargs"]
+    if dim == "dropout_scale":
+        config["block_dropout"] = tuple(value * i for i in range(5))
+    else:
+        config[dim] = value
+    with pytest.raises(ValueError):
+        timm.create_model(FRACTAL_MODEL, num_classes=10, **config)
+    with pytest.raises(ValueError, match=f"space field '{dim}'"):
+        space.replace(**{dim: value})
 
 
 def test_narrow_fix_and_extend_from_python():

@@ -3,7 +3,8 @@
 Run it with ``python search/run.py`` (see ``search/README.md``) or ``python -m fractal_space.search``.
 """
 
+from fractal_space.search.budget import Budget
 from fractal_space.search.cli import main
-from fractal_space.search.trial import OBJECTIVES, Budget
+from fractal_space.search.record import OBJECTIVES, TrialRecord
 
-__all__ = ["OBJECTIVES", "Budget", "main"]
+__all__ = ["OBJECTIVES", "Budget", "TrialRecord", "main"]

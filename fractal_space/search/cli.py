@@ -7,16 +7,16 @@ the first trial and reported as one line with a non-zero exit; a re-run of the s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fractal_space.search.settings import SearchSettings
-from fractal_space.search.trial import OBJECTIVES, Budget
+from fractal_space.search.console import Progress, quiet_optuna
+from fractal_space.search.record import OBJECTIVES
+from fractal_space.search.settings import RaySettings, SearchSettings
+from fractal_space.search.storage import default_url
 
 DEFAULT_BASELINES = "resnet20_cifar,resnet56_cifar,densenet_bc100_cifar"
 BACKENDS = ("optuna", "ray")
@@ -63,16 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def quiet_optuna() -> None:
-    """Failed trials are logged once, as one line with their reason, not as Optuna's traceback."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -86,25 +76,15 @@ def _input_size(dataset: str, data_dir: str | None) -> int:
     return int(min(images.shape[-2:]))
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
-    return name
-
-
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     """Validate every argument and build the settings, before any trial (ValueError with one line otherwise)."""
     import timm
 
     import fractal_space  # noqa: F401  (registers the timm models)
     from fractal_space.data import resolve_data_root
-    from fractal_space.search.study import open_storage
+    from fractal_space.hardware import resolve_device, usable_cpus
+    from fractal_space.search.budget import Budget
+    from fractal_space.search.storage import open_storage
     from fractal_space.space import SearchSpace
 
     if args.backend not in BACKENDS:
@@ -117,52 +97,53 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     unknown = [b for b in baselines if not timm.is_model(b)]
     if unknown:
         raise ValueError(f"unknown baseline model {unknown[0]!r} (not in timm's registry)")
-    device = _device(args.device)
+    device = resolve_device(args.device).type
     input_size = _input_size(args.dataset, args.data_dir)
-    base = SearchSpace.default(input_size, "cpu" if device == "cpu" else "cuda")
+    base = SearchSpace.default(input_size, device)
     space = base if args.space is None else SearchSpace.from_file(args.space, input_size, base.to_dict())
     study = args.study or f"fractal-{re.sub(r'[^A-Za-z0-9_.-]+', '-', args.dataset)}-{args.objective}"
     data_dir = str(resolve_data_root(args.data_dir))  # absolute, so Ray workers and other processes agree
     # On CPU, one single-threaded trial per core: small convolutions scale badly over threads, and on a shared
     # machine two threads per op measured 10-20x slower (and latencies 70x noisier) than one.
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cpus()
     workers = args.workers or (cores if device == "cpu" else 1)
     threads = args.threads or max(1, cores // workers)
-    budget = Budget.default("cpu" if device == "cpu" else "cuda", dataset=args.dataset, data_dir=data_dir,
-                            seed=args.seed, device=device, num_threads=threads)
-    if args.epochs is not None:
-        budget = dataclasses.replace(budget, epochs=args.epochs)
-    if args.val_size is not None:
-        budget = dataclasses.replace(budget, val_size=args.val_size)
-    if args.train_subset is not None:
-        budget = dataclasses.replace(budget, train_subset=args.train_subset or None)
+    overrides = {"dataset": args.dataset, "data_dir": data_dir, "seed": args.seed, "device": device,
+                 "num_threads": threads}
+    for name in ("epochs", "val_size", "train_subset"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if overrides.get("train_subset") == 0:
+        overrides["train_subset"] = None  # 0 = every training image
+    budget = Budget.default(device, **overrides)  # validated: --epochs 0 fails here, before anything is written
     study_dir = Path(args.runs_dir) / study
     open_storage(args.storage, study_dir, args.heartbeat)  # fail now, not in a worker
-    cpus_per_trial = args.cpus_per_trial or (1.0 if device == "cpu" else float(threads))
-    gpus_per_trial = (0.0 if device == "cpu" else 1.0) if args.gpus_per_trial is None else args.gpus_per_trial
-    ray = {"address": args.address, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
-           "dashboard_port": args.dashboard_port}
+    ray = RaySettings(address=args.address, dashboard_port=args.dashboard_port,
+                      cpus_per_trial=args.cpus_per_trial or (1.0 if device == "cpu" else float(threads)),
+                      gpus_per_trial=(0.0 if device == "cpu" else 1.0) if args.gpus_per_trial is None
+                      else args.gpus_per_trial)
     return SearchSettings(study=study, study_dir=study_dir.resolve(), storage_url=args.storage,
-                          objective=args.objective, trials=args.trials, space_specs=space.to_dict(),
-                          input_size=input_size, budget=budget, baselines=baselines, workers=workers,
-                          seed=args.seed, heartbeat_s=args.heartbeat, ray=ray)
+                          objective=args.objective, trials=args.trials, space=space,
+                          budget=budget, baselines=baselines, workers=workers, seed=args.seed,
+                          heartbeat_s=args.heartbeat, ray=ray)
 
 
 def storage_label(settings: SearchSettings) -> str:
     """The storage URL as printed (password masked); the default SQLite path when none was given."""
-    url = settings.storage_url or f"sqlite:///{settings.study_dir / 'study.db'}"
+    url = settings.storage_url or default_url(settings.study_dir)
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def finish(settings: SearchSettings) -> Path:
     """Write trials.parquet and the report from the storage; returns the report path."""
-    from fractal_space.search.optuna_backend import load
+    from fractal_space.search.lifecycle import load
     from fractal_space.search.report import write_report
     from fractal_space.search.results import write_trials
 
     table = settings.study_dir / "trials.parquet"
     write_trials(load(settings), table)
-    return write_report(table, settings.study_dir, settings.study, settings.objective, storage_label(settings))
+    return write_report(table_path=table, out_dir=settings.study_dir, study=settings.study,
+                        objective=settings.objective, storage=storage_label(settings))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,36 +156,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    from tqdm import tqdm
-
     print(f"study {settings.study}: {settings.trials} trials, backend {args.backend}, objective {settings.objective},"
           f" storage {storage_label(settings)}")
     print(f"per-trial budget: {settings.budget}; {settings.workers} worker(s)")
     if OBJECTIVES[settings.objective] is not None:
         print("note: Optuna cannot prune multi-objective studies; every trial runs its full budget")
-    bar = tqdm(total=settings.trials, desc="trials", unit="trial", disable=args.no_progress)
-
-    def progress(finished: int) -> None:
-        bar.n = min(finished, settings.trials)
-        bar.refresh()
-
+    progress = Progress(settings.trials, enabled=not args.no_progress)
     try:
         if args.backend == "ray":
             from fractal_space.search import ray_backend
 
-            ray_backend.run(settings, progress)
+            ray_backend.run(settings, progress.update)
         else:
             from fractal_space.search import optuna_backend
 
-            optuna_backend.run(settings, progress)
+            optuna_backend.run(settings, progress.update)
     except KeyboardInterrupt:
-        bar.close()
+        progress.close()
         print(f"interrupted: finished trials are stored in {storage_label(settings)}; re-run the same command to "
               "resume", file=sys.stderr)
         print(f"report so far: {finish(settings)}", file=sys.stderr)
         return 130
     finally:
-        bar.close()
+        progress.close()
     report = finish(settings)
     print(f"trials: {settings.study_dir / 'trials.parquet'}")
     print(f"report: {report}")

@@ -1,14 +1,13 @@
 """Ray Tune backend: ``tune.Tuner`` + ASHA, searching with ``OptunaSearch`` over the same define-by-run space.
 
-The searcher writes into the same Optuna storage and study as the Optuna backend, with the same user attributes,
-so results, report and resume work identically. Two things stock ``OptunaSearch`` gets wrong are fixed in
-:class:`StudySearch`: a trial that ASHA stops is told to Optuna as PRUNED (not COMPLETE with a partial score), and
-a failing trial is FAIL with its reason.
+The searcher writes into the same Optuna storage and study as the Optuna backend, with the same user attributes
+and the same :class:`~fractal_space.search.record.TrialRecord`, so results, report and resume work identically.
+Two things stock ``OptunaSearch`` gets wrong are fixed in :class:`StudySearch`: a trial that ASHA stops is told to
+Optuna as PRUNED (not COMPLETE with a partial score), and a failing trial is FAIL with its reason.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -21,17 +20,15 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from fractal_space.hardware import usable_cpus
+from fractal_space.search import lifecycle
+from fractal_space.search.accounting import fail_interrupted, tally
+from fractal_space.search.budget import Budget
+from fractal_space.search.procedure import run_trial
+from fractal_space.search.record import FRACTAL_MODEL, OBJECTIVES, WORKER, TrialRecord, fail_reason, tag
+from fractal_space.search.retention import keep_best_checkpoints, trial_dir
 from fractal_space.search.settings import SearchSettings
-from fractal_space.search.study import (
-    WORKER,
-    fail_interrupted,
-    keep_best_checkpoints,
-    open_storage,
-    reap_stale,
-    tally,
-    trial_dir,
-)
-from fractal_space.search.trial import FRACTAL_MODEL, OBJECTIVES, Budget, run_trial
+from fractal_space.search.storage import open_storage
 from fractal_space.space import SearchSpace
 
 log = logging.getLogger("fractal_space.search")
@@ -43,28 +40,30 @@ def define_by_run(space: SearchSpace, trial: Any) -> dict[str, Any]:
     return {**space.suggest(trial), "trial_number": trial.number}
 
 
+def _metrics(record: TrialRecord, **extra: Any) -> dict[str, Any]:
+    """What a Ray trial reports: the scalars ASHA and the dashboard use, and the whole record for the searcher."""
+    return {"val_acc": record.val_acc, "params": record.params, "flops": record.flops,
+            "latency_ms": record.latency_ms, "epoch": record.epoch, "record": json.dumps(record.to_dict()), **extra}
+
+
 def trainable(config: dict[str, Any], budget: Budget, study_dir: str) -> None:
     """One Ray trial: the shared trial procedure, reporting each epoch to Tune (ASHA decides on ``val_acc``)."""
     from ray import tune
 
-    history: list[float] = []
-    last: dict[str, Any] = {"val_acc": 0.0, "params": 0, "flops": 0, "latency_ms": 0.0, "epoch": 0}
-    shown = {"model_kwargs": config["model_kwargs"], "train": config["train"]}
+    last: list[TrialRecord] = []
 
-    def on_epoch(record: dict[str, Any]) -> None:
-        history.append(record["val_acc"])
-        last.update(record)
-        tune.report({"val_acc": record["val_acc"], "params": record["params"], "flops": record["flops"],
-                     "latency_ms": record["latency_ms"], "epoch": record["epoch"],
-                     "record": json.dumps({**record, "history": history, "config": shown})})
+    def on_epoch(record: TrialRecord) -> None:
+        last[:] = [record]
+        tune.report(_metrics(record))
 
+    trial_config = {"model_kwargs": config["model_kwargs"], "train": config["train"]}
     out = trial_dir(Path(study_dir), int(config["trial_number"]))
     try:
-        run_trial(FRACTAL_MODEL, config["model_kwargs"], config["train"], budget, out, on_epoch)
+        run_trial(model=FRACTAL_MODEL, config=trial_config, budget=budget, out_dir=out, on_epoch=on_epoch)
     except Exception as exc:  # noqa: BLE001 - reported to the searcher, which records FAIL with this reason
-        tune.report({**{k: last[k] for k in ("val_acc", "params", "flops", "latency_ms")}, "epoch": last["epoch"] + 1,
-                     "fail_reason": f"{type(exc).__name__}: {exc}"[:2000],
-                     "record": json.dumps({**last, "history": history, "config": shown})})
+        scalars = _metrics(last[0]) if last else {"val_acc": 0.0, "params": 0, "flops": 0, "latency_ms": 0.0}
+        epoch = last[0].epoch if last else 0
+        tune.report({**scalars, "epoch": epoch + 1, "fail_reason": fail_reason(exc)})
 
 
 class StudySearch(OptunaSearch):
@@ -75,17 +74,16 @@ class StudySearch(OptunaSearch):
         super().__init__(functools.partial(define_by_run, settings.space),
                          metric=["val_acc", metric] if metric else "val_acc",
                          mode=["max", "min"] if metric else "max",
-                         sampler=optuna.samplers.TPESampler(seed=settings.seed), study_name=settings.study,
-                         storage=storage)
-        self._cost = metric
+                         sampler=lifecycle.make_sampler(settings.seed), study_name=settings.study, storage=storage)
+        self._objective = settings.objective
         self._study_dir = settings.study_dir
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials[trial_id]
-        ot_trial.set_user_attr("kind", "fractalnet")
-        ot_trial.set_user_attr("model", FRACTAL_MODEL)
-        ot_trial.set_user_attr("worker", WORKER)
+        tag(ot_trial, "fractalnet", FRACTAL_MODEL)
+        if config is not None:
+            ot_trial.set_user_attr("config", {k: config[k] for k in ("model_kwargs", "train")})
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -93,20 +91,18 @@ class StudySearch(OptunaSearch):
             return
         self._completed_trials.add(trial_id)
         ot_trial = self._ot_trials[trial_id]
-        record = json.loads(result["record"]) if result and "record" in result else None
+        record = TrialRecord.from_dict(json.loads(result["record"])) if result and "record" in result else None
         reason = (result or {}).get("fail_reason") or ("Ray trial errored (see its error.txt)" if error else None)
         try:
             if record is not None:
-                ot_trial.set_user_attr("config", record.pop("config"))
-                ot_trial.set_user_attr("history", record.pop("history"))
-                ot_trial.set_user_attr("record", record)
+                ot_trial.set_user_attr("record", record.to_dict())
             if reason:
                 ot_trial.set_user_attr("fail_reason", reason)
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-            elif record is None or record["epoch"] < record["epochs"]:
+            elif record is None or not record.finished_budget:
                 self._ot_study.tell(ot_trial, state=TrialState.PRUNED)  # stopped by ASHA (or never reported)
             else:
-                self._ot_study.tell(ot_trial, [record["val_acc"]] + ([record[self._cost]] if self._cost else []))
+                self._ot_study.tell(ot_trial, record.objective_values(self._objective))
         except (RuntimeError, ValueError) as exc:  # e.g. the trial was reaped as interrupted meanwhile
             log.warning("could not record Ray trial %s: %s", trial_id, exc)
         keep_best_checkpoints(self._ot_study, self._study_dir)
@@ -119,17 +115,16 @@ def _init_ray(settings: SearchSettings) -> str:
     import ray
 
     opts = settings.ray
-    if opts.get("address"):
-        ctx = ray.init(address=opts["address"], include_dashboard=True, log_to_driver=False)
+    if opts.address:
+        ctx = ray.init(address=opts.address, include_dashboard=True, log_to_driver=False)
     else:
         import fractal_space
 
         # Workers import this package from the same checkout even when it is not pip-installed.
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(fractal_space.__file__).parents[1]),
                                                            os.environ.get("PYTHONPATH")]))}
-        ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                       dashboard_port=opts.get("dashboard_port"), log_to_driver=False,
-                       runtime_env={"env_vars": env})
+        ctx = ray.init(num_cpus=usable_cpus(), include_dashboard=True, dashboard_host="127.0.0.1",
+                       dashboard_port=opts.dashboard_port, log_to_driver=False, runtime_env={"env_vars": env})
     url = ctx.dashboard_url or ""
     return url if url.startswith("http") else f"http://{url}"
 
@@ -140,22 +135,16 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from fractal_space.search.optuna_backend import enqueue_reference, load, run_baselines
-
-    study = load(settings)
-    reap_stale(study)
-    run_baselines(settings, study)
-    enqueue_reference(study, settings)
+    study = lifecycle.prepare(settings)
     dashboard = _init_ray(settings)
     token = Path.home() / ".ray" / "auth_token"  # Ray >= 2.5x turns token authentication on by default
     print(f"Ray dashboard: {dashboard}" + (f" (its API wants the token in {token})" if token.exists() else ""),
           flush=True)
     _PROGRESS[:] = [lambda: progress(tally(study)[0])]
-    cpus = settings.ray["cpus_per_trial"]
-    budget = dataclasses.replace(settings.budget, num_threads=max(1, int(cpus)),
-                                 device="cuda" if settings.ray.get("gpus_per_trial") else "cpu")
+    cpus, gpus = settings.ray.cpus_per_trial, settings.ray.gpus_per_trial
+    budget = settings.budget.replace(num_threads=max(1, int(cpus)), device="cuda" if gpus else "cpu")
     fn = tune.with_resources(tune.with_parameters(trainable, budget=budget, study_dir=str(settings.study_dir)),
-                             {"cpu": cpus, "gpu": settings.ray.get("gpus_per_trial") or 0})
+                             {"cpu": cpus, "gpu": gpus})
     root = settings.study_dir / "ray"
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C raises here, as in the Optuna backend
     try:
@@ -166,14 +155,13 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
         progress(tally(study)[0])
         remaining = settings.trials - tally(study)[0]
         if remaining > 0:
-            storage = open_storage(settings.storage_url, settings.study_dir, heartbeat_s=None)  # ask/tell: none
             single = OBJECTIVES[settings.objective] is None
-            scheduler = (ASHAScheduler(metric="val_acc", mode="max", max_t=budget.epochs, grace_period=1,
+            scheduler = (ASHAScheduler(metric="val_acc", mode="max", max_t=budget["epochs"], grace_period=1,
                                        reduction_factor=3) if single else None)
+            searcher = StudySearch(settings, open_storage(settings.storage_url, settings.study_dir, heartbeat_s=None))
             tuner = tune.Tuner(
                 fn,
-                tune_config=tune.TuneConfig(search_alg=StudySearch(settings, storage), scheduler=scheduler,
-                                            num_samples=remaining),
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining),
                 run_config=tune.RunConfig(name=f"run-{len(previous):03d}", storage_path=str(root), verbose=0,
                                           log_to_file=True),
             )

@@ -15,8 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fractal_space.search.study import pareto  # noqa: E402
-from fractal_space.search.trial import OBJECTIVES  # noqa: E402
+from fractal_space.search.record import OBJECTIVES  # noqa: E402
+from fractal_space.search.retention import pareto  # noqa: E402
 
 MULTI_NOTE = "Optuna cannot prune multi-objective studies: every trial of this study ran its full budget."
 
@@ -86,7 +86,7 @@ def _anytime(best: pd.Series, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(table_path: Path, out_dir: Path, study: str, objective: str, storage: str) -> Path:
+def write_report(*, table_path: Path, out_dir: Path, study: str, objective: str, storage: str) -> Path:
     """Write ``report.md`` and its plots next to ``trials.parquet``; returns the Markdown path."""
     df = pd.read_parquet(table_path)
     frac, base = df[df.kind == "fractalnet"], df[df.kind == "baseline"]

@@ -1,7 +1,8 @@
 """``trials.parquet``: one row per trial (search trials and baselines) with a fixed, documented schema.
 
 The schema does not depend on the space's C: per-column metrics are list columns (``column_val_acc[k-1]`` is
-column k), and every sampled parameter is a ``param_<name>`` column.
+column k), and every sampled parameter is a ``param_<name>`` column. The metric columns are the fields of
+:class:`~fractal_space.search.record.TrialRecord`, so a new metric appears here without an edit.
 """
 
 from __future__ import annotations
@@ -14,32 +15,25 @@ import optuna
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fractal_space.search.study import is_search_trial
+from fractal_space.io import atomic_path
+from fractal_space.search.accounting import is_search_trial
+from fractal_space.search.record import record_columns
 
-FIXED_SCHEMA = pa.schema([
+TRIAL_SCHEMA = pa.schema([
     ("number", pa.int64()),
     ("kind", pa.string()),               # "fractalnet" or "baseline"
     ("model", pa.string()),
     ("state", pa.string()),              # COMPLETE, PRUNED, FAIL, RUNNING, WAITING
     ("fail_reason", pa.string()),
     ("values", pa.list_(pa.float64())),  # the study's objective values (accuracy first)
-    ("val_acc", pa.float64()),
-    ("params", pa.int64()),
-    ("flops", pa.int64()),
-    ("latency_ms", pa.float64()),
-    ("num_columns", pa.int64()),
-    ("column_val_acc", pa.list_(pa.float64())),
-    ("column_latency_ms", pa.list_(pa.float64())),
-    ("epochs_run", pa.int64()),
-    ("val_acc_history", pa.list_(pa.float64())),
-    ("train_images_per_s", pa.float64()),
-    ("train_seconds", pa.float64()),     # training + validation wall time reported by the trial
     ("duration_s", pa.float64()),        # start to finish as the storage saw it
     ("datetime_start", pa.timestamp("us")),
     ("datetime_complete", pa.timestamp("us")),
     ("config", pa.string()),             # JSON: the model_kwargs and train dict the trial was built from
     ("worker", pa.string()),
 ])
+#: Every fixed column: the trial's own, then the record's metrics (``param_*`` columns follow).
+FIXED_SCHEMA = pa.schema([*TRIAL_SCHEMA, *(pa.field(column, arrow) for _, column, arrow in record_columns())])
 
 
 def rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -58,23 +52,13 @@ def rows(study: optuna.Study) -> list[dict[str, Any]]:
             "state": t.state.name,
             "fail_reason": t.user_attrs.get("fail_reason", "stale heartbeat" if t.state.name == "FAIL" else None),
             "values": list(t.values) if t.values else None,
-            "val_acc": rec.get("val_acc"),
-            "params": rec.get("params"),
-            "flops": rec.get("flops"),
-            "latency_ms": rec.get("latency_ms"),
-            "num_columns": len(rec["column_val_acc"]) if rec.get("column_val_acc") else None,
-            "column_val_acc": rec.get("column_val_acc"),
-            "column_latency_ms": rec.get("column_latency_ms"),
-            "epochs_run": rec.get("epoch"),
-            "val_acc_history": t.user_attrs.get("history"),
-            "train_images_per_s": rec.get("train_images_per_s"),
-            "train_seconds": rec.get("wall_seconds"),
             "duration_s": duration,
             "datetime_start": t.datetime_start,
             "datetime_complete": t.datetime_complete,
             "config": json.dumps(t.user_attrs["config"]) if "config" in t.user_attrs else None,
             "worker": t.user_attrs.get("worker"),
         }
+        row.update({column: rec.get(name) for name, column, _ in record_columns()})
         row.update({f"param_{k}": v for k, v in t.params.items()})
         out.append(row)
     return out
@@ -91,8 +75,6 @@ def write_trials(study: optuna.Study, path: Path) -> pa.Table:
         typ = pa.string() if str in kinds else pa.float64() if float in kinds else pa.int64()
         columns[name] = pa.array(values, type=typ)
     table = pa.table(columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return table

@@ -6,8 +6,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fractal_space.search.trial import Budget
+from fractal_space.search.budget import Budget
 from fractal_space.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """The Ray Tune backend's resources and cluster."""
+
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    dashboard_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -19,21 +29,16 @@ class SearchSettings:
     storage_url: str | None
     objective: str
     trials: int
-    space_specs: dict[str, Any]
-    input_size: int
+    space: SearchSpace
     budget: Budget
     baselines: tuple[str, ...] = ()
     workers: int = 1
     seed: int | None = 0
     heartbeat_s: int = 30
-    ray: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def space(self) -> SearchSpace:
-        return SearchSpace(self.space_specs, self.input_size)
+    ray: RaySettings = field(default_factory=RaySettings)
 
     def baseline_train(self) -> dict[str, Any]:
-        """The baselines' recipe: the space's fixed values, else the paper's (lr 0.02, batch 100, wd 1e-4)."""
+        """The baselines' recipe: the space's fixed values, else the paper's (lr, batch size, weight decay)."""
         import optuna
 
         config = self.space.suggest(optuna.trial.FixedTrial(self.space.reference_point()))

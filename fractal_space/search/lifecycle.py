@@ -1,0 +1,78 @@
+"""The study lifecycle both backends share: open the study with its sampler and pruner, reap what dead workers left,
+train the baselines, queue the paper's reference point.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+from optuna.trial import TrialState
+
+from fractal_space.search.accounting import is_search_trial, reap_stale
+from fractal_space.search.objective import Objective
+from fractal_space.search.record import OBJECTIVES, directions
+from fractal_space.search.settings import SearchSettings
+from fractal_space.search.storage import open_storage
+
+log = logging.getLogger("fractal_space.search")
+
+
+def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
+    """The search's sampler (TPE), for the Optuna workers and Ray's searcher alike."""
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def create_study(name: str, storage: optuna.storages.BaseStorage, objective: str, seed: int | None) -> optuna.Study:
+    """Create or load the study; TPE sampler and, for single-objective, Hyperband pruning on per-epoch accuracy."""
+    dirs = directions(objective)
+    pruner = optuna.pruners.HyperbandPruner(min_resource=1) if len(dirs) == 1 else optuna.pruners.NopPruner()
+    study = optuna.create_study(study_name=name, storage=storage, directions=dirs, load_if_exists=True,
+                                sampler=make_sampler(seed), pruner=pruner)
+    if [d.name.lower() for d in study.directions] != dirs:
+        raise ValueError(f"study {name!r} exists with directions {[d.name.lower() for d in study.directions]}, "
+                         f"not {dirs} (objective {objective!r}); pick another --study")
+    study.set_metric_names(["val_acc"] + ([OBJECTIVES[objective]] if len(dirs) == 2 else []))
+    return study
+
+
+def load(settings: SearchSettings, heartbeat: bool = True) -> optuna.Study:
+    """Open the storage and create or load the study of ``settings`` (``heartbeat=False`` for ask/tell users)."""
+    storage = open_storage(settings.storage_url, settings.study_dir, settings.heartbeat_s if heartbeat else None)
+    return create_study(settings.study, storage, settings.objective, settings.seed)
+
+
+def objective(settings: SearchSettings) -> Objective:
+    """The Optuna objective of this study's trials."""
+    return Objective(settings.space, settings.budget, settings.objective, settings.study_dir, settings.trials)
+
+
+def run_baselines(settings: SearchSettings, study: optuna.Study) -> None:
+    """Train each baseline not yet finished in this study, with the search's budget and the reference recipe."""
+    done = {t.user_attrs.get("model") for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("kind") == "baseline" and t.state in (TrialState.COMPLETE, TrialState.FAIL)
+            and not t.user_attrs.get("interrupted")}
+    procedure = objective(settings)
+    for model in settings.baselines:
+        if model in done:
+            continue
+        log.info("baseline %s", model)
+        try:
+            study.optimize(procedure.baseline(model, settings.baseline_train()), n_trials=1)
+        except Exception as exc:  # noqa: BLE001 - recorded as FAIL with its reason; the search goes on
+            log.warning("baseline %s failed: %s", model, exc)
+
+
+def enqueue_reference(study: optuna.Study, settings: SearchSettings) -> None:
+    """Make the paper's recipe (projected into the space) the first search trial, once per study."""
+    if not any(is_search_trial(t) for t in study.get_trials(deepcopy=False)):
+        study.enqueue_trial(settings.space.reference_point(), user_attrs={"reference": True})
+
+
+def prepare(settings: SearchSettings) -> optuna.Study:
+    """Open the study, reap dead workers' trials, train missing baselines and queue the reference point."""
+    study = load(settings)
+    reap_stale(study)
+    run_baselines(settings, study)
+    enqueue_reference(study, settings)
+    return study

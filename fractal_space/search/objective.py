@@ -1,0 +1,96 @@
+"""The Optuna objective of a search trial or a baseline: sample, run the trial procedure, record, prune.
+
+Used by the Optuna backend's workers and, for baselines, by both backends (baselines always run through Optuna's
+``study.optimize`` before the search starts).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from fractal_space.search.accounting import counts_as_finished, is_search_trial
+from fractal_space.search.budget import Budget
+from fractal_space.search.procedure import Pruned, run_trial
+from fractal_space.search.record import FRACTAL_MODEL, TrialRecord, fail_reason, tag
+from fractal_space.search.retention import trial_dir
+from fractal_space.space import SearchSpace
+
+
+class SurplusTrial(Exception):
+    """A worker asked for a trial after others had already taken the last of the ``--trials`` quota."""
+
+
+@dataclass
+class Objective:
+    """Trains one Optuna trial (search or baseline) of a study and records it."""
+
+    space: SearchSpace
+    budget: Budget
+    objective: str
+    study_dir: Path
+    target: int
+
+    def search(self, trial: optuna.Trial) -> list[float]:
+        """The objective of a search trial: sample the space, train, prune on per-epoch accuracy."""
+        tag(trial, "fractalnet", FRACTAL_MODEL)
+        ahead = [t for t in trial.study.get_trials(deepcopy=False)
+                 if t.number < trial.number and (counts_as_finished(t) or
+                                                 (t.state == TrialState.RUNNING and is_search_trial(t)))]
+        if len(ahead) >= self.target:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(f"trial {trial.number}: {self.target} trials already finished or running")
+        return self._train(trial, FRACTAL_MODEL, lambda: self.space.suggest(trial))
+
+    def baseline(self, model: str, train: dict[str, Any]) -> Callable[[optuna.Trial], list[float]]:
+        """The objective of a baseline trial: ``model`` trained with the same budget and the reference recipe."""
+
+        def run(trial: optuna.Trial) -> list[float]:
+            tag(trial, "baseline", model)
+            return self._train(trial, model, lambda: {"model_kwargs": {}, "train": train})
+
+        return run
+
+    def _train(self, trial: optuna.Trial, model: str, sample: Callable[[], dict[str, Any]]) -> list[float]:
+        """Sample, train and record; every exception leaves a ``fail_reason`` so the trial counts as finished."""
+        prune = len(trial.study.directions) == 1 and trial.user_attrs.get("kind") != "baseline"
+
+        def on_epoch(record: TrialRecord) -> None:
+            trial.set_user_attr("record", record.to_dict())
+            if prune and not record.finished_budget:  # a finished budget is a result, never pruned
+                trial.report(record.val_acc, record.epoch)
+                if trial.should_prune():
+                    raise Pruned(f"pruned by Hyperband after epoch {record.epoch}")
+
+        try:
+            config = sample()
+            trial.set_user_attr("config", json.loads(json.dumps(config)))
+            record = run_trial(model=model, config=config, budget=self.budget,
+                               out_dir=trial_dir(self.study_dir, trial.number), on_epoch=on_epoch)
+            return record.objective_values(self.objective)
+        except Pruned as exc:
+            raise optuna.TrialPruned(str(exc)) from None
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted: KeyboardInterrupt")
+            trial.set_user_attr("interrupted", True)
+            raise
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", fail_reason(exc))
+            raise
+        finally:
+            _release_accelerator_memory()
+
+
+def _release_accelerator_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,50 @@
+"""The trial procedure, the same for every backend: a sampled config and a budget in, one record per epoch out.
+
+Both backends call :func:`run_trial`; they differ only in what ``on_epoch`` does with each epoch's record (Optuna:
+``trial.report`` and pruning; Ray: ``tune.report`` for ASHA).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fractal_space.engine import Trainer
+from fractal_space.search.budget import Budget
+from fractal_space.search.record import TrialRecord
+
+
+class Pruned(Exception):
+    """Raised by an ``on_epoch`` callback to stop a trial early (the backend records it as PRUNED)."""
+
+
+def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Path | None,
+              on_epoch: Callable[[TrialRecord], None]) -> TrialRecord:
+    """Train ``model`` with ``config`` (``{"model_kwargs", "train"}``, as ``SearchSpace.suggest`` returns) under
+    ``budget``; ``on_epoch`` sees each epoch's record and may raise :class:`Pruned`.
+
+    Returns the last epoch's record; exceptions (TrainingDiverged, out of memory, ...) propagate so the backend can
+    mark the trial FAIL with the reason.
+    """
+    started = time.perf_counter()
+    cfg = budget.config(model=model, model_kwargs=dict(config["model_kwargs"]),
+                        out_dir=None if out_dir is None else str(out_dir), **config["train"])
+    trainer = Trainer(cfg)
+    record: TrialRecord | None = None
+    history: list[float] = []
+    for report in trainer.epochs():
+        history.append(float(report.val_acc))
+        record = TrialRecord(
+            epoch=report.epoch, epochs=cfg.epochs, val_acc=float(report.val_acc), val_loss=float(report.val_loss),
+            train_loss=float(report.train_loss), train_acc=float(report.train_acc),
+            latency_ms=float(report.latency_ms), train_images_per_s=float(report.train_images_per_s),
+            epoch_seconds=float(report.epoch_seconds), wall_seconds=time.perf_counter() - started,
+            params=int(trainer.num_params), flops=int(trainer.flops), num_columns=trainer.num_columns or None,
+            column_val_acc=[float(c.val_acc) for c in report.columns],
+            column_latency_ms=[float(c.latency_ms) for c in report.columns], val_acc_history=list(history))
+        on_epoch(record)
+    if record is None:
+        raise RuntimeError("the trainer yielded no epoch")
+    return record
