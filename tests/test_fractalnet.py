@@ -294,6 +294,16 @@ def test_extracted_column_equals_column_path(join: str) -> None:
             assert not torch.allclose(model(x, column=k), model(x))
 
 
+def test_extracted_column_keeps_device_and_dtype() -> None:
+    """A concat join's column slice is a new conv: it is built where and in the dtype the parent's weights are."""
+    model = timm.create_model("fractalnet_c2", join="concat", dtype=torch.bfloat16, **TINY).eval()
+    column = model.extract_column(2)
+    assert {p.dtype for p in column.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        x = _x().bfloat16()
+        torch.testing.assert_close(column(x), model(x, column=2))
+
+
 def test_bn_reestimation_uses_the_column_path_only(data_root) -> None:
     torch.manual_seed(0)
     model = timm.create_model("fractalnet_c3", **TINY).eval()

@@ -70,6 +70,20 @@ def test_pretrained_cfg_matches_model(name: str) -> None:
     assert feats.shape[1] == model.num_features
 
 
+def test_device_and_dtype_build_parameters_there(name: str) -> None:
+    """timm's factory kwargs: parameters and buffers are created on ``device`` in ``dtype``, not moved afterwards."""
+    meta = _create(name, device="meta")
+    assert {t.device.type for t in meta.state_dict().values()} == {"meta"}
+    model = _create(name, device="cpu", dtype=torch.bfloat16).eval()
+    floats = {t.dtype for t in model.state_dict().values() if t.is_floating_point()}
+    assert floats == {torch.bfloat16}
+    model.reset_classifier(3)
+    assert model.get_classifier().weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        out = model(_input(model).bfloat16())
+    assert out.dtype == torch.bfloat16 and out.shape == (BATCH, 3) and torch.isfinite(out).all()
+
+
 def test_constructor_args_and_heads(name: str) -> None:
     model = _create(name, in_chans=1, num_classes=7, drop_rate=0.2, global_pool="catavgmax").eval()
     x = torch.randn(BATCH, 1, 32, 32)

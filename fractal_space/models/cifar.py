@@ -53,6 +53,8 @@ class CifarStageNet(nn.Module):
             global_pool: str,
             drop_rate: float,
             norm_pre: Optional[nn.Module] = None,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -64,7 +66,8 @@ class CifarStageNet(nn.Module):
         self.norm_pre = norm_pre if norm_pre is not None else nn.Identity()
         self.feature_info = feature_info
         self.num_features = feature_info[-1]["num_chs"]
-        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+                                   device=device, dtype=dtype)
         self.head_hidden_size = self.head.num_features
 
     @torch.jit.ignore

@@ -111,8 +111,15 @@ def conv2d_tap_wgrad(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, 
 class SmallMapConv2d(nn.Conv2d):
     """3x3 stride-1 ``nn.Conv2d`` (same parameters and state dict) that runs :func:`conv2d_tap_wgrad`."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3):
-        super().__init__(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=False)
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            kernel_size: int = 3,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
+        super().__init__(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=False, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv2d_tap_wgrad(x, self.weight, self.padding)

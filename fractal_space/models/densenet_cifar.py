@@ -15,8 +15,9 @@ dense block (see ``CifarStageNet``).
 
 import math
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Optional
 
+import torch
 import torch.nn as nn
 from timm.layers import LayerType, create_conv2d, get_norm_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -44,19 +45,22 @@ class DenseNetCifar(CifarStageNet):
             proj_drop_rate: float = 0.0,
             act_layer: LayerType = "relu",
             norm_layer: LayerType = "batchnorm2d",
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ) -> None:
+        dd = {"device": device, "dtype": dtype}
         norm_act_layer = get_norm_act_layer(norm_layer, act_layer=act_layer)
         num_chs = 2 * growth_rate
-        stem = create_conv2d(in_chans, num_chs, 3)
+        stem = create_conv2d(in_chans, num_chs, 3, **dd)
         stages, feature_info, reduction = [], [], 1
         for i in range(num_blocks):
             layers = OrderedDict()
             if i > 0:
                 out_chs = math.floor(num_chs * compression)
-                layers["transition"] = DenseTransition(num_chs, out_chs, norm_layer=norm_act_layer)
+                layers["transition"] = DenseTransition(num_chs, out_chs, norm_layer=norm_act_layer, **dd)
                 num_chs, reduction = out_chs, reduction * 2
             layers["block"] = DenseBlock(
-                block_depth, num_chs, bn_size, growth_rate, norm_layer=norm_act_layer, drop_rate=proj_drop_rate)
+                block_depth, num_chs, bn_size, growth_rate, norm_layer=norm_act_layer, drop_rate=proj_drop_rate, **dd)
             num_chs += block_depth * growth_rate
             stages.append(nn.Sequential(layers))
             feature_info.append(dict(num_chs=num_chs, reduction=reduction, module=f"stages.{i}"))
@@ -68,7 +72,8 @@ class DenseNetCifar(CifarStageNet):
             in_chans,
             global_pool,
             drop_rate,
-            norm_pre=norm_act_layer(num_chs),
+            norm_pre=norm_act_layer(num_chs, **dd),
+            **dd,
         )
         for m in self.modules():  # the torchvision / timm DenseNet init
             if isinstance(m, nn.Conv2d):

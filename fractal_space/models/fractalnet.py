@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, ConvNormAct, get_norm_act_layer
+from timm.layers import ClassifierHead, ConvNormAct, get_device_dtype, get_norm_act_layer
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
@@ -50,10 +50,10 @@ INIT_TYPES = ("xavier", "kaiming")
 STEM_TYPES = ("none", "resnet")
 
 
-def _conv_unit(in_chs: int, out_chs: int, norm_layer: Any, act_layer: Any) -> ConvNormAct:
+def _conv_unit(in_chs: int, out_chs: int, norm_layer: Any, act_layer: Any, dd: dict[str, Any]) -> ConvNormAct:
     """conv 3x3 -> BN -> ReLU; the conv trains faster on small wide maps on CPU (``cpu_conv.SmallMapConv2d``)."""
-    unit = ConvNormAct(in_chs, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer)
-    unit.conv = SmallMapConv2d(in_chs, out_chs)
+    unit = ConvNormAct(in_chs, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer, **dd)
+    unit.conv = SmallMapConv2d(in_chs, out_chs, **dd)
     return unit
 
 
@@ -92,13 +92,22 @@ class ConcatJoin(nn.Module):
     are concatenated and multiplied with the matching slices of the projection weight.
     """
 
-    def __init__(self, width: int, first_col: int, num_inputs: int, norm_layer: Any = nn.BatchNorm2d):
+    def __init__(
+            self,
+            width: int,
+            first_col: int,
+            num_inputs: int,
+            norm_layer: Any = nn.BatchNorm2d,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         self.width = width
         self.first_col = first_col
         self.num_inputs = num_inputs
-        self.proj = nn.Conv2d(width * num_inputs, width, kernel_size=1, bias=False)
-        self.bn = norm_layer(width, apply_act=False)
+        self.proj = nn.Conv2d(width * num_inputs, width, kernel_size=1, bias=False, **dd)
+        self.bn = norm_layer(width, apply_act=False, **dd)
 
     def forward(self, xs: list[torch.Tensor], cols: list[int]) -> torch.Tensor:
         if len(xs) == self.num_inputs:
@@ -122,12 +131,15 @@ class FractalStep(nn.Module):
             join: str,
             norm_layer: Any,
             act_layer: Any,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         self.first_col = first_col
         self.num_columns = num_columns
-        self.convs = nn.ModuleList([_conv_unit(c_in, out_chs, norm_layer, act_layer) for c_in in in_chs])
-        self.join = (ConcatJoin(out_chs, first_col, len(in_chs), norm_layer=norm_layer) if join == "concat"
+        self.convs = nn.ModuleList([_conv_unit(c_in, out_chs, norm_layer, act_layer, dd) for c_in in in_chs])
+        self.join = (ConcatJoin(out_chs, first_col, len(in_chs), norm_layer=norm_layer, **dd) if join == "concat"
                      else Join(join))
 
     def forward(self, states: list[torch.Tensor], needed: list[bool]) -> list[torch.Tensor]:
@@ -158,8 +170,11 @@ class FractalBlock(nn.Module):
             downsample: bool = True,
             norm_layer: Any = nn.BatchNorm2d,
             act_layer: Any = nn.ReLU,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         self.num_columns = num_columns
         depth = 2 ** (num_columns - 1)
         # Column c (0 = shallowest) applies one conv every span[c] steps; it joins whenever its conv ends.
@@ -174,7 +189,7 @@ class FractalBlock(nn.Module):
             in_chs_step = [out_chs if seen[c] else in_chs for c in range(first, num_columns)]
             for c in range(first, num_columns):
                 seen[c] = True
-            steps.append(FractalStep(in_chs_step, out_chs, first, num_columns, join, norm_layer, act_layer))
+            steps.append(FractalStep(in_chs_step, out_chs, first, num_columns, join, norm_layer, act_layer, **dd))
             self.first_cols.append(first)
             self.offsets.append(n_inputs)
             n_inputs += num_columns - first
@@ -256,6 +271,8 @@ class FractalNet(nn.Module):
             init: str = "xavier",
             norm_layer: Any = "batchnorm2d",
             act_layer: Any = "relu",
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         """
         Args:
@@ -276,6 +293,8 @@ class FractalNet(nn.Module):
             downsample_last: pool after the last block too (CIFAR layout) or not (ImageNet layout).
             img_size: if given, checked to survive all the pooling (one int or (H, W)).
             init: 'xavier' (paper) or 'kaiming'.
+            device, dtype: where and in which dtype parameters and buffers are created (timm's factory kwargs;
+                ``device="meta"`` builds without memory).
         """
         super().__init__()
         if not isinstance(num_blocks, int) or num_blocks < 1:
@@ -302,10 +321,11 @@ class FractalNet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         norm_act_layer = get_norm_act_layer(norm_layer, act_layer)
+        dd = {"device": device, "dtype": dtype}
 
         if stem == "resnet":
             self.stem = nn.Sequential(
-                ConvNormAct(in_chans, stem_width, 7, stride=2, norm_layer=norm_act_layer),
+                ConvNormAct(in_chans, stem_width, 7, stride=2, norm_layer=norm_act_layer, **dd),
                 nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             )
             prev_chs, reduction = stem_width, 4
@@ -318,7 +338,7 @@ class FractalNet(nn.Module):
         for i, width in enumerate(widths):
             downsample = downsample_last or i < num_blocks - 1
             blocks.append(FractalBlock(prev_chs, width, num_columns, join=join, downsample=downsample,
-                                       norm_layer=norm_act_layer, act_layer=act_layer))
+                                       norm_layer=norm_act_layer, act_layer=act_layer, **dd))
             reduction *= 2 if downsample else 1
             prev_chs = width
             self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"blocks.{i}"))
@@ -330,7 +350,7 @@ class FractalNet(nn.Module):
                 raise ValueError(f"img_size={img_size!r} is too small for {num_blocks} blocks of 2x2 pooling; "
                                  f"the input must be at least {self.min_input_size}x{self.min_input_size}")
         self.num_features = prev_chs
-        self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features  # pooled width: 2x num_features for 'catavgmax'
         self._build_plan_tables()
         self.set_regularization(drop_path_rate, global_drop_fraction, block_dropout)
@@ -604,7 +624,7 @@ class _ConcatSlice(nn.Module):
     def __init__(self, join: ConcatJoin, column: int):
         super().__init__()
         lo = (column - join.first_col) * join.width
-        self.proj = nn.Conv2d(join.width, join.width, kernel_size=1, bias=False)
+        self.proj = nn.Conv2d(join.width, join.width, kernel_size=1, bias=False, **get_device_dtype(join.proj))
         with torch.no_grad():
             self.proj.weight.copy_(join.proj.weight[:, lo:lo + join.width])
         self.bn = copy.deepcopy(join.bn)

@@ -61,6 +61,7 @@ def make_shortcut(
         stride: int,
         shortcut_type: str,
         norm_layer: type[nn.Module],
+        dd: dict[str, Any],
 ) -> Optional[nn.Module]:
     """The shortcut of a block whose shape changes (None, i.e. identity, where it does not)."""
     if stride == 1 and in_chs == out_chs:
@@ -68,7 +69,7 @@ def make_shortcut(
     if shortcut_type == "A":
         return ZeroPadShortcut(in_chs, out_chs, stride)
     if shortcut_type == "B":
-        return downsample_conv(in_chs, out_chs, kernel_size=1, stride=stride, norm_layer=norm_layer)
+        return downsample_conv(in_chs, out_chs, kernel_size=1, stride=stride, norm_layer=norm_layer, **dd)
     raise ValueError(f"shortcut_type must be 'A' or 'B', got {shortcut_type!r}")
 
 
@@ -81,6 +82,7 @@ def make_stage(
         drop_path_rates: list[float],
         act_layer: type[nn.Module],
         norm_layer: type[nn.Module],
+        dd: dict[str, Any],
 ) -> nn.Sequential:
     """One stage: ``depth`` timm basic blocks, the first one carrying the stride and the widening shortcut."""
     blocks = []
@@ -89,10 +91,11 @@ def make_stage(
             in_chs if i == 0 else out_chs,
             out_chs,
             stride=stride if i == 0 else 1,
-            downsample=make_shortcut(in_chs, out_chs, stride, shortcut_type, norm_layer) if i == 0 else None,
+            downsample=make_shortcut(in_chs, out_chs, stride, shortcut_type, norm_layer, dd) if i == 0 else None,
             act_layer=act_layer,
             norm_layer=norm_layer,
             drop_path=DropPath(drop_path_rates[i]) if drop_path_rates[i] > 0.0 else None,
+            **dd,
         ))
     return nn.Sequential(*blocks)
 
@@ -112,11 +115,14 @@ class ResNetCifar(CifarStageNet):
             drop_path_rate: float = 0.0,
             act_layer: LayerType = "relu",
             norm_layer: LayerType = "batchnorm2d",
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ) -> None:
+        dd = {"device": device, "dtype": dtype}
         act_layer = get_act_layer(act_layer)
         norm_act_layer = get_norm_act_layer(norm_layer, act_layer=act_layer)
         norm_layer = get_norm_layer(norm_layer)  # timm's BasicBlock applies its activations itself
-        stem = nn.Sequential(create_conv2d(in_chans, channels[0], 3), norm_act_layer(channels[0]))
+        stem = nn.Sequential(create_conv2d(in_chans, channels[0], 3, **dd), norm_act_layer(channels[0], **dd))
         dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)  # per stage, per block
         stages, feature_info = [], []
         in_chs, reduction = channels[0], 1
@@ -124,10 +130,11 @@ class ResNetCifar(CifarStageNet):
             stride = 1 if i == 0 else 2
             reduction *= stride
             stages.append(make_stage(
-                in_chs, out_chs, depth, stride, shortcut_type, dp_rates[i], act_layer, norm_layer))
+                in_chs, out_chs, depth, stride, shortcut_type, dp_rates[i], act_layer, norm_layer, dd))
             feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f"stages.{i}"))
             in_chs = out_chs
-        super().__init__(stem, nn.Sequential(*stages), feature_info, num_classes, in_chans, global_pool, drop_rate)
+        super().__init__(stem, nn.Sequential(*stages), feature_info, num_classes, in_chans, global_pool, drop_rate,
+                         **dd)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
