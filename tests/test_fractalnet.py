@@ -113,6 +113,19 @@ def test_depth_and_layer_counts_of_variants() -> None:
         assert model.eval().forward_features(torch.randn(1, 3, 224, 224)).shape[-2:] == (7, 7)
 
 
+@pytest.mark.parametrize(("name", "kwargs", "reductions"), [
+    ("fractalnet34", dict(widths=(8,) * 4, stem_width=8), [8, 16, 32, 32]),  # ImageNet layout: 4 blocks
+    ("fractalnet_c2", dict(num_blocks=3, widths=(8,) * 3), [2, 4, 8]),  # a search-space depth
+])
+def test_features_only_taps_every_block(name: str, kwargs: dict, reductions: list[int]) -> None:
+    model = timm.create_model(name, features_only=True, **kwargs).eval()
+    assert model.feature_info.reduction() == reductions
+    size = model.pretrained_cfg["input_size"][-1]
+    with torch.no_grad():
+        feats = model(_x(1, size))
+    assert [size // f.shape[-1] for f in feats] == reductions
+
+
 # Paper Table 3 (CIFAR-100, reduced widths 16..128), parameters in millions, one decimal.
 TABLE3_PARAMS = {1: 0.3, 2: 0.8, 3: 2.1, 4: 4.8, 5: 10.2, 6: 21.1}
 

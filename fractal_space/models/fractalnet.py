@@ -634,11 +634,13 @@ class _ConcatSlice(nn.Module):
 
 
 def _create_fractalnet(variant: str, pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """Build a registered variant through timm; ``features_only`` taps every block (4 for the ImageNet layout)."""
+    out_indices = kwargs.pop("out_indices", tuple(range(kwargs.get("num_blocks", 5))))
     return build_model_with_cfg(
         FractalNet,
         variant,
         pretrained,
-        feature_cfg=dict(feature_cls="getter"),
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
         **kwargs,
     )
 
