@@ -1,9 +1,12 @@
 """Data: root resolution, error paths, real CIFAR-10 Parquet / Fashion-MNIST idx loading, caching, splits, batches."""
 
+import io
+import logging
 import os
 import re
 import shutil
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
 import torch
@@ -11,14 +14,16 @@ from PIL import Image
 
 from fractal_space.data import (
     BatchLoader,
+    DataError,
     DataNotFoundError,
     Normalize,
     augment_batch,
+    auto_val_size,
     load_split,
     load_splits,
     resolve_data_root,
 )
-from fractal_space.data.sources import DEFAULT_ROOT, ENV_CACHE, ENV_DATA
+from fractal_space.data.sources import DEFAULT_ROOT, ENV_CACHE, ENV_DATA, ENV_VERBOSE
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +39,41 @@ def test_data_root_precedence(monkeypatch, tmp_path):
     assert resolve_data_root(None) == DEFAULT_ROOT.expanduser()
 
 
-def test_missing_named_dataset_lists_every_path(tmp_path):
+@pytest.mark.parametrize("name, first, later", [
+    ("cifar10", "cifar10/train.parquet", "cifar-10-batches-py/data_batch_1"),
+    ("fashion-mnist", "fashion-mnist/train.parquet", "FashionMNIST/raw/train-images-idx3-ubyte")])
+def test_missing_named_dataset_is_one_short_line_with_every_path_on_request(name, first, later, tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_VERBOSE, raising=False)
     with pytest.raises(DataNotFoundError) as err:
-        load_split("cifar10", "train", tmp_path, download=False)
+        load_split(name, "train", tmp_path, download=False)
     msg = str(err.value)
-    assert str(tmp_path / "cifar10" / "train.parquet") in msg
-    assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in msg
-    assert "--data-dir" in msg and ENV_DATA in msg
+    assert "\n" not in msg and len(msg.replace(str(tmp_path), "")) < 260, msg  # was ~1,000 characters
+    assert str(tmp_path / first) in msg and str(tmp_path / later) not in msg
+    assert "--data-dir" in msg and ENV_DATA in msg and f"{ENV_VERBOSE}=1" in msg
+    assert tmp_path / later in err.value.paths
+    monkeypatch.setenv(ENV_VERBOSE, "1")
+    with pytest.raises(DataNotFoundError) as err:
+        load_split(name, "train", tmp_path, download=False)
+    assert str(tmp_path / later) in str(err.value)
 
 
-def test_missing_fashion_mnist_lists_both_layouts(tmp_path):
+def test_failed_download_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import torchvision.datasets.mnist as tv_mnist
+
+    def offline(url, *args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", offline)  # torchvision's own code path, no network
+    root = tmp_path / "data" / "root"
     with pytest.raises(DataNotFoundError) as err:
-        load_split("fashion-mnist", "test", tmp_path, download=False)
+        load_split("fashion-mnist", "train", root, download=True)
     msg = str(err.value)
-    assert str(tmp_path / "fashion-mnist" / "t10k-images-idx3-ubyte.gz") in msg
-    assert str(tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte") in msg
+    assert "\n" not in msg and "downloading it failed (RuntimeError: Error downloading" in msg and "Tried" not in msg
+    assert not (tmp_path / "data").exists()  # torchvision had created FashionMNIST/raw in it
+    (root / "mine").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError):
+        load_split("fashion-mnist", "train", root, download=True)
+    assert [p.name for p in root.rglob("*")] == ["mine"]
 
 
 @pytest.mark.parametrize("spec", ["imagenet", "parquet:", "folder:/x"])
@@ -191,3 +216,69 @@ def test_batch_loader_epochs_are_seeded_and_cover_the_data(cifar_test):
     shapes = [x.shape for x, _ in dropping]
     assert shapes == [(100, 3, 32, 32)] * 2
     assert next(iter(dropping))[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def _tree(root: Path, cifar_test, splits: dict[str, int]) -> Path:
+    """An image-folder tree of real CIFAR-10 PNGs: ``splits`` maps folder name to image count."""
+    start = 0
+    for split, count in splits.items():
+        for i in range(start, start + count):
+            folder = root / split / cifar_test.classes[int(cifar_test.labels[i])]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(cifar_test.images[i].permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+        start += count
+    return root
+
+
+@pytest.mark.parametrize("damage", ["text", "truncated"])
+def test_unreadable_image_is_a_one_line_data_error_naming_the_file(damage, cifar_test, tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "cache"))
+    tree = _tree(tmp_path / "tree", cifar_test, {"train": 6})
+    bad = next((tree / "train").rglob("*.png"))
+    bad.write_bytes(b"not an image, just text\n" if damage == "text" else bad.read_bytes()[:60])
+    with pytest.raises(DataError) as err:
+        load_split(f"imagefolder:{tree}", "train")
+    assert isinstance(err.value, ValueError) and "\n" not in str(err.value) and str(bad) in str(err.value)
+
+
+def test_unreadable_parquet_row_names_file_and_row(cifar_test, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "cache"))
+    good = io.BytesIO()
+    Image.fromarray(cifar_test.images[0].permute(1, 2, 0).numpy()).save(good, format="PNG")
+    images = pa.array([{"bytes": good.getvalue()}, {"bytes": b"garbage"}])
+    pq.write_table(pa.table({"img": images, "label": [0, 1]}), tmp_path / "train.parquet")
+    with pytest.raises(DataError, match=f"row 1 of {re.escape(str(tmp_path / 'train.parquet'))} is not a readable"):
+        load_split(f"parquet:{tmp_path}", "train")
+
+
+@pytest.mark.parametrize("folders, used, unused", [(("validation",), "validation", None),
+                                                   (("val",), "val", None),
+                                                   (("test", "val"), "test", "val")])
+def test_imagefolder_held_out_folders_are_used_and_said(folders, used, unused, cifar_test, tmp_path, monkeypatch,
+                                                        caplog):
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "cache"))
+    tree = _tree(tmp_path / "tree", cifar_test, {"train": 8, **{f: 2 + i for i, f in enumerate(folders)}})
+    with caplog.at_level(logging.INFO, logger="fractal_space.data.sources"):
+        test = load_split(f"imagefolder:{tree}", "test")
+    assert len(test) == 2  # the first held-out folder
+    (record,) = caplog.records
+    assert f"test split from {used}/" in record.getMessage()
+    assert (f"{unused}/ not used" in record.getMessage()) == (unused is not None)
+    assert record.levelno == (logging.WARNING if unused else logging.INFO)
+
+
+def test_imagefolder_with_held_out_folder_but_no_train_is_refused(cifar_test, tmp_path):
+    tree = _tree(tmp_path / "tree", cifar_test, {"validation": 2})
+    with pytest.raises(DataError, match="validation/ but no train/"):
+        load_split(f"imagefolder:{tree}", "train")
+
+
+def test_val_size_none_is_a_tenth_of_small_datasets_and_5000_of_large(cifar_test, tmp_path, monkeypatch):
+    assert auto_val_size(50_000) == 5000 and auto_val_size(700) == 70
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "cache"))
+    tree = _tree(tmp_path / "tree", cifar_test, {"train": 30})
+    splits = load_splits(f"imagefolder:{tree}", val_size=None)
+    assert len(splits.val) == 3 and len(splits.train) == 27

@@ -3,9 +3,18 @@
 ``load_splits`` gives fixed-seed train/val/test splits; ``BatchLoader`` yields normalised, batch-augmented tensors.
 """
 
-from fractal_space.data.loader import AUGMENTS, BatchLoader, DataSplits, Normalize, augment_batch, load_splits
+from fractal_space.data.loader import (
+    AUGMENTS,
+    BatchLoader,
+    DataSplits,
+    Normalize,
+    augment_batch,
+    auto_val_size,
+    load_splits,
+)
 from fractal_space.data.sources import (
     NAMED,
+    DataError,
     DataNotFoundError,
     ImageSet,
     cache_dir,
@@ -17,11 +26,13 @@ __all__ = [
     "AUGMENTS",
     "NAMED",
     "BatchLoader",
+    "DataError",
     "DataNotFoundError",
     "DataSplits",
     "ImageSet",
     "Normalize",
     "augment_batch",
+    "auto_val_size",
     "cache_dir",
     "load_split",
     "load_splits",

@@ -16,6 +16,14 @@ from fractal_space.data.sources import NAMED, DataNotFoundError, ImageSet, load_
 
 AUGMENTS = ("none", "+", "++")
 TRANSLATE = 4  # the paper's "+": translation by up to 4 px
+#: ``val_size=None`` draws this many validation images, or a tenth of the training split when that is smaller
+#: (5,000 for CIFAR, SVHN and Fashion-MNIST; 70 for a 700-image folder).
+AUTO_VAL_SIZE, AUTO_VAL_FRACTION = 5000, 0.1
+
+
+def auto_val_size(num_train: int) -> int:
+    """The validation split size ``val_size=None`` means for a training split of ``num_train`` images."""
+    return min(AUTO_VAL_SIZE, int(num_train * AUTO_VAL_FRACTION))
 
 
 @dataclass
@@ -116,17 +124,20 @@ def _take(data: ImageSet, idx: torch.Tensor) -> ImageSet:
     return ImageSet(data.images[idx], data.labels[idx], data.classes)
 
 
-def load_splits(dataset: str, data_dir: str | os.PathLike[str] | None = None, val_size: int = 5000,
+def load_splits(dataset: str, data_dir: str | os.PathLike[str] | None = None, val_size: int | None = None,
                 train_subset: int | None = None, val_seed: int = 0, download: bool = True,
                 with_test: bool = True) -> DataSplits:
     """Carve a fixed-seed validation split from train, then optionally keep the first ``train_subset`` of the rest.
 
-    The validation set depends only on ``val_seed`` and ``val_size``, never on ``train_subset``, so cheap search
-    trials and full runs select on the same images; the test split is never used for selection. ``imagefolder:`` and
+    The validation set depends only on ``val_seed`` and ``val_size`` (None: ``auto_val_size``), never on
+    ``train_subset``, so cheap search trials and full runs select on the same images; the test split is never used
+    for selection. ``imagefolder:`` and
     ``parquet:`` datasets without a test split get ``test=None``.
     """
     full = load_split(dataset, "train", data_dir, download)
     n = len(full)
+    if val_size is None:
+        val_size = auto_val_size(n)
     if not 0 <= val_size < n:
         raise ValueError(f"val_size must be in [0, {n}) for {dataset} ({n} training images), got {val_size}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(val_seed))

@@ -11,8 +11,11 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +28,30 @@ from fractal_space.io import atomic_path
 
 ENV_DATA = "FRACTAL_SPACE_DATA"
 ENV_CACHE = "FRACTAL_SPACE_CACHE"
+ENV_VERBOSE = "FRACTAL_SPACE_VERBOSE"  # "1": a missing-data error lists every path looked at
 DEFAULT_ROOT = Path("~/.cache/fractal_space/data")
 NAMED = ("cifar10", "cifar100", "svhn", "fashion-mnist")
 SPLITS = ("train", "test")
+#: Folders an image-folder tree may hold its held-out (test) split in, in the order they are looked for.
+HELD_OUT_FOLDERS = ("test", "validation", "val")
+log = logging.getLogger(__name__)
 
 
 class DataNotFoundError(FileNotFoundError):
-    """A dataset is not on disk and could not be downloaded; the message lists every path looked at."""
+    """A dataset is not on disk and could not be downloaded. The message is one short line (where it looked first and
+    how to provide the data); ``paths`` holds every path looked at, which the message lists with
+    ``FRACTAL_SPACE_VERBOSE=1``."""
+
+    def __init__(self, message: str, paths: Sequence[Path] = ()) -> None:
+        self.paths = list(paths)
+        if self.paths and os.environ.get(ENV_VERBOSE) == "1":
+            message += f" (looked at: {'; '.join(str(p) for p in self.paths)})"
+        super().__init__(message)
+
+
+class DataError(ValueError):
+    """Data is on disk but cannot be used (an image that does not decode, mixed image sizes, a Parquet file without
+    image or label columns); the message names the file. A ValueError, so command lines report it as bad input."""
 
 
 @dataclass
@@ -88,22 +108,35 @@ def _cached(kind: str, split: str, files: Sequence[Path], decode: Callable[[], I
     return data
 
 
-def _decode_all(blobs: Sequence[bytes], mode: str, where: str) -> torch.Tensor:
-    """Decode encoded images (JPEG, PNG, ...) with PIL into one uint8 (N, C, H, W) tensor."""
+def _open(blob: bytes, name: Callable[[], str]) -> Image.Image:
+    """The decoded image, or a one-line DataError naming it (a truncated file, a text file named .png, ...)."""
+    try:
+        image = Image.open(io.BytesIO(blob))
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        reason = (str(err).splitlines() or [""])[0][:80]
+        raise DataError(f"{name()} is not a readable image ({type(err).__name__}: {reason}); fix or remove it") \
+            from None
+    return image
+
+
+def _decode_all(blobs: Sequence[bytes], mode: str, where: str, name_of: Callable[[int], str]) -> torch.Tensor:
+    """Decode encoded images (JPEG, PNG, ...) with PIL into one uint8 (N, C, H, W) tensor; ``name_of(i)`` names
+    image i in an error."""
     if not blobs:
-        raise ValueError(f"no images in {where}")
-    arrays = [np.asarray(Image.open(io.BytesIO(b)).convert(mode)) for b in blobs]
+        raise DataError(f"no images in {where}")
+    arrays = [np.asarray(_open(b, lambda i=i: name_of(i)).convert(mode)) for i, b in enumerate(blobs)]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise ValueError(f"images in {where} have different sizes {sorted(shapes)[:4]}; resize them to one size first")
+        raise DataError(f"images in {where} have different sizes {sorted(shapes)[:4]}; resize them to one size first")
     images = torch.from_numpy(np.stack(arrays))
     return images[:, None] if mode == "L" else images.permute(0, 3, 1, 2).contiguous()
 
 
-def _read_mode(channels: int | None, sample: bytes) -> str:
+def _read_mode(channels: int | None, sample: bytes, name: str) -> str:
     """Grayscale sources stay 1-channel (the model gets in_chans=1); everything else is read as RGB."""
     if channels is None:
-        channels = 1 if Image.open(io.BytesIO(sample)).mode in ("1", "L", "I", "I;16", "F") else 3
+        channels = 1 if _open(sample, lambda: name).mode in ("1", "L", "I", "I;16", "F") else 3
     return "L" if channels == 1 else "RGB"
 
 
@@ -112,21 +145,28 @@ def read_parquet(files: Sequence[Path], channels: int | None = None) -> ImageSet
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.concat_tables([pq.read_table(f) for f in files])
+    tables = [pq.read_table(f) for f in files]
+    table = pa.concat_tables(tables)
     where = ", ".join(str(f) for f in files)
+    ends = np.cumsum([len(t) for t in tables])
+
+    def name_of(row: int) -> str:
+        shard = int(np.searchsorted(ends, row, side="right"))
+        return f"row {row - (ends[shard - 1] if shard else 0)} of {files[shard]}"
+
     image_cols = [
         f.name for f in table.schema if pa.types.is_struct(f.type) and f.type.get_field_index("bytes") >= 0
     ]
     label_cols = [n for n in ("label", "fine_label", "labels") if n in table.column_names]
     if not image_cols or not label_cols:
-        raise ValueError(f"{where}: expected an image struct column with 'bytes' and a 'label' column, "
+        raise DataError(f"{where}: expected an image struct column with 'bytes' and a 'label' column, "
                          f"found columns {table.column_names}")
     blobs = table.column(image_cols[0]).combine_chunks().field("bytes").to_pylist()
     # Arrow buffers are read-only; the copy gives torch a tensor it may own and write.
     labels = torch.from_numpy(table.column(label_cols[0]).to_numpy().astype(np.int64, copy=True))
     meta = (pq.read_schema(files[0]).metadata or {}).get(b"classes")
     classes = meta.decode().split(",") if meta else [str(i) for i in range(int(labels.max()) + 1)]
-    images = _decode_all(blobs, _read_mode(channels, blobs[0]), where)
+    images = _decode_all(blobs, _read_mode(channels, blobs[0], name_of(0)), where, name_of)
     return ImageSet(images, labels, classes)
 
 
@@ -138,9 +178,9 @@ def read_imagefolder(folder: Path) -> ImageSet:
     files = [(p, i) for i, c in enumerate(classes) for p in sorted((folder / c).rglob("*"))
              if p.suffix.lower() in IMG_EXTENSIONS]
     if not files:
-        raise ValueError(f"no images found under {folder} (expected <class>/<image> subfolders)")
+        raise DataError(f"no images found under {folder} (expected <class>/<image> subfolders)")
     blobs = [p.read_bytes() for p, _ in files]
-    images = _decode_all(blobs, _read_mode(None, blobs[0]), str(folder))
+    images = _decode_all(blobs, _read_mode(None, blobs[0], str(files[0][0])), str(folder), lambda i: str(files[i][0]))
     return ImageSet(images, torch.tensor([i for _, i in files], dtype=torch.int64), classes)
 
 
@@ -215,8 +255,8 @@ def _named_layouts(name: str, root: Path, split: str) -> list[_Layout]:
     return layouts
 
 
-def _download(name: str, root: Path) -> None:
-    """Fetch a named dataset in torchvision's layout; raises on any failure (e.g. no network)."""
+def _torchvision_download(name: str, root: Path) -> None:
+    """Fetch a named dataset in torchvision's layout into ``root``; raises on any failure (e.g. no network)."""
     import torchvision.datasets as tvd
 
     for train in (True, False):
@@ -230,10 +270,34 @@ def _download(name: str, root: Path) -> None:
             tvd.FashionMNIST(str(root), train=train, download=True)
 
 
-def _how_to_provide(name: str, root: Path) -> str:
-    return (f"provide the data by placing Parquet shards at {root / name}/train.parquet and test.parquet "
-            f"(Hugging Face export), or the torchvision files under {root}; point --data-dir or ${ENV_DATA} at "
-            f"another root, or allow network access so torchvision can download it")
+def _download(name: str, root: Path) -> None:
+    """Download into a temporary folder under ``root`` and move the files into place only when all arrived, so a
+    failed download leaves ``root`` as it was (torchvision itself leaves empty or partial folders behind)."""
+    created = [p for p in (root, *root.parents) if not p.exists()]
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".download-"))
+    try:
+        _torchvision_download(name, staging)
+        for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+            dest = root / src.relative_to(staging)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # innermost first
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _not_found(dataset: str, split: str, root: Path, layouts: Sequence[_Layout], why: str = "") -> DataNotFoundError:
+    """A short, actionable error: where the data was looked for first, and the two ways to provide it."""
+    paths = [f for layout in layouts for f in layout.files]
+    return DataNotFoundError(f"{dataset} ({split} split) not found under {root}: looked first for {paths[0]} "
+                             f"(+{len(paths) - 1} more paths, {ENV_VERBOSE}=1 lists them){why}; put it there, "
+                             f"or point --data-dir or {ENV_DATA} at a folder that holds it "
+                             f"(README: Data)", paths)
 
 
 def load_split(dataset: str, split: str, data_dir: str | os.PathLike[str] | None = None,
@@ -257,16 +321,15 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike[str] | None
     for layout in layouts:
         if all(f.is_file() for f in layout.files):
             return _pad_to_32(_cached(dataset, split, layout.files, layout.read))
-    looked = "; ".join(" + ".join(str(f) for f in layout.files) for layout in layouts)
     if download:
         try:
             _download(dataset, root)
         except Exception as err:  # noqa: BLE001 - any download failure becomes the same actionable error
-            raise DataNotFoundError(f"{dataset} {split} split not found (looked at: {looked}); download into {root} "
-                                    f"failed ({type(err).__name__}: {err}); {_how_to_provide(dataset, root)}") from err
+            reason = (str(err).strip().splitlines() or [""])[0][:100].rstrip(": ")
+            raise _not_found(dataset, split, root, layouts, f"; downloading it failed ({type(err).__name__}: "
+                             f"{reason})") from err
         return load_split(dataset, split, root, download=False)
-    raise DataNotFoundError(f"{dataset} {split} split not found (looked at: {looked}); "
-                            f"{_how_to_provide(dataset, root)}")
+    raise _not_found(dataset, split, root, layouts)
 
 
 def _pad_to_32(data: ImageSet) -> ImageSet:
@@ -278,6 +341,36 @@ def _pad_to_32(data: ImageSet) -> ImageSet:
     return ImageSet(torch.nn.functional.pad(data.images, pad), data.labels, data.classes)
 
 
+def _imagefolder_split(path: Path, split: str) -> Path:
+    """The folder of ``split`` in an image-folder tree, logged in one line; a held-out folder is never skipped silently.
+
+    ``<path>/train/`` is the training split and the first of ``test/``, ``validation/`` (timm's name), ``val/`` the test
+    split (the validation split is always drawn from ``train/``); a tree without ``train/`` is all training data.
+    """
+    held_out = [path / name for name in HELD_OUT_FOLDERS if (path / name).is_dir()]
+    if not (path / "train").is_dir():
+        if held_out:
+            raise DataError(f"imagefolder:{path} has {held_out[0].name}/ but no train/ folder; add train/, or point at "
+                            f"a folder of <class>/<image> subfolders to use it all for training")
+        if split == "test":
+            raise DataNotFoundError(f"imagefolder:{path} has no test split (no train/ and test/, validation/ or val/ "
+                                    f"folders: the whole tree is the training split)", [path / "train"])
+        if not path.is_dir():
+            raise DataNotFoundError(f"imagefolder:{path} not found (looked at: {path})", [path])
+        log.info("imagefolder:%s: no train/ folder, the whole tree is the training split", path)
+        return path
+    if split == "train":
+        return path / "train"
+    if not held_out:
+        looked = [path / name for name in HELD_OUT_FOLDERS]
+        raise DataNotFoundError(f"imagefolder:{path} has no test split (looked at: {'; '.join(map(str, looked))})",
+                                looked)
+    unused = f" ({', '.join(f.name + '/' for f in held_out[1:])} not used)" if len(held_out) > 1 else ""
+    (log.warning if unused else log.info)("imagefolder:%s: test split from %s/%s; validation is drawn from train/",
+                                          path, held_out[0].name, unused)
+    return held_out[0]
+
+
 def _load_path_dataset(kind: str, path: Path, split: str) -> ImageSet:
     if kind == "parquet":
         if path.is_file():
@@ -287,13 +380,6 @@ def _load_path_dataset(kind: str, path: Path, split: str) -> ImageSet:
         if not files:
             raise DataNotFoundError(f"parquet:{path} has no {split} split (looked at: {looked})")
         return _cached(f"parquet:{path}", split, files, lambda: read_parquet(files))
-    if (path / "train").is_dir():
-        candidates = [path / "train"] if split == "train" else [path / "test", path / "val"]
-    else:  # a tree without split folders is all training data
-        candidates = [path] if split == "train" else []
-    folder = next((c for c in candidates if c.is_dir()), None)
-    if folder is None:
-        looked = "; ".join(str(c) for c in candidates) or f"{path / 'train'} (needed for a test/val split)"
-        raise DataNotFoundError(f"imagefolder:{path} has no {split} split (looked at: {looked})")
+    folder = _imagefolder_split(path, split)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     return _cached(f"imagefolder:{path}", split, files, lambda: read_imagefolder(folder))

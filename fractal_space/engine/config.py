@@ -40,7 +40,7 @@ class TrainConfig:
     regularization: str = "paper"
     augment: str = PAPER.augment
     train_subset: int | None = None
-    val_size: int = 5000
+    val_size: int | None = None
     val_seed: int = 0
     seed: int = 0
     device: str = field(default="auto", metadata=RUN_TIME)
@@ -68,7 +68,7 @@ class TrainConfig:
             (self.regularization in REGULARIZATIONS, "regularization", f"must be one of {REGULARIZATIONS}"),
             (self.augment in AUGMENTS, "augment", f"must be one of {AUGMENTS}"),
             (self.train_subset is None or self.train_subset >= 1, "train_subset", "must be >= 1 or None"),
-            (self.val_size >= 0, "val_size", "must be >= 0"),
+            (self.val_size is None or self.val_size >= 0, "val_size", "must be >= 0 or None (auto)"),
             (is_device_name(self.device), "device", f"must be one of {', '.join(DEVICES)}, cuda:N"),
             (self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or None"),
             (self.bn_batches >= 1, "bn_batches", "must be >= 1"),
