@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import typing
 from collections.abc import Sequence
 from typing import Any
 
 from fractal_space.data import DataNotFoundError
-from fractal_space.engine import EpochReport, TrainConfig, TrainingDiverged, train
+from fractal_space.engine import CheckpointError, EpochReport, TrainConfig, TrainingDiverged, train
 
 
 def _optional(parse: Any) -> Any:
@@ -36,22 +37,38 @@ def _json_object(text: str) -> dict[str, Any]:
 _json_object.__name__ = "JSON object"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments end in one line and exit 2, not the whole usage text."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per TrainConfig field, typed from the dataclass annotations, defaults from the paper recipe."""
-    parser = argparse.ArgumentParser(prog="fractal-train", description=__doc__.splitlines()[0])
+    """One flag per TrainConfig field, typed from the dataclass annotations, with the field's help, choices and
+    default (the paper recipe's where it has one)."""
+    parser = _Parser(prog="fractal-train",
+                     description="Train one model with the fractal_space engine; the defaults are the FractalNet "
+                                 "paper's CIFAR recipe.",
+                     epilog="Exit status: 0 done, 2 bad arguments or unusable data, 1 data not found, a damaged "
+                            "checkpoint or a diverged run.")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        choices = f.metadata.get("choices")
+        help_text = f.metadata["help"].replace("%", "%%")
         if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{help_text} (default: {'on' if default else 'off'})")
             continue
         optional = type(None) in typing.get_args(hint)
         base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
         parse = _json_object if typing.get_origin(base) is dict else base
-        parser.add_argument(flag, type=_optional(parse) if optional else parse, default=default,
-                            metavar=f.name.upper(), help=f"default: {json.dumps(default)}")
+        shown = "none" if default is None else default if isinstance(default, str) else json.dumps(default)
+        parser.add_argument(flag, type=_optional(parse) if optional else parse, default=default, choices=choices,
+                            metavar=None if choices else f.name.upper(), help=f"{help_text} (default: {shown})")
     return parser
 
 
@@ -62,17 +79,36 @@ def _print_epoch(report: EpochReport) -> None:
           f"{report.train_images_per_s:.0f} img/s | {report.epoch_seconds:.0f} s", flush=True)
 
 
+def _log_to_stderr() -> None:
+    """The package's own log lines (which data folders were used, a checkpoint skipped) as ``fractal-train: ...``."""
+    logger = logging.getLogger("fractal_space")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("fractal-train: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Train one model; prints one line per epoch and the summary as JSON. Exits 2 on bad arguments, 1 on failure."""
+    """Train one model; prints one line per epoch and the summary as JSON.
+
+    Exit 2 for a bad argument (flag, model name, model_kwargs, dataset, split sizes, a recipe that does not match the
+    checkpoint in --out-dir) or data that is there but unusable, each in one line before any training; exit 1 for
+    data that is not found, a damaged checkpoint or a diverged run.
+    """
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
         cfg = TrainConfig.from_dict(vars(ns))
     except ValueError as err:
         parser.error(str(err))
+    _log_to_stderr()
     try:
         summary = train(cfg, callbacks=[_print_epoch])
-    except (ValueError, DataNotFoundError, TrainingDiverged) as err:
+    except ValueError as err:  # bad arguments found once the model and data are known; DataError is one too
+        print(f"fractal-train: error: {err}", file=sys.stderr)
+        return 2
+    except (DataNotFoundError, CheckpointError, TrainingDiverged) as err:
         print(f"fractal-train: error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from fractal_space.data import Normalize
 from fractal_space.engine import EpochReport, TrainConfig, Trainer, TrainingDiverged, lr_factor, train
 from fractal_space.engine.config import RECIPE_FIELDS, RUN_TIME, recipe_fields
-from fractal_space.train import main
+from fractal_space.train import build_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # One thread: on a shared 2-core machine, 2-thread OpenMP regions stall on every small op (measured 88 s vs 16 s for
@@ -160,7 +160,7 @@ def test_cli_bad_arguments_exit_nonzero(tmp_path, capsys):
     assert main(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-download", "--model",
                  "test_efficientnet"]) == 1
     assert str(tmp_path / "cifar10" / "train.parquet") in capsys.readouterr().err
-    assert main(["--model", "fractalnet_c2", "--model-kwargs", '{"widthz": 8}', "--train-subset", "50"]) == 1
+    assert main(["--model", "fractalnet_c2", "--model-kwargs", '{"widthz": 8}', "--train-subset", "50"]) == 2
     assert "widthz" in capsys.readouterr().err
     proc = subprocess.run([sys.executable, "-m", "fractal_space.train", "--augment", "+++"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -183,3 +183,63 @@ def test_nan_validation_loss_is_diverged_and_not_checkpointed(tmp_path):
     with pytest.raises(TrainingDiverged, match="validation loss became nan after epoch 1"):
         list(trainer.epochs())
     assert not (tmp_path / "checkpoint.json").exists() and not list(tmp_path.glob("epoch-*"))
+
+
+def _exit_code(args: list[str]) -> int:
+    try:
+        return main(args)
+    except SystemExit as exit_info:  # argparse and TrainConfig errors exit from the parser
+        return exit_info.code
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--model", "resnet_nope"], "resnet_nope"),
+    (["--dataset", "cifar11"], "cifar11"),
+    (["--model", "fractalnet_c2", "--model-kwargs", '{"widthz": 8}'], "widthz"),
+    (["--model", "fractalnet_c2", "--model-kwargs", '{"join": "median"}'], "join='median'"),
+    (["--model-kwargs", "[1, 2]"], "--model-kwargs"),
+    (["--epochs", "two"], "'two'"),
+    (["--schedule", "step"], "'step'"),
+    (["--amp", "fp16", "--device", "cpu"], "fp16"),
+    (["--val-size", "60000"], "val_size"),
+])
+def test_cli_bad_arguments_are_one_line_and_exit_2_before_training(args, names, tmp_path, capsys, data_root):
+    out = tmp_path / "out"
+    code = _exit_code(["--num-threads", "1", "--no-progress", "--no-download", "--epochs", "1", *args,
+                       "--out-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and names in err, err
+    assert err.startswith("fractal-train: error: ") and not list(out.glob("epoch-*"))
+
+
+def test_cli_unreadable_image_is_exit_2_naming_the_file(tmp_path, capsys):
+    folder = tmp_path / "tree" / "train" / "cat"
+    folder.mkdir(parents=True)
+    (folder / "notes.png").write_text("a text file named .png\n")
+    assert main(["--dataset", f"imagefolder:{tmp_path / 'tree'}", "--model", "test_efficientnet",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(folder / "notes.png") in err
+
+
+def test_cli_help_describes_every_option_with_choices_and_default():
+    parser = build_parser()
+    options = [a for a in parser._actions if a.dest != "help"]
+    assert {a.dest for a in options} == {f.name for f in dataclasses.fields(TrainConfig)}
+    for action in options:
+        assert action.help and not action.help.startswith("default") and "(default: " in action.help, action.dest
+    text = parser.format_help()
+    for flag, choices in (("--schedule", "{paper,cosine,constant}"), ("--regularization", "{paper,none}"),
+                          ("--augment", "{none,+,++}"), ("--amp", "{auto,bf16,fp16,none}")):
+        assert f"{flag} {choices}" in text
+    assert "auto, cpu, cuda or cuda:N" in text  # --device takes cuda:N too, so its values are listed in words
+
+
+def test_bf16_autocast_on_cpu_trains_and_is_recorded(tmp_path):
+    cfg = _cfg(model="fractalnet_c2", model_kwargs={"widths": [8, 8, 16, 16, 16]}, epochs=1, amp="bf16",
+               eval_columns=False, bn_batches=1, out_dir=str(tmp_path))
+    summary = train(cfg)
+    assert summary["amp_dtype"] == "bfloat16" and math.isfinite(summary["val_loss"]) and 0 <= summary["test_acc"] <= 1
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(lines[0]["train_loss"])
+    assert train(_cfg(epochs=1, amp="none", eval_columns=False))["amp_dtype"] == "float32"

@@ -18,6 +18,7 @@ from fractal_space.data.sources import (
     DataNotFoundError,
     ImageSet,
     cache_dir,
+    check_dataset_spec,
     load_split,
     resolve_data_root,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "augment_batch",
     "auto_val_size",
     "cache_dir",
+    "check_dataset_spec",
     "load_split",
     "load_splits",
     "resolve_data_root",

@@ -32,6 +32,7 @@ ENV_VERBOSE = "FRACTAL_SPACE_VERBOSE"  # "1": a missing-data error lists every p
 DEFAULT_ROOT = Path("~/.cache/fractal_space/data")
 NAMED = ("cifar10", "cifar100", "svhn", "fashion-mnist")
 SPLITS = ("train", "test")
+PATH_KINDS = ("imagefolder", "parquet")
 #: Folders an image-folder tree may hold its held-out (test) split in, in the order they are looked for.
 HELD_OUT_FOLDERS = ("test", "validation", "val")
 log = logging.getLogger(__name__)
@@ -300,6 +301,15 @@ def _not_found(dataset: str, split: str, root: Path, layouts: Sequence[_Layout],
                              f"(README: Data)", paths)
 
 
+def check_dataset_spec(dataset: str) -> None:
+    """One-line ValueError unless ``dataset`` is a name in ``NAMED``, ``imagefolder:<path>`` or ``parquet:<path>``
+    (whether the data is there is found out when it is loaded)."""
+    kind, _, arg = dataset.partition(":")
+    if dataset not in NAMED and not (kind in PATH_KINDS and arg):
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(NAMED)}, "
+                         f"imagefolder:<path> or parquet:<path>")
+
+
 def load_split(dataset: str, split: str, data_dir: str | os.PathLike[str] | None = None,
                download: bool = True) -> ImageSet:
     """Load one split (``train``/``test``) of a dataset spec, decoding and caching on first use.
@@ -310,13 +320,11 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike[str] | None
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    check_dataset_spec(dataset)
     root = resolve_data_root(data_dir)
     kind, _, arg = dataset.partition(":")
-    if kind in ("imagefolder", "parquet") and arg:
+    if kind in PATH_KINDS:
         return _load_path_dataset(kind, Path(arg).expanduser(), split)
-    if dataset not in NAMED:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(NAMED)}, "
-                         f"imagefolder:<path> or parquet:<path>")
     layouts = _named_layouts(dataset, root, split)
     for layout in layouts:
         if all(f.is_file() for f in layout.files):

@@ -6,7 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from fractal_space.data import AUGMENTS
+import timm
+
+from fractal_space.data import AUGMENTS, NAMED, check_dataset_spec
 from fractal_space.hardware import DEVICES, is_device_name
 from fractal_space.recipe import PAPER
 
@@ -15,6 +17,16 @@ REGULARIZATIONS = ("paper", "none")
 #: Field metadata of settings that only say how and where a run executes, not what it trains: a checkpoint may be
 #: resumed with other values for them. Every other field is part of the recipe.
 RUN_TIME = {"recipe": False}
+AMPS = ("auto", "bf16", "fp16", "none")
+
+
+def _option(default: Any, help: str, *, run_time: bool = False, choices: tuple[str, ...] = (),
+            factory: Any = None) -> Any:
+    """A field with its ``help`` (and ``choices``) in the metadata, which the command line shows."""
+    metadata = {"help": help, **({"choices": choices} if choices else {}), **(RUN_TIME if run_time else {})}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -26,31 +38,46 @@ class TrainConfig:
     models are unchanged.
     """
 
-    model: str = "fractalnet_c3"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "cifar10"
-    data_dir: str | None = field(default=None, metadata=RUN_TIME)
-    epochs: int = 10
-    batch_size: int = PAPER.batch_size
-    lr: float = PAPER.lr
-    momentum: float = PAPER.momentum
-    weight_decay: float = PAPER.weight_decay
-    schedule: str = PAPER.schedule
-    label_smoothing: float = 0.0
-    regularization: str = "paper"
-    augment: str = PAPER.augment
-    train_subset: int | None = None
-    val_size: int | None = None
-    val_seed: int = 0
-    seed: int = 0
-    device: str = field(default="auto", metadata=RUN_TIME)
-    channels_last: bool = field(default=True, metadata=RUN_TIME)
-    num_threads: int | None = field(default=None, metadata=RUN_TIME)
-    out_dir: str | None = field(default=None, metadata=RUN_TIME)
-    eval_columns: bool = field(default=True, metadata=RUN_TIME)
-    bn_batches: int = field(default=10, metadata=RUN_TIME)
-    progress: bool = field(default=True, metadata=RUN_TIME)
-    download: bool = field(default=True, metadata=RUN_TIME)
+    model: str = _option("fractalnet_c3", "timm model name (fractal_space registers fractalnet_* and the *_cifar "
+                                          "baselines)")
+    model_kwargs: dict[str, Any] = _option(None, "extra keyword arguments for timm.create_model, as a JSON object; "
+                                                 "they win over the regularization preset", factory=dict)
+    dataset: str = _option("cifar10", f"{', '.join(NAMED)}, imagefolder:<path> or parquet:<path>")
+    data_dir: str | None = _option(None, "data root for named datasets (else $FRACTAL_SPACE_DATA, else "
+                                         "~/.cache/fractal_space/data)", run_time=True)
+    epochs: int = _option(10, "epochs in total, a resumed run included")
+    batch_size: int = _option(PAPER.batch_size, "training batch size")
+    lr: float = _option(PAPER.lr, "peak learning rate of SGD")
+    momentum: float = _option(PAPER.momentum, "SGD momentum")
+    weight_decay: float = _option(PAPER.weight_decay, "L2 weight decay")
+    schedule: str = _option(PAPER.schedule, "learning-rate schedule; paper: divide by 10 each time the remaining "
+                                            "epochs halve", choices=SCHEDULES)
+    label_smoothing: float = _option(0.0, "label smoothing of the cross-entropy loss, in [0, 1)")
+    regularization: str = _option("paper", "paper: FractalNet gets the paper's drop-path and block dropout; none: "
+                                           "off (other models are unchanged)", choices=REGULARIZATIONS)
+    augment: str = _option(PAPER.augment, "none; +: mirror and translate by up to 4 px, zero padding; ++: the same "
+                                          "with reflect padding", choices=AUGMENTS)
+    train_subset: int | None = _option(None, "train on the first N images left after the validation split (none: "
+                                             "all)")
+    val_size: int | None = _option(None, "validation images drawn from the training split (none: min(5000, 10% of "
+                                         "it))")
+    val_seed: int = _option(0, "seed of the validation split, independent of --seed")
+    seed: int = _option(0, "seed of initialisation, shuffling and augmentation")
+    device: str = _option("auto", f"{', '.join(DEVICES)} or cuda:N; auto picks CUDA when present", run_time=True)
+    amp: str = _option("auto", "mixed precision; auto: bf16 (or fp16 with a gradient scaler) on CUDA, none on CPU; "
+                               "bf16 also on CPU (faster where the CPU has AVX-512 BF16 / AMX); fp16 on CUDA only",
+                       run_time=True, choices=AMPS)
+    channels_last: bool = _option(True, "channels_last memory layout (FractalNet on CPU: chosen per block)",
+                                  run_time=True)
+    num_threads: int | None = _option(None, "CPU threads (none: one per usable core; use 1 on a busy machine)",
+                                      run_time=True)
+    out_dir: str | None = _option(None, "folder for metrics.jsonl, checkpoints and summary.json; an existing run "
+                                        "there is resumed", run_time=True)
+    eval_columns: bool = _option(True, "also evaluate every FractalNet column alone each epoch", run_time=True)
+    bn_batches: int = _option(10, "training batches for FractalNet's batch-norm re-estimation before evaluating",
+                              run_time=True)
+    progress: bool = _option(True, "show a progress bar", run_time=True)
+    download: bool = _option(True, "let torchvision download a named dataset that is not on disk", run_time=True)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -64,6 +91,7 @@ class TrainConfig:
             (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}"),
+            (self.amp in AMPS, "amp", f"must be one of {AMPS}"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
             (self.regularization in REGULARIZATIONS, "regularization", f"must be one of {REGULARIZATIONS}"),
             (self.augment in AUGMENTS, "augment", f"must be one of {AUGMENTS}"),
@@ -77,6 +105,10 @@ class TrainConfig:
         for ok, name, rule in checks:
             if not ok:
                 raise ValueError(f"TrainConfig.{name} {rule}, got {getattr(self, name)!r}")
+        if not timm.is_model(self.model):
+            raise ValueError(f"unknown model {self.model!r}; see timm.list_models() (fractal_space registers "
+                             f"fractalnet_* and the *_cifar baselines)")
+        check_dataset_spec(self.dataset)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
