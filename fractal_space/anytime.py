@@ -33,6 +33,10 @@ def reestimate_bn_stats(
     the full network. Layers the batches never reach keep their statistics. Dropout and drop-path are off while
     estimating. Batches may be tensors or ``(inputs, targets)`` pairs. Returns the number of batches used.
     """
+    # An all-paths re-estimation is what a FractalNet's eval() would refresh: mark it done, so eval() below skips it.
+    stale = getattr(model, "bn_stats_stale", None) if column is None else None
+    if stale is not None:
+        model.bn_stats_stale = False
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved = {bn: (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone(), bn.momentum)
              for bn in bns}
@@ -60,6 +64,8 @@ def reestimate_bn_stats(
                 bn.running_mean.copy_(mean)
                 bn.running_var.copy_(var)
                 bn.num_batches_tracked.copy_(count)
+        if used == 0 and stale is not None:
+            model.bn_stats_stale = stale
         model.train(was_training)
     if used == 0:
         raise ValueError("reestimate_bn_stats got no batches; pass at least one batch of inputs")

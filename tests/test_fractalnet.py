@@ -391,7 +391,8 @@ def test_torchscript_runs_drop_path_like_eager() -> None:
         expected = model(x)
         torch.manual_seed(seed)
         torch.testing.assert_close(scripted(x), expected)
-    torch.testing.assert_close(scripted.eval()(x, 2), model.eval()(x, column=2))
+    model.eval()  # refreshes the all-paths BN statistics, which the scripted copy shares
+    torch.testing.assert_close(scripted.eval()(x, 2), model(x, column=2))
 
 
 def test_set_regularization_matches_construction_and_validates() -> None:

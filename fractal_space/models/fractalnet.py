@@ -30,6 +30,7 @@ from timm.layers import ClassifierHead, ConvNormAct, get_device_dtype, get_norm_
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from fractal_space.anytime import reestimate_bn_stats
 from fractal_space.models.cifar import cifar_cfg
 from fractal_space.models.cpu_conv import SmallMapConv2d, cpu_prefers_channels_last
 from fractal_space.recipe import (
@@ -48,6 +49,7 @@ __all__ = ["FractalNet", "FractalColumn", "paper_block_dropout"]
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 INIT_TYPES = ("xavier", "kaiming")
 STEM_TYPES = ("none", "resnet")
+EVAL_BN_REFRESH_BYTES = 12 * 2 ** 20  # training inputs kept for the eval-mode BN refresh: 1024 CIFAR images in fp32
 
 
 def _conv_unit(in_chs: int, out_chs: int, norm_layer: Any, act_layer: Any, dd: dict[str, Any]) -> ConvNormAct:
@@ -249,6 +251,16 @@ class FractalNet(nn.Module):
 
     ``forward(x, column=k)`` evaluates column k (1 = shallowest) alone; :meth:`extract_column` returns it as a
     standalone plain network.
+
+    Eval-mode batch-norm statistics are right in any training loop. Running statistics gathered under drop-path
+    describe single columns and subsets of join inputs, not the all-paths network eval runs. So while training with
+    drop-path (or with ``column=k``) the model keeps its newest training inputs, at most ``eval_bn_refresh_bytes``
+    (default 12 MiB: 1024 CIFAR images in fp32, 20 at 224x224), and the first ``eval()`` after such steps re-estimates
+    the all-paths statistics from them (:meth:`refresh_bn_stats`; no grad, no random numbers, parameters untouched).
+    Further ``eval()`` calls without training in between cost nothing. ``eval_bn_refresh=False`` turns it off. A
+    TorchScript or FX-traced copy neither keeps inputs nor refreshes itself. It shares this model's tensors, so
+    ``eval()`` on the eager model refreshes the copy too; a copy trained on its own needs
+    :func:`fractal_space.anytime.reestimate_bn_stats`.
     """
 
     def __init__(
@@ -269,6 +281,8 @@ class FractalNet(nn.Module):
             downsample_last: bool = True,
             img_size: Optional[Union[int, Sequence[int]]] = None,
             init: str = "xavier",
+            eval_bn_refresh: bool = True,
+            eval_bn_refresh_bytes: int = EVAL_BN_REFRESH_BYTES,
             norm_layer: Any = "batchnorm2d",
             act_layer: Any = "relu",
             device: Optional[torch.device] = None,
@@ -293,6 +307,9 @@ class FractalNet(nn.Module):
             downsample_last: pool after the last block too (CIFAR layout) or not (ImageNet layout).
             img_size: if given, checked to survive all the pooling (one int or (H, W)).
             init: 'xavier' (paper) or 'kaiming'.
+            eval_bn_refresh: re-estimate the all-paths batch-norm statistics on the first ``eval()`` after training
+                steps with drop-path (see the class docstring); False keeps the running statistics as trained.
+            eval_bn_refresh_bytes: memory bound of the training inputs kept for that refresh.
             device, dtype: where and in which dtype parameters and buffers are created (timm's factory kwargs;
                 ``device="meta"`` builds without memory).
         """
@@ -353,6 +370,10 @@ class FractalNet(nn.Module):
         self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features  # pooled width: 2x num_features for 'catavgmax'
         self._build_plan_tables()
+        self.eval_bn_refresh = eval_bn_refresh
+        self.eval_bn_refresh_bytes = eval_bn_refresh_bytes
+        self.bn_stats_stale = False  # training steps off the all-paths network since the last re-estimation
+        self._bn_inputs = []  # the kept training inputs (no annotation: TorchScript would warn on an empty list)
         self.set_regularization(drop_path_rate, global_drop_fraction, block_dropout)
         self._init_weights(init)
 
@@ -461,15 +482,19 @@ class FractalNet(nn.Module):
         """Per-block keep lists for this forward pass; None means every path is active.
 
         ``isinstance`` rather than ``is not None``: FX turns an unused ``column`` argument into a proxy, which must
-        select the full network.
+        select the full network. A training pass off the all-paths network keeps its input for the eval refresh.
         """
         if isinstance(column, int):
             if column < 1 or column > self.num_columns:
                 raise ValueError(f"column={column} is outside 1..{self.num_columns}")
-            return self.column_keeps[column - 1]
-        if not self.training or self.drop_path_rate <= 0.0:
+            plan = self.column_keeps[column - 1]
+        elif not self.training or self.drop_path_rate <= 0.0:
             return None
-        return self._sample_plan(x.device)
+        else:
+            plan = self._sample_plan(x.device)
+        if self.training and not torch.jit.is_scripting():
+            self._keep_for_bn_refresh(x)
+        return plan
 
     def _sample_plan(self, device: torch.device) -> list[list[bool]]:
         """Draw one mini-batch's drop-path sample: all random numbers in one call on ``device``, read back once."""
@@ -502,6 +527,41 @@ class FractalNet(nn.Module):
                 join_pos += 1
             plan.append(keep)
         return plan
+
+    # ---- eval-mode batch-norm statistics ----------------------------------------------------------------------
+    @torch.jit.unused
+    def _keep_for_bn_refresh(self, x: torch.Tensor) -> None:
+        """Mark the running statistics stale and keep a copy of ``x``, dropping the oldest inputs over the bound."""
+        if isinstance(x, torch.fx.Proxy):  # tracing: the traced copy does not refresh
+            return
+        self.bn_stats_stale = True
+        if not self.eval_bn_refresh:
+            return
+        n = min(len(x), self.eval_bn_refresh_bytes // (x[0].numel() * x.element_size()))
+        if n == 0:
+            return
+        self._bn_inputs.append(x[:n].detach().clone())
+        kept = sum(t.numel() * t.element_size() for t in self._bn_inputs)
+        while kept > self.eval_bn_refresh_bytes:
+            old = self._bn_inputs.pop(0)
+            kept -= old.numel() * old.element_size()
+
+    def train(self, mode: bool = True) -> "FractalNet":
+        """Set train/eval mode; the first switch to eval after drop-path steps refreshes the BN statistics."""
+        super().train(mode)
+        if not mode and self.eval_bn_refresh and self.bn_stats_stale and self._bn_inputs:
+            self.refresh_bn_stats()
+        return self
+
+    def refresh_bn_stats(self) -> int:
+        """Re-estimate every batch-norm layer's running statistics through all paths from the kept training inputs.
+
+        The exact average over the kept batches (:func:`fractal_space.anytime.reestimate_bn_stats`), without
+        gradients; training mode, parameters and random state are as before. Returns the number of batches used.
+        """
+        weight = next(self.parameters())
+        batches = [x.to(device=weight.device, dtype=weight.dtype) for x in self._bn_inputs]
+        return reestimate_bn_stats(self, batches)
 
     # ---- forward --------------------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
