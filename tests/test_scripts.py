@@ -76,20 +76,23 @@ def test_ci_runs_exactly_the_readme_test_command():
 @pytest.mark.slow
 @pytest.mark.parametrize("outcome", ["pass", "fail", "ctrl-c"])
 def test_test_sh_stops_the_server_it_started(outcome, shared_tmp):
-    body = {"pass": "assert True", "fail": "assert False",
-            "ctrl-c": f"open({str(shared_tmp / 'started')!r}, 'w').close(); time.sleep(120)"}[outcome]
-    (shared_tmp / "test_tiny.py").write_text(f"import time\n\n\ndef test_tiny():\n    {body}\n")
+    started = shared_tmp / "started"
+    body = {"pass": "assert True", "fail": "assert False", "ctrl-c": "time.sleep(120)"}[outcome]
+    (shared_tmp / "test_tiny.py").write_text(
+        f"import os, time\n\n\ndef test_tiny():\n"
+        f"    open({str(started)!r}, 'w').write(os.environ['FRACTAL_SPACE_PG_URL'])\n    {body}\n")
     env = {k: v for k, v in os.environ.items() if k != "FRACTAL_SPACE_PG_URL"}
     proc = subprocess.Popen(["bash", "scripts/test.sh", str(shared_tmp / "test_tiny.py"), "-q", "-p",
                              "no:cacheprovider"], cwd=REPO_ROOT, env={**env, "TMPDIR": str(shared_tmp)},
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if outcome == "ctrl-c":
         deadline = time.monotonic() + 300
-        while not (shared_tmp / "started").exists() and proc.poll() is None and time.monotonic() < deadline:
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert (shared_tmp / "started").exists(), "pytest never started"
+        assert started.exists(), "pytest never started"
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode in {"pass": (0,), "fail": (1,), "ctrl-c": (2, 130)}[outcome], out  # 2: pytest's own
-    clusters = list(shared_tmp.glob("fractal_space_pg.*"))
-    assert not clusters and not _processes_using(shared_tmp / "fractal_space_pg."), out
+    port = int(started.read_text().rsplit(":", 1)[1].split("/")[0])  # the server the tests were given
+    assert not _ready(port), out
+    assert not list(shared_tmp.glob("fractal_space_pg.*")) and not _processes_using(shared_tmp), out
