@@ -7,7 +7,9 @@ draw, so its expected cost is measured stratified (``Variant.train_expectation``
 alone, local draws averaged, weighted as the sampler weights them. Achieved GFLOP/s counts the FLOPs a variant
 actually executes (FlopCounterMode, same expectation), and a CIFAR ResNet-56 measured in the same run gives the
 reference rate. Both implementations run in NCHW and in channels_last, fractal_space also in its per-block 'auto'
-layout (``FractalNet.set_memory_format``, the engine's CPU default); ratios divide by the faster public layout.
+layout (``FractalNet.set_memory_format``, the engine's CPU default), and in that layout under bf16 autocast (the
+engine's ``--amp bf16``), whose ratio to the fp32 'auto' row is printed after the table; ratios in the table divide by
+the faster public layout (fp32).
 
     python benchmarks/bench_model.py                # C=3, C=4 reduced and the 20-layer network, batch 100
     python benchmarks/bench_model.py --configs c4 --rounds 9
@@ -18,6 +20,7 @@ Set MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 for stable
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import sys
 import time
@@ -43,6 +46,7 @@ CONFIGS = {
     "20layer": dict(num_columns=3, widths=(64, 128, 256, 512, 512), label="20-layer (64..512)"),
 }
 DROP = PAPER.regularization(num_blocks=5)
+FP32, BF16 = "fractal_space (auto layout)", "fractal_space (auto layout, bf16 autocast)"
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Variant:
     name: str
     model: torch.nn.Module
     layout: str  # 'contiguous', 'channels_last' or 'auto' (FractalNet.set_memory_format: per block)
+    bf16: bool = False  # torch.autocast("cpu", dtype=torch.bfloat16), as the engine's --amp bf16
 
     def __post_init__(self) -> None:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=PAPER.lr, momentum=PAPER.momentum)
@@ -62,16 +67,21 @@ class Variant:
         """Inputs arrive as the engine's loader delivers them: channels_last unless the model is all NCHW."""
         return x if self.layout == "contiguous" else x.contiguous(memory_format=torch.channels_last)
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, column: int | None = None) -> None:
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        out = self.model(self._layout(x)) if column is None else self.model(self._layout(x), column=column)
-        F.cross_entropy(out, y).backward()
+        with self._autocast():
+            out = self.model(self._layout(x)) if column is None else self.model(self._layout(x), column=column)
+            loss = F.cross_entropy(out, y)
+        loss.backward()
         self.opt.step()
 
     def eval_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             self.model(self._layout(x))
 
     def train_expectation(self, measure: Callable[[int | None, int], float], steps: int) -> float:
@@ -136,7 +146,8 @@ def _variants(cfg: dict) -> list[Variant]:
         Variant("public (channels_last)", PublicFractalNet(**kw), "channels_last"),
         Variant("fractal_space (NCHW)", timm.create_model(name, **kw), "contiguous"),
         Variant("fractal_space (channels_last)", timm.create_model(name, **kw), "channels_last"),
-        Variant("fractal_space (auto layout)", timm.create_model(name, **kw), "auto"),
+        Variant(FP32, timm.create_model(name, **kw), "auto"),
+        Variant(BF16, timm.create_model(name, **kw), "auto", bf16=True),
     ]
 
 
@@ -207,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                     for mode, fn in (("train", train), ("eval", evaluate))}
     resnet_gflops = {"train": resnet.train_flops_per_image() * resnet_rates["train"] / 1e9,
                      "eval": resnet.eval_flops_per_image() * resnet_rates["eval"] / 1e9}
-    rows = []
+    rows, amp_notes = [], []
     for key in names:
         cfg = CONFIGS[key]
         variants = _variants(cfg)
@@ -217,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         public = [v.name for v in variants if isinstance(v.model, PublicFractalNet)]
         base = {mode: min(public, key=lambda n: sum(t[n])) for mode, t in times.items()}  # the faster public layout
         label = f"{cfg['label']}, batch {args.batch}"
+        amp_notes.append(f"{label}: bf16 autocast vs fp32 (both auto layout), train "
+                         f"{_ratio_cell(times['train'][BF16], times['train'][FP32])}, eval "
+                         f"{_ratio_cell(times['eval'][BF16], times['eval'][FP32])}")
         for v in variants:
             tr, ev = (_rate(args.batch, times[mode][v.name]) for mode in ("train", "eval"))
             ratio = {mode: _ratio_cell(t[v.name], t[base[mode]]) for mode, t in times.items()}
@@ -233,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\ntrain = forward + backward + SGD with the paper's drop-path; 'vs best public' divides by the faster of "
           "the two public layouts; GFLOP/s counts the FLOPs each variant executes (skipped columns are not counted for "
           "fractal_space).")
+    print("\n" + "\n".join(amp_notes))
     return 0
 
 
