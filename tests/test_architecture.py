@@ -88,3 +88,17 @@ def test_the_engine_and_data_never_import_the_search_or_the_space():
     for name, imported in GRAPH.items():
         if name.startswith(("fractal_space.engine", "fractal_space.data", "fractal_space.models")):
             assert not imported & upward, f"{name} imports {imported & upward}"
+
+
+def test_the_shared_search_modules_import_only_what_the_architecture_table_lists_above_them():
+    """docs/architecture.md orders the search modules bottom-up; an import of a module listed later is a layering
+    error (or the table is out of date)."""
+    import re
+
+    table = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    order = [f"fractal_space.search.{m}" for m in re.findall(r"`search/(\w+)\.py`", table)]
+    assert set(order) >= {n for n in MODULES if n.startswith("fractal_space.search.") and not n.endswith("__main__")}
+    shared = order[: order.index("fractal_space.search.optuna_backend")]
+    for i, name in enumerate(shared):
+        later = (GRAPH[name] & set(order)) - set(shared[:i])
+        assert not later, f"{name} imports {later}, listed after it in docs/architecture.md"

@@ -67,9 +67,25 @@ def fail_interrupted(study: optuna.Study, reason: str, owned_by: str | None = No
     return failed
 
 
-def reap_stale(study: optuna.Study) -> int:
-    """Fail the RUNNING trials of dead workers: this host's by process id, other hosts' by the RDB heartbeat."""
-    reaped = fail_interrupted(study, "interrupted: worker process died")
+def fail_unclaimed(study: optuna.Study, grace_s: float) -> int:
+    """Fail RUNNING trials that no worker claimed within ``grace_s`` of their start; returns how many.
+
+    A worker tags its trial within milliseconds of Optuna creating it. One killed in between leaves a RUNNING trial
+    with no owner and no heartbeat, which neither the owner check nor the heartbeat check would ever fail.
+    """
+    failed = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "worker" not in t.user_attrs and started_before(t, grace_s) and fail_trial(
+                study, t, "interrupted: no worker claimed it (killed as it started)", interrupted=True):
+            failed += 1
+    return failed
+
+
+def reap_stale(study: optuna.Study, unclaimed_after_s: float) -> int:
+    """Fail the RUNNING trials no live worker owns: this host's dead workers' by process id, other hosts' by the RDB
+    heartbeat, and trials never claimed by a worker after ``unclaimed_after_s``. Returns how many were reaped here.
+    """
+    reaped = fail_interrupted(study, "interrupted: worker process died") + fail_unclaimed(study, unclaimed_after_s)
     optuna.storages.fail_stale_trials(study)
     return reaped
 

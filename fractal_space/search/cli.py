@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fractal_space.search.console import Progress, quiet_optuna
 from fractal_space.search.record import OBJECTIVES
@@ -91,6 +92,12 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         raise ValueError(f"unknown backend {args.backend!r}; expected one of {', '.join(BACKENDS)}")
     if args.objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {args.objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    ray_only = [flag for flag, value in (("--address", args.address), ("--cpus-per-trial", args.cpus_per_trial),
+                                         ("--gpus-per-trial", args.gpus_per_trial),
+                                         ("--dashboard-port", args.dashboard_port)) if value is not None]
+    if ray_only and args.backend != "ray":
+        raise ValueError(f"{ray_only[0]} is an option of the Ray backend (add --backend ray); the Optuna backend "
+                         "runs --workers processes on --device")
     if args.trials < 1 or (args.workers is not None and args.workers < 1) or (args.threads or 1) < 1:
         raise ValueError("--trials, --workers and --threads must be >= 1")
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
@@ -117,7 +124,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         overrides["train_subset"] = None  # 0 = every training image
     budget = Budget.default(device, **overrides)  # validated: --epochs 0 fails here, before anything is written
     study_dir = Path(args.runs_dir) / study
-    open_storage(args.storage, study_dir, args.heartbeat)  # fail now, not in a worker
+    if args.storage is not None:  # fail now, not in a worker (the default SQLite file is only made by the search)
+        open_storage(args.storage, study_dir, args.heartbeat)
     ray = RaySettings(address=args.address, dashboard_port=args.dashboard_port,
                       cpus_per_trial=args.cpus_per_trial or (1.0 if device == "cpu" else float(threads)),
                       gpus_per_trial=(0.0 if device == "cpu" else 1.0) if args.gpus_per_trial is None
@@ -158,19 +166,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"study {settings.study}: {settings.trials} trials, backend {args.backend}, objective {settings.objective},"
           f" storage {storage_label(settings)}")
-    print(f"per-trial budget: {settings.budget}; {settings.workers} worker(s)")
+    where = (f"{settings.workers} worker process(es)" if args.backend == "optuna" else
+             f"{settings.ray.cpus_per_trial:g} CPU(s) and {settings.ray.gpus_per_trial:g} GPU(s) per Ray trial")
+    print(f"per-trial budget: {settings.budget}; {where}")
     if OBJECTIVES[settings.objective] is not None:
         print("note: Optuna cannot prune multi-objective studies; every trial runs its full budget")
-    progress = Progress(settings.trials, enabled=not args.no_progress)
+    complete = _complete(settings)
+    if complete:
+        print(f"study {settings.study} is already complete ({settings.trials} finished trials and every baseline); "
+              "nothing to run. Raise --trials to search further.")
+    elif args.backend == "ray":
+        from fractal_space.search import ray_backend as backend
+
+        try:
+            dashboard, address = backend.connect(settings)  # checked before anything is written
+        except ValueError as exc:
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        print(f"Ray dashboard: {dashboard}", flush=True)
+        if backend.TOKEN_FILE.exists():
+            print(f"Ray uses token authentication: the dashboard's API wants the token in {backend.TOKEN_FILE}, and "
+                  f"`ray status` needs it too: RAY_AUTH_MODE=token ray status --address {address}", flush=True)
+    else:
+        from fractal_space.search import optuna_backend as backend
+    if not complete:
+        code = _search(settings, backend, args.no_progress)
+        if code:
+            return code
+    report = finish(settings)
+    print(f"trials: {settings.study_dir / 'trials.parquet'}")
+    print(f"report: {report}")
+    return 0
+
+
+def _complete(settings: SearchSettings) -> bool:
+    """Whether the study already has its ``--trials`` and every baseline (without creating a study that is absent)."""
+    import optuna
+
+    from fractal_space.search.accounting import tally
+    from fractal_space.search.storage import open_storage
+
+    if settings.storage_url is None and not (settings.study_dir / "study.db").exists():
+        return False
     try:
-        if args.backend == "ray":
-            from fractal_space.search import ray_backend
+        study = optuna.load_study(study_name=settings.study, storage=open_storage(
+            settings.storage_url, settings.study_dir, heartbeat_s=None))
+    except KeyError:  # no such study yet
+        return False
+    baselines = {t.user_attrs.get("model") for t in study.get_trials(deepcopy=False)
+                 if t.user_attrs.get("kind") == "baseline" and not t.user_attrs.get("interrupted")}
+    return tally(study)[0] >= settings.trials and set(settings.baselines) <= baselines
 
-            ray_backend.run(settings, progress.update)
-        else:
-            from fractal_space.search import optuna_backend
 
-            optuna_backend.run(settings, progress.update)
+def _search(settings: SearchSettings, backend: Any, no_progress: bool) -> int:
+    """Run the backend with a progress bar; 130 after Ctrl-C (with the report of what finished), else 0."""
+    progress = Progress(settings.trials, enabled=not no_progress)
+    try:
+        backend.run(settings, progress.update)
     except KeyboardInterrupt:
         progress.close()
         print(f"interrupted: finished trials are stored in {storage_label(settings)}; re-run the same command to "
@@ -179,7 +231,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         progress.close()
-    report = finish(settings)
-    print(f"trials: {settings.study_dir / 'trials.parquet'}")
-    print(f"report: {report}")
     return 0

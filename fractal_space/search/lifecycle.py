@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from fractal_space.search.accounting import is_search_trial, reap_stale
+from fractal_space.search.accounting import counts_as_finished, reap_stale
 from fractal_space.search.objective import Objective
 from fractal_space.search.record import OBJECTIVES, directions
 from fractal_space.search.settings import SearchSettings
@@ -18,9 +19,29 @@ from fractal_space.search.storage import open_storage
 log = logging.getLogger("fractal_space.search")
 
 
+class TrialSeededTPE(optuna.samplers.TPESampler):
+    """TPE whose random streams restart before each trial from ``(seed, trial number)``.
+
+    One fixed seed per sampler makes every worker, and every re-run of a study, draw the same configurations (the same
+    start-up sequence, the same candidates). Trial numbers are unique in a study, so seeding by them makes each trial's
+    draw its own, while a study run from scratch with one worker is still reproducible from ``seed``.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__(seed=seed)
+        self._base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self._base_seed is not None:
+            tpe, rand = np.random.SeedSequence([self._base_seed, trial.number]).generate_state(2)
+            self._rng.rng.seed(int(tpe))
+            self._random_sampler._rng.rng.seed(int(rand))  # noqa: SLF001 - its start-up (random) trials
+        super().before_trial(study, trial)
+
+
 def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
-    """The search's sampler (TPE), for the Optuna workers and Ray's searcher alike."""
-    return optuna.samplers.TPESampler(seed=seed)
+    """The search's sampler, for the Optuna workers and Ray's searcher alike."""
+    return TrialSeededTPE(seed=seed)
 
 
 def create_study(name: str, storage: optuna.storages.BaseStorage, objective: str, seed: int | None) -> optuna.Study:
@@ -64,15 +85,21 @@ def run_baselines(settings: SearchSettings, study: optuna.Study) -> None:
 
 
 def enqueue_reference(study: optuna.Study, settings: SearchSettings) -> None:
-    """Make the paper's recipe (projected into the space) the first search trial, once per study."""
-    if not any(is_search_trial(t) for t in study.get_trials(deepcopy=False)):
+    """Queue the paper's recipe (projected into the space) as the next search trial unless it ran, runs or waits.
+
+    An interrupted reference trial does not count, so it is queued again. Invocations that start together may both
+    queue it; the objective runs only the first and records the others as surplus.
+    """
+    live = (TrialState.WAITING, TrialState.RUNNING)
+    if not any(t.user_attrs.get("reference") and not t.user_attrs.get("surplus")
+               and (t.state in live or counts_as_finished(t)) for t in study.get_trials(deepcopy=False)):
         study.enqueue_trial(settings.space.reference_point(), user_attrs={"reference": True})
 
 
 def prepare(settings: SearchSettings) -> optuna.Study:
     """Open the study, reap dead workers' trials, train missing baselines and queue the reference point."""
     study = load(settings)
-    reap_stale(study)
+    reap_stale(study, settings.unclaimed_after_s)
     run_baselines(settings, study)
     enqueue_reference(study, settings)
     return study

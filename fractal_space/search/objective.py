@@ -16,8 +16,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from fractal_space.search import interrupt
 from fractal_space.search.accounting import counts_as_finished, is_search_trial
 from fractal_space.search.budget import Budget
+from fractal_space.search.faults import fault_point
 from fractal_space.search.procedure import Pruned, run_trial
 from fractal_space.search.record import FRACTAL_MODEL, TrialRecord, fail_reason, tag
 from fractal_space.search.retention import trial_dir
@@ -40,13 +42,18 @@ class Objective:
 
     def search(self, trial: optuna.Trial) -> list[float]:
         """The objective of a search trial: sample the space, train, prune on per-epoch accuracy."""
+        fault_point("trial-running")
         tag(trial, "fractalnet", FRACTAL_MODEL)
-        ahead = [t for t in trial.study.get_trials(deepcopy=False)
-                 if t.number < trial.number and (counts_as_finished(t) or
-                                                 (t.state == TrialState.RUNNING and is_search_trial(t)))]
+        fault_point("trial-tagged")
+        trials = trial.study.get_trials(deepcopy=False)
+        ahead = [t for t in trials if t.number < trial.number and (
+            counts_as_finished(t) or (t.state == TrialState.RUNNING and is_search_trial(t)))]
         if len(ahead) >= self.target:
-            trial.set_user_attr("surplus", True)
-            raise SurplusTrial(f"trial {trial.number}: {self.target} trials already finished or running")
+            _surplus(trial, f"{self.target} trials already finished or running")
+        if trial.user_attrs.get("reference"):
+            first = [t.number for t in ahead if t.user_attrs.get("reference")]
+            if first:
+                _surplus(trial, f"the reference point is already trial {first[0]}")
         return self._train(trial, FRACTAL_MODEL, lambda: self.space.suggest(trial))
 
     def baseline(self, model: str, train: dict[str, Any]) -> Callable[[optuna.Trial], list[float]]:
@@ -64,6 +71,8 @@ class Objective:
 
         def on_epoch(record: TrialRecord) -> None:
             trial.set_user_attr("record", record.to_dict())
+            fault_point("epoch-recorded")
+            interrupt.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed stops the trial here
             if prune and not record.finished_budget:  # a finished budget is a result, never pruned
                 trial.report(record.val_acc, record.epoch)
                 if trial.should_prune():
@@ -86,6 +95,13 @@ class Objective:
             raise
         finally:
             _release_accelerator_memory()
+
+
+def _surplus(trial: optuna.Trial, why: str) -> None:
+    """Record ``trial`` as surplus (it does not count and is left out of the results) and stop it."""
+    trial.set_user_attr("surplus", True)
+    trial.set_user_attr("fail_reason", f"surplus: {why}")
+    raise SurplusTrial(f"trial {trial.number}: {why}")
 
 
 def _release_accelerator_memory() -> None:

@@ -7,6 +7,8 @@ exactly that count even with several workers (see ``Objective.search``).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -16,15 +18,17 @@ from collections.abc import Callable
 
 import optuna
 
-from fractal_space.search import lifecycle
+from fractal_space.search import interrupt, lifecycle
 from fractal_space.search.accounting import reap_stale, tally
 from fractal_space.search.console import quiet_optuna
+from fractal_space.search.faults import fault_point
 from fractal_space.search.objective import SurplusTrial
 from fractal_space.search.retention import keep_best_checkpoints
 from fractal_space.search.settings import SearchSettings
 
 log = logging.getLogger("fractal_space.search")
 POLL_S = 2.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def worker(settings: SearchSettings, on_trial: Callable[[], None] | None = None) -> None:
@@ -32,41 +36,72 @@ def worker(settings: SearchSettings, on_trial: Callable[[], None] | None = None)
     study = lifecycle.load(settings)
     objective = lifecycle.objective(settings)
     while True:
-        reap_stale(study)
+        interrupt.check()
+        reap_stale(study, settings.unclaimed_after_s)
         finished, running = tally(study)
         if finished >= settings.trials:
             return
         if finished + running >= settings.trials:  # the rest is running elsewhere; take over if it dies
             time.sleep(POLL_S)
             continue
+        lifecycle.enqueue_reference(study, settings)  # again if an earlier run's reference trial was interrupted
         try:
             study.optimize(objective.search, n_trials=1, catch=())
         except SurplusTrial:
             continue
         except Exception as exc:  # noqa: BLE001 - the trial is already FAIL with its reason; go on
             log.warning("trial failed: %s", exc)
+        fault_point("trial-finished")
         keep_best_checkpoints(study, settings.study_dir)
         if on_trial is not None:
             on_trial()
 
 
-def _worker_process(settings: SearchSettings) -> None:
-    quiet_optuna()
+def _die_with(parent: int) -> None:
+    """Make this worker die when its parent does (Linux: PR_SET_PDEATHSIG), so no worker outlives a killed search.
+
+    Its RUNNING trial is then failed as interrupted by the next run's reaper (the worker's pid is gone).
+    """
     try:
-        worker(settings)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the check after every trial still ends it
+        pass
+    _exit_if_orphaned(parent)  # the parent died before prctl took effect
+
+
+def _exit_if_orphaned(parent: int) -> None:
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _worker_process(settings: SearchSettings, parent: int) -> None:
+    _die_with(parent)
+    quiet_optuna()
+    interrupt.install()
+    try:
+        worker(settings, on_trial=lambda: _exit_if_orphaned(parent))
     except KeyboardInterrupt:
         pass
 
 
 def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Study:
     """Run the whole Optuna search; ``progress(finished)`` is called as trials finish (for the progress bar)."""
+    previous = interrupt.install()
+    try:
+        return _run(settings, progress)
+    finally:
+        interrupt.restore(previous)
+
+
+def _run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Study:
     study = lifecycle.prepare(settings)
     progress(tally(study)[0])
     if settings.workers <= 1:
         worker(settings, on_trial=lambda: progress(tally(study)[0]))
         return study
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_process, args=(settings,), daemon=False)
+    procs = [ctx.Process(target=_worker_process, args=(settings, os.getpid()), daemon=False)
              for _ in range(settings.workers)]
     for p in procs:
         p.start()

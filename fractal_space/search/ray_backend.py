@@ -32,6 +32,7 @@ from fractal_space.search.storage import open_storage
 from fractal_space.space import SearchSpace
 
 log = logging.getLogger("fractal_space.search")
+TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # where Ray keeps the token of clusters it starts
 _PROGRESS: list[Callable[[], None]] = []  # the driver's progress hook; module-level so Ray can pickle the callback
 
 
@@ -110,23 +111,68 @@ class StudySearch(OptunaSearch):
             hook()
 
 
-def _init_ray(settings: SearchSettings) -> str:
-    """Start (or join, with ``--address``) Ray with the dashboard on; returns the dashboard URL."""
+def _token_available() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) or TOKEN_FILE.exists()
+
+
+def _token_mode_if_token_available() -> None:
+    """``RAY_AUTH_MODE=token`` unless the user set a mode, when a token is at hand (Ray's own rule for ``ray start``).
+
+    Ray caches its configuration when ``ray.tune`` is imported, so setting the variable alone comes too late; Ray's
+    helper also refreshes the cache.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def connect(settings: SearchSettings) -> tuple[str, str]:
+    """Start Ray (or join the cluster at ``--address``) with the dashboard on; returns the dashboard's URL and the
+    cluster's address.
+
+    Checks, before anything is written: the cluster can be joined, and it has the CPUs and GPUs one trial asks for
+    (Ray would otherwise wait for them forever). Ray >= 2.5x starts clusters (``ray start --head``) with token
+    authentication, and a client must then say so: when joining, ``RAY_AUTH_MODE=token`` is set if a token is at
+    hand (a token-mode client joins clusters without authentication as well). Raises a one-line ValueError.
+    """
     import ray
 
     opts = settings.ray
     if opts.address:
-        ctx = ray.init(address=opts.address, include_dashboard=True, log_to_driver=False)
+        _token_mode_if_token_available()
+        try:
+            ctx = ray.init(address=opts.address, include_dashboard=True, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:
+            hint = ("" if _token_available() else "; if it uses token authentication (Ray's default), put its token "
+                    f"in {TOKEN_FILE} or RAY_AUTH_TOKEN and set RAY_AUTH_MODE=token")
+            raise ValueError(f"--address {opts.address}: cannot join the Ray cluster ({_first_line(exc)}){hint}"
+                             ) from None
     else:
         import fractal_space
 
         # Workers import this package from the same checkout even when it is not pip-installed.
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(fractal_space.__file__).parents[1]),
                                                            os.environ.get("PYTHONPATH")]))}
-        ctx = ray.init(num_cpus=usable_cpus(), include_dashboard=True, dashboard_host="127.0.0.1",
+        # address="local": always a new cluster of our own, never one that another job left running here.
+        ctx = ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=True, dashboard_host="127.0.0.1",
                        dashboard_port=opts.dashboard_port, log_to_driver=False, runtime_env={"env_vars": env})
+    have = ray.cluster_resources()
+    for resource, want in (("CPU", opts.cpus_per_trial), ("GPU", opts.gpus_per_trial)):
+        if want > have.get(resource, 0.0):
+            ray.shutdown()
+            raise ValueError(f"--{resource.lower()}s-per-trial {want:g}: the Ray cluster has "
+                             f"{have.get(resource, 0.0):g} {resource}(s), so no trial could ever start")
     url = ctx.dashboard_url or ""
-    return url if url.startswith("http") else f"http://{url}"
+    return (url if url.startswith("http") else f"http://{url}"), ctx.address_info.get("gcs_address", "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Study:
@@ -135,11 +181,9 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    if not ray.is_initialized():
+        connect(settings)
     study = lifecycle.prepare(settings)
-    dashboard = _init_ray(settings)
-    token = Path.home() / ".ray" / "auth_token"  # Ray >= 2.5x turns token authentication on by default
-    print(f"Ray dashboard: {dashboard}" + (f" (its API wants the token in {token})" if token.exists() else ""),
-          flush=True)
     _PROGRESS[:] = [lambda: progress(tally(study)[0])]
     cpus, gpus = settings.ray.cpus_per_trial, settings.ray.gpus_per_trial
     budget = settings.budget.replace(num_threads=max(1, int(cpus)), device="cuda" if gpus else "cpu")

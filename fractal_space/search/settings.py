@@ -37,6 +37,11 @@ class SearchSettings:
     heartbeat_s: int = 30
     ray: RaySettings = field(default_factory=RaySettings)
 
+    @property
+    def unclaimed_after_s(self) -> float:
+        """How long a RUNNING trial without an owner is given before it is failed (as long as a dead heartbeat)."""
+        return 3.0 * self.heartbeat_s
+
     def baseline_train(self) -> dict[str, Any]:
         """The baselines' recipe: the space's fixed values, else the paper's (lr, batch size, weight decay)."""
         import optuna

@@ -1,0 +1,296 @@
+"""Issue 12's search defects, each reproduced: kills at any moment, duplicate samples, the reference trial, bad budgets,
+Ray flags and clusters, concurrent result writers, orphaned workers, swallowed Ctrl-C, surplus trials."""
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from search_cli import REPO, finished, load_study, run_search, spawn_search, tiny_args, trials_table
+
+from fractal_space.search import interrupt, lifecycle, optuna_backend
+from fractal_space.search.cli import build_parser, settings_from_args
+from fractal_space.search.faults import ENV as KILL_AT
+from fractal_space.search.objective import SurplusTrial
+from fractal_space.search.results import write_trials
+from fractal_space.search.storage import open_storage
+
+POINTS = ("trial-running", "trial-tagged", "epoch-recorded", "trial-finished")
+
+
+def _settings(runs: Path, study: str, *extra: str):
+    return settings_from_args(build_parser().parse_args(tiny_args(runs, study, *extra)))
+
+
+def _configs(study: optuna.Study) -> list[str]:
+    """The sampled configuration of every search trial that got one (surplus trials left out)."""
+    return [json.dumps(t.params, sort_keys=True) for t in study.get_trials()
+            if t.params and t.user_attrs.get("kind") != "baseline" and not t.user_attrs.get("surplus")]
+
+
+def _assert_healthy(study: optuna.Study, trials: int, before: dict) -> dict:
+    """The invariants every resume must restore; returns the counted trials for the next round."""
+    counted = {t.number: (t.state, t.values) for t in finished(study)}
+    assert len(counted) == trials
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    assert all(counted[n] == before[n] for n in before), "a finished trial changed"
+    configs = _configs(study)
+    assert len(configs) == len(set(configs)), f"a configuration was sampled twice: {configs}"
+    references = [t for t in finished(study) if t.user_attrs.get("reference")]
+    assert len(references) == 1 and references[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    return counted
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_a_trial_killed_before_its_worker_tagged_it_does_not_hang_the_next_run(tmp_path, storage):
+    """The issue's reproduction: a RUNNING trial with no worker tag and no heartbeat was waited on forever."""
+    url = None if storage == "sqlite" else f"journal:{tmp_path / 'study.journal'}"
+    study = optuna.create_study(study_name="w", storage=open_storage(url, tmp_path / "w", heartbeat_s=None),
+                                direction="maximize")
+    study.ask()  # what a worker SIGKILLed right after Optuna marked its trial RUNNING leaves behind
+    extra = ("--storage", url) if url else ()
+    started = time.monotonic()
+    assert run_search(tmp_path, "w", "--trials", "2", *extra) == 0
+    assert time.monotonic() - started < 120
+    study = load_study(tmp_path, "w", storage=url)
+    assert len(finished(study)) == 2 and not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    assert study.trials[0].state == TrialState.FAIL and study.trials[0].user_attrs["interrupted"]
+
+
+def test_two_samplers_with_one_seed_never_draw_the_same_configuration(tmp_path):
+    """Every worker and every re-run builds its sampler from --seed; they drew identical configurations."""
+    storage = open_storage(None, tmp_path, heartbeat_s=None)
+    handles = [lifecycle.create_study("dup", storage, "accuracy", seed=0) for _ in range(2)]
+
+    def objective(trial):
+        return trial.suggest_float("x", 0, 1) + trial.suggest_categorical("c", [1, 2, 3])
+
+    for _ in range(12):  # two workers taking turns on one storage, 24 trials in all
+        for study in handles:
+            study.optimize(objective, n_trials=1)
+    configs = [json.dumps(t.params, sort_keys=True) for t in handles[0].get_trials()]
+    assert len(set(configs)) == 24
+    # ... while one worker on a fresh study is still reproducible from the seed
+    again = lifecycle.create_study("dup2", open_storage(None, tmp_path / "b", heartbeat_s=None), "accuracy", seed=0)
+    first = lifecycle.create_study("dup3", open_storage(None, tmp_path / "c", heartbeat_s=None), "accuracy", seed=0)
+    for study in (again, first):
+        study.optimize(objective, n_trials=5)
+    assert [t.params for t in again.trials] == [t.params for t in first.trials]
+
+
+def test_two_workers_and_a_resume_sample_distinct_configurations(tmp_path):
+    journal = f"journal:{tmp_path / 'shared.journal'}"
+    assert run_search(tmp_path, "distinct", "--trials", "4", "--workers", "2", "--storage", journal) == 0
+    assert run_search(tmp_path, "distinct", "--trials", "6", "--storage", journal) == 0  # a resume, one worker
+    study = load_study(tmp_path, "distinct", storage=journal)
+    configs = _configs(study)
+    assert len(finished(study)) == 6 and len(configs) == len(set(configs)) >= 6
+
+
+def test_an_interrupted_reference_trial_is_queued_again_and_a_second_queueing_is_surplus(tmp_path):
+    settings = _settings(tmp_path, "ref", "--trials", "2")
+    study = lifecycle.load(settings)
+    lifecycle.enqueue_reference(study, settings)
+    trial = study.ask()  # the reference trial, then Ctrl-C
+    trial.set_user_attr("interrupted", True)
+    trial.set_user_attr("fail_reason", "interrupted: KeyboardInterrupt")
+    study.tell(trial, state=TrialState.FAIL)
+    lifecycle.enqueue_reference(study, settings)  # two invocations starting together both queue it
+    study.enqueue_trial(settings.space.reference_point(), user_attrs={"reference": True})
+    assert run_search(tmp_path, "ref", "--trials", "2") == 0
+    study = load_study(tmp_path, "ref")
+    references = [t for t in study.get_trials() if t.user_attrs.get("reference")]
+    counted = [t for t in references if t in finished(study)]
+    assert len(counted) == 1 and counted[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    surplus = [t for t in references if t.user_attrs.get("surplus")]
+    assert len(surplus) == 1 and surplus[0].user_attrs["fail_reason"].startswith("surplus: the reference point")
+    assert len(finished(study)) == 2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--epochs", "0"], "epochs"),
+    (["--val-size", "-1"], "val_size"),
+    (["--train-subset", "-3"], "train_subset"),
+    (["--gpus-per-trial", "0.5"], "--gpus-per-trial is an option of the Ray backend"),
+    (["--address", "127.0.0.1:1"], "--address is an option of the Ray backend"),
+])
+def test_bad_budgets_and_misplaced_ray_flags_stop_before_anything_is_written(tmp_path, capsys, args, message):
+    assert run_search(tmp_path, "bad", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_gpus_per_trial_without_a_gpu_is_one_line_not_a_hang(tmp_path):
+    proc = spawn_search(tmp_path, "gpu", "--backend", "ray", "--gpus-per-trial", "0.5")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert "error: --gpus-per-trial 0.5: the Ray cluster has 0 GPU(s)" in out
+    assert not (tmp_path / "gpu").exists()
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A cluster as `ray start --head` makes it, with Ray's defaults (token authentication in Ray 2.60)."""
+    port = 20000 + os.getpid() % 20000
+    ray_bin = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                             "--include-dashboard=false", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")})
+    yield f"127.0.0.1:{port}"
+    os.killpg(head.pid, signal.SIGKILL)  # the whole cluster (its own session); SIGTERM drains for 30 s
+    head.wait(30)
+
+
+def test_joining_a_plain_ray_start_cluster_works_with_its_defaults(ray_head, tmp_path):
+    """No RAY_* variable set, as after a plain `ray start --head`: the CLI's connect joins with the saved token."""
+    code = ("from pathlib import Path; from fractal_space.search import ray_backend; from fractal_space.search.cli "
+            "import build_parser, settings_from_args; from search_cli import tiny_args; "
+            f"s = settings_from_args(build_parser().parse_args(tiny_args(Path({str(tmp_path)!r}), 'join', "
+            f"'--backend', 'ray', '--address', {ray_head!r}))); print(ray_backend.connect(s)); "
+            "import ray; ray.shutdown()")
+    joined = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=REPO / "tests", env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")})
+    assert joined.returncode == 0, joined.stderr[-2000:]
+    assert "http" in joined.stdout
+
+
+def test_joining_without_the_cluster_token_is_one_line_saying_what_to_set(ray_head, tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "search" / "run.py"),
+                           *tiny_args(tmp_path, "tokenless", "--backend", "ray", "--address", ray_head)],
+                          capture_output=True, text=True, timeout=180, cwd=REPO,
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+                               "HOME": str(tmp_path)})
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr
+    assert "RAY_AUTH_MODE=token" in errors[0] and ray_head in errors[0]
+    assert not (tmp_path / "tokenless" / "study.db").exists()
+
+
+def _write_many(db: str, out: str, times: int) -> None:
+    study = optuna.load_study(study_name="w", storage=db)
+    for _ in range(times):
+        write_trials(study, Path(out))
+
+
+def test_concurrent_writers_of_trials_parquet_lose_no_write(tmp_path):
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    study = optuna.create_study(study_name="w", storage=db, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    ctx = multiprocessing.get_context("fork")  # the writers need no fresh interpreter, only their own process
+    procs = [ctx.Process(target=_write_many, args=(db, str(tmp_path / "trials.parquet"), 30)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert not list(tmp_path.glob(".trials.parquet.*"))
+
+
+def _worker_children(pid: int) -> list[int]:
+    """Process ids of ``pid``'s multiprocessing children (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[1]) == pid and "spawn_main" in cmdline:  # not the resource tracker
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killing_the_main_process_takes_its_workers_with_it_and_the_next_run_writes_the_results(tmp_path):
+    proc = spawn_search(tmp_path, "orphans", "--trials", "3", "--workers", "2", epochs=2)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        workers = _worker_children(proc.pid)
+        time.sleep(0.5)
+    assert len(workers) == 2
+    time.sleep(3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_running(w) for w in workers):
+        time.sleep(0.2)
+    assert not [w for w in workers if _running(w)], "workers outlived their parent"
+    assert run_search(tmp_path, "orphans", "--trials", "3", epochs=2) == 0
+    assert len(finished(load_study(tmp_path, "orphans"))) == 3
+    assert (tmp_path / "orphans" / "trials.parquet").exists() and (tmp_path / "orphans" / "report.md").exists()
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_worker_before_its_next_trial(tmp_path):
+    settings = _settings(tmp_path, "swallowed", "--trials", "3")
+    previous = interrupt.install()
+    try:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        except KeyboardInterrupt:
+            pass  # what an SQLAlchemy or GC callback does with it ("Exception ignored in ...")
+        with pytest.raises(KeyboardInterrupt):
+            optuna_backend.worker(settings)
+    finally:
+        interrupt.restore(previous)
+    assert lifecycle.load(settings).get_trials() == []  # no trial was started after Ctrl-C
+
+
+def test_surplus_trials_say_why_they_exist(tmp_path):
+    settings = _settings(tmp_path, "surplus", "--trials", "1")
+    study = lifecycle.load(settings)
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"kind": "fractalnet"}))
+    with pytest.raises(SurplusTrial):
+        study.optimize(lifecycle.objective(settings).search, n_trials=1, catch=())
+    extra = study.get_trials()[-1]
+    assert extra.state == TrialState.FAIL and extra.user_attrs["surplus"]
+    assert extra.user_attrs["fail_reason"] == "surplus: 1 trials already finished or running"
+    table = write_trials(study, settings.study_dir / "trials.parquet").to_pandas()
+    assert extra.number not in set(table.number)  # left out of the results
+
+
+def _fault_injection(tmp_path: Path, kills: int, seed: int) -> None:
+    """SIGKILL a search at random points of the trial life cycle, resume, and check the invariants every time."""
+    rng = random.Random(seed)
+    counted: dict = {}
+    trials = 1
+    points = [POINTS[i % len(POINTS)] for i in range(kills)]
+    rng.shuffle(points)
+    for round_, point in enumerate(points):
+        trials += 1
+        env = {**os.environ, KILL_AT: f"{point}:{rng.randint(1, 2)}"}
+        proc = subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"),
+                                 *tiny_args(tmp_path, "faults", "--trials", str(trials), "--seed", str(seed))],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode in (0, -signal.SIGKILL), f"round {round_} ({point}): {out[-2000:]}"
+        assert run_search(tmp_path, "faults", "--trials", str(trials), "--seed", str(seed)) == 0
+        counted = _assert_healthy(load_study(tmp_path, "faults"), trials, counted)
+    df = trials_table(tmp_path, "faults")
+    assert "RUNNING" not in set(df.state)
+
+
+def test_fault_injection_kills_at_every_point_of_the_trial_life_cycle(tmp_path):
+    _fault_injection(tmp_path, kills=5, seed=1)
+
+
+@pytest.mark.slow
+def test_fault_injection_long_run(tmp_path):
+    _fault_injection(tmp_path, kills=24, seed=2)
