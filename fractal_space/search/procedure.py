@@ -42,7 +42,7 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
             latency_ms=float(report.latency_ms), train_images_per_s=float(report.train_images_per_s),
             epoch_seconds=float(report.epoch_seconds), wall_seconds=time.perf_counter() - started,
             params=int(trainer.num_params), flops=int(trainer.flops), num_columns=trainer.num_columns or None,
-            column_val_acc=[float(c.val_acc) for c in report.columns],
+            column_val_acc=[float(c.acc) for c in report.columns],
             column_latency_ms=[float(c.latency_ms) for c in report.columns], val_acc_history=list(history))
         on_epoch(record)
     if record is None:
