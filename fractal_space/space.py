@@ -13,6 +13,9 @@ which is exactly the paper's rule (16, 32, 64, 128, 128 = base 16, growth 2). Tw
 conditional ones keep TPE's model small and every sampled ``widths`` tuple consistent with the sampled ``B``.
 ``dropout_scale`` likewise expands to the paper's per-block dropout ramp ``(0, s, 2s, ..., (B-1)s)``.
 
+The space is conditional: a one-column network has no joins, so ``join``, ``drop_path_rate`` and
+``global_drop_fraction`` are not sampled for it (they are not among that trial's parameters).
+
 Ranges that cannot work are excluded when the space is bound to an input size: B max-pools need an input of at
 least ``2**B`` pixels, so ``num_blocks`` may say ``high: "max"`` and an explicit bound beyond the input is an error.
 
@@ -55,6 +58,11 @@ DEFAULT: dict[str, Any] = {
     "weight_decay": {"low": 1e-6, "high": 1e-3, "log": True},
     "batch_size": {"choices": [32, 64, 100, 128]},
 }
+
+#: Dimensions that only exist where there are joins: a C=1 network (one plain column) samples none of them and is
+#: built with these values (no drop-path: there is no join input to drop).
+JOIN_DIMS = ("join", "drop_path_rate", "global_drop_fraction")
+NO_JOINS: dict[str, Any] = {"join": PAPER.join, "drop_path_rate": 0.0, "global_drop_fraction": 0.0}
 
 #: The paper's reduced-width 20-layer network (B=5, C=3, widths 16..128) with the paper's recipe: the reference
 #: point (the first trial a search enqueues) and the recipe baselines train with.
@@ -312,7 +320,11 @@ class SearchSpace:
 
         Only ``suggest_*`` calls happen here, so Ray's ``OptunaSearch`` can run it as its define-by-run function.
         """
-        v = {name: dim.suggest(trial) for name, dim in self._dims.items()}
+        first = {name: self._dims[name].suggest(trial) for name in ("num_blocks", "num_columns")}
+        skipped = JOIN_DIMS if int(first["num_columns"]) == 1 else ()
+        v = {**first, **{name: dim.suggest(trial) for name, dim in self._dims.items()
+                         if name not in first and name not in skipped},
+             **{name: NO_JOINS[name] for name in skipped}}
         blocks = int(v["num_blocks"])
         model_kwargs = {
             "num_blocks": blocks,
@@ -333,13 +345,18 @@ class SearchSpace:
 
         Searches enqueue it as their first trial, and baselines train with its lr / weight decay / batch size.
         """
-        point = {}
-        for name in self.searched:
-            dim, want = self._dims[name], PAPER_POINT.get(name)
-            if want is None:  # an extension dimension: its first choice or lower bound
-                point[name] = dim.choices[0] if dim.kind == "cat" else dim.low
-            elif dim.kind == "cat":
-                point[name] = want if want in dim.choices else dim.choices[0]
-            else:
-                point[name] = type(dim.low)(min(max(want, dim.low), dim.high))
+        point = {name: _project(self._dims[name], PAPER_POINT.get(name)) for name in self.searched}
+        if _project(self._dims["num_columns"], PAPER_POINT["num_columns"]) == 1:  # no joins to configure
+            point = {name: value for name, value in point.items() if name not in JOIN_DIMS}
         return point
+
+
+def _project(dim: _Dim, want: Any) -> Any:
+    """``want`` clipped into ``dim`` (its range, or its first choice); an extension's first choice or lower bound."""
+    if dim.kind == "fixed":
+        return dim.value
+    if want is None:
+        return dim.choices[0] if dim.kind == "cat" else dim.low
+    if dim.kind == "cat":
+        return want if want in dim.choices else dim.choices[0]
+    return type(dim.low)(min(max(want, dim.low), dim.high))

@@ -153,3 +153,28 @@ def test_ray_optuna_search_uses_the_same_define_by_run_function(tmp_path):
     assert config["trial_number"] == 0
     assert len(config["model_kwargs"]["widths"]) == config["model_kwargs"]["num_blocks"]
     assert set(config["train"]) == {"lr", "weight_decay", "batch_size"}
+
+
+def test_a_one_column_network_samples_no_join_dimensions():
+    """C=1 has no joins: no join type, drop-path rate or global fraction is sampled (nor shown as its parameters)."""
+    space = SearchSpace.default(32, "cpu")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    configs = {}
+
+    def objective(trial):
+        configs[trial.number] = space.suggest(trial)
+        return 0.0
+
+    study.optimize(objective, n_trials=40)
+    by_columns = {c: [t for t in study.trials if t.params["num_columns"] == c] for c in (1, 2)}
+    assert by_columns[1] and by_columns[2]
+    for t in by_columns[1]:
+        assert not {"join", "drop_path_rate", "global_drop_fraction"} & set(t.params)
+        kwargs = configs[t.number]["model_kwargs"]
+        assert kwargs["drop_path_rate"] == 0.0 and timm.create_model(FRACTAL_MODEL, num_classes=10, **kwargs)
+    for t in by_columns[2]:
+        assert {"join", "drop_path_rate", "global_drop_fraction"} <= set(t.params)
+    one_column = space.replace(num_columns=1)
+    point = one_column.reference_point()
+    assert "join" not in point
+    assert one_column.suggest(optuna.trial.FixedTrial(point))["model_kwargs"]["num_columns"] == 1
