@@ -49,9 +49,9 @@ def test_config_roundtrips_json_and_rejects_bad_values():
 
 
 def test_recipe_fields_come_from_field_metadata():
-    assert RECIPE_FIELDS == ("model", "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum",
-                             "weight_decay", "schedule", "label_smoothing", "regularization", "augment", "train_subset",
-                             "val_size", "val_seed", "seed")
+    assert RECIPE_FIELDS == ("model", "model_kwargs", "dataset", "epochs", "epoch_images", "batch_size", "lr",
+                             "momentum", "weight_decay", "schedule", "label_smoothing", "regularization", "augment",
+                             "train_subset", "val_size", "val_seed", "seed")
     run_time = dataclasses.field(default="", metadata=RUN_TIME)
     extended = dataclasses.make_dataclass("Extended", [("new_knob", int, 0), ("new_path", str, run_time)],
                                           bases=(TrainConfig,))
@@ -243,3 +243,18 @@ def test_bf16_autocast_on_cpu_trains_and_is_recorded(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(lines[0]["train_loss"])
     assert train(_cfg(epochs=1, amp="none", eval_columns=False))["amp_dtype"] == "float32"
+
+
+def test_epoch_images_makes_an_epoch_a_fresh_random_subset_of_the_split(tmp_path):
+    """The search's rungs count training images: an epoch of ``epoch_images`` from a new shuffle each epoch."""
+    trainer = Trainer(_cfg(train_subset=300, epoch_images=100, epochs=2, eval_columns=False))
+    assert len(trainer.train_loader) == 2  # 100 images of batch 50
+    batches = []
+    for epoch in (1, 2):
+        trainer.train_loader.set_epoch(epoch)
+        batches.append(torch.cat([y for _, y in trainer.train_loader]))
+    assert len(batches[0]) == 100 and not torch.equal(batches[0], batches[1])
+    assert [r.epoch for r in trainer.epochs()] == [1, 2]
+    with pytest.raises(ValueError, match="epoch_images=301 is more than the 300 training images"):
+        Trainer(_cfg(train_subset=300, epoch_images=301))
+

@@ -69,12 +69,13 @@ class BatchLoader:
     """Iterates (images, labels) batches of an in-memory uint8 split: normalised, augmented, on ``device``.
 
     The shuffle order and augmentation of epoch ``e`` depend only on ``(seed, e)``, so a resumed run sees the same
-    batches as an uninterrupted one.
+    batches as an uninterrupted one. ``max_batches`` makes an epoch the first batches of that epoch's shuffle (a
+    random subset of the split, new each epoch) instead of a whole pass.
     """
 
     def __init__(self, data: ImageSet, norm: Normalize, batch_size: int, augment: str = "none",
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False, device: str | torch.device = "cpu",
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, max_batches: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if augment not in AUGMENTS:
@@ -84,11 +85,13 @@ class BatchLoader:
         self.labels = data.labels.to(self.device)
         self.norm, self.batch_size, self.augment = norm, batch_size, augment
         self.shuffle, self.seed, self.drop_last, self.channels_last = shuffle, seed, drop_last, channels_last
+        self.max_batches = max_batches
         self.epoch = 0
 
     def __len__(self) -> int:
         n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        full = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return full if self.max_batches is None else min(full, self.max_batches)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle/augmentation stream for ``epoch`` (used by resume)."""

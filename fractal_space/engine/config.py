@@ -46,6 +46,8 @@ class TrainConfig:
     data_dir: str | None = _option(None, "data root for named datasets (else $FRACTAL_SPACE_DATA, else "
                                          "~/.cache/fractal_space/data)", run_time=True)
     epochs: int = _option(10, "epochs in total, a resumed run included")
+    epoch_images: int | None = _option(None, "training images per epoch, drawn from a new shuffle of the training "
+                                             "split each epoch (none: one full pass); at most the split's size")
     batch_size: int = _option(PAPER.batch_size, "training batch size")
     lr: float = _option(PAPER.lr, "peak learning rate of SGD")
     momentum: float = _option(PAPER.momentum, "SGD momentum")
@@ -86,6 +88,7 @@ class TrainConfig:
         """Reject bad values up front with a one-line message naming the field and the value."""
         checks = [
             (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.epoch_images is None or self.epoch_images >= 1, "epoch_images", "must be >= 1 or None"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.lr > 0, "lr", "must be > 0"),
             (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),

@@ -178,9 +178,13 @@ class Trainer:
         self.flops = count_flops(self.model, self.input_size)
         self.num_columns = int(getattr(self.model, "num_columns", 0))
 
+        if cfg.epoch_images is not None and cfg.epoch_images > len(self.data.train):
+            raise ValueError(f"epoch_images={cfg.epoch_images} is more than the {len(self.data.train)} training images")
         loader = dict(norm=self.data.norm, device=self.device, channels_last=cfg.channels_last)
         self.train_loader = BatchLoader(self.data.train, batch_size=cfg.batch_size, augment=cfg.augment, shuffle=True,
-                                        seed=cfg.seed, drop_last=len(self.data.train) >= cfg.batch_size, **loader)
+                                        seed=cfg.seed, drop_last=len(self.data.train) >= cfg.batch_size,
+                                        max_batches=None if cfg.epoch_images is None else
+                                        max(1, cfg.epoch_images // cfg.batch_size), **loader)
         self.val_loader = BatchLoader(self.data.val, batch_size=EVAL_BATCH, **loader)
         self.test_loader = BatchLoader(self.data.test, batch_size=EVAL_BATCH, **loader) if self.data.test else None
         # Batch-norm re-estimation for a column uses un-augmented training images, never validation images.
