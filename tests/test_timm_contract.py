@@ -1,8 +1,9 @@
-"""The timm model contract, checked the way timm's own test-suite does, for every model family of this project.
+"""The timm model contract, checked the way timm's own test-suite does, for every model this project registers.
 
-Each model in ``CONTRACT_MODELS`` must behave like a timm model everywhere timm (and our engine) touches it:
-pretrained cfg, heads, features, intermediates, pruning, grad checkpointing, TorchScript, FX and weight loading.
-Inputs are 32x32, batch 2, and only the smallest variant of each family is listed, to keep this fast on 2 cores.
+Each registered variant of every family must behave like a timm model everywhere timm (and our engine) touches it:
+pretrained cfg, heads, features, intermediates, pruning, grad checkpointing, TorchScript, FX, device/dtype and weight
+loading. Models are built with their variant's layout but small widths or depths (``SMALL_KWARGS``), batch 2 at the
+cfg's input size, to keep this fast on 2 cores.
 """
 
 import copy
@@ -11,19 +12,28 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.models import create_feature_extractor, get_graph_node_names, group_parameters
+from timm.models import create_feature_extractor, get_graph_node_names, group_parameters, model_entrypoint
 
 import fractal_space  # noqa: F401  (registers the models)
 
-CONTRACT_MODELS = [
-    "fractalnet_c3",
-    "resnet20_cifar",
-    "densenet_bc100_cifar",
-]
-# constructor overrides that shrink a model for these checks (the contract is the code's, not the depth's)
-SMALL_KWARGS = {"densenet_bc100_cifar": dict(block_depth=2), "fractalnet_c3": dict(widths=(8, 8, 16, 16, 16))}
+# every model fractal_space registers with timm, whichever family module it comes from
+CONTRACT_MODELS = [n for n in timm.list_models() if model_entrypoint(n).__module__.startswith("fractal_space.")]
+IMAGENET_MODELS = {"fractalnet34"}
+# constructor overrides that shrink a model for these checks (the contract is the code's, not the width's); each
+# variant keeps its layout: FractalNet its blocks, columns and stem, the DenseNets their growth rate and transitions
+# (tracing and scripting cost grows with the number of modules, so depth is cut too): fractalnet_c3 keeps the full
+# five-block CIFAR layout, fractalnet34 its ImageNet layout, the other CIFAR FractalNets two blocks of their columns
+# (the cfg's pool size follows), ResNet-20 its depth and the deeper ResNets two blocks in the first stage, one after.
+_TWO_BLOCKS = dict(num_blocks=2, widths=(8, 16), pretrained_cfg_overlay=dict(pool_size=(8, 8)))
+SMALL_KWARGS = {
+    **{n: _TWO_BLOCKS for n in CONTRACT_MODELS if n.startswith("fractalnet")},
+    "fractalnet_c3": dict(widths=(8, 8, 16, 16, 16)),
+    "fractalnet34": dict(widths=(8, 8, 16, 16), stem_width=8),
+    **{n: dict(depths=(2, 1, 1)) for n in CONTRACT_MODELS if n.startswith("resnet") and n != "resnet20_cifar"},
+    **{n: dict(block_depth=2) for n in CONTRACT_MODELS if n.startswith("densenet")},
+}
 # models without residual branches take no drop_path_rate (timm's own DenseNet does not either)
-NO_DROP_PATH = {"densenet_bc100_cifar"}
+NO_DROP_PATH = {n for n in CONTRACT_MODELS if n.startswith("densenet")}
 
 BATCH = 2
 torch.manual_seed(0)
@@ -31,7 +41,7 @@ torch.manual_seed(0)
 
 def _create(name: str, **kwargs) -> torch.nn.Module:
     """The registered model, shrunk by ``SMALL_KWARGS`` where listed."""
-    return timm.create_model(name, **{**SMALL_KWARGS.get(name, {}), **kwargs})
+    return timm.create_model(name, **{**SMALL_KWARGS.get(name, {}), **kwargs})  # pretrained_cfg_overlay: kwargs win
 
 
 def _input(model: torch.nn.Module) -> torch.Tensor:
@@ -57,13 +67,16 @@ def name(request: pytest.FixtureRequest) -> str:
 def test_pretrained_cfg_matches_model(name: str) -> None:
     model = _create(name).eval()
     cfg = model.pretrained_cfg
-    assert cfg["input_size"] == (3, 32, 32)
+    assert cfg["input_size"] == ((3, 224, 224) if name in IMAGENET_MODELS else (3, 32, 32))
     assert len(cfg["mean"]) == len(cfg["std"]) == 3
     assert cfg["num_classes"] == model.num_classes
+    state_dict = model.state_dict()
     for conv_name in _first_convs(model):  # timm adapts these to in_chans
         conv = model.get_submodule(conv_name)
         assert isinstance(conv, torch.nn.Conv2d) and conv.in_channels == 3
+        assert conv_name + ".weight" in state_dict  # what timm's loader adapts
     assert model.get_submodule(cfg["classifier"]) is model.get_classifier()
+    assert cfg["classifier"] + ".weight" in state_dict
     with torch.no_grad():
         feats = model.forward_features(_input(model))
     assert tuple(feats.shape[-2:]) == tuple(cfg["pool_size"])
@@ -129,7 +142,8 @@ def test_group_matcher_covers_every_parameter(name: str) -> None:
         head = [n for n in all_names if n.startswith(model.pretrained_cfg["classifier"] + ".")]
         assert head and set(head) <= set(groups[max(groups)])  # the classifier is the last group (layer decay)
         sizes[coarse] = len(groups)
-    assert sizes[True] >= 3 and sizes[False] > sizes[True]
+    assert sizes[True] >= 3 and sizes[False] >= sizes[True]
+    assert sizes[False] > sizes[True] or name == "fractalnet_c1"  # C=1: one conv per block, fine = coarse
 
 
 def test_grad_checkpointing_gives_same_outputs_and_grads(name: str) -> None:
@@ -153,12 +167,13 @@ def test_grad_checkpointing_gives_same_outputs_and_grads(name: str) -> None:
 def test_forward_intermediates(name: str) -> None:
     model = _create(name).eval()
     x = _input(model)
+    size = x.shape[-1]
     with torch.no_grad():
         final, intermediates = model.forward_intermediates(x)
         _assert_close(final, model.forward_features(x))
         assert len(intermediates) == len(model.feature_info)
         for feat, info in zip(intermediates, model.feature_info, strict=True):
-            assert feat.shape == (BATCH, info["num_chs"], 32 // info["reduction"], 32 // info["reduction"])
+            assert feat.shape == (BATCH, info["num_chs"], size // info["reduction"], size // info["reduction"])
         only = model.forward_intermediates(x, indices=2, intermediates_only=True)
         assert len(only) == 2
         for a, b in zip(only, intermediates[-2:], strict=True):
@@ -183,17 +198,18 @@ def test_prune_intermediate_layers(name: str) -> None:
 
 
 def test_features_only(name: str) -> None:
-    x = torch.randn(BATCH, 3, 32, 32)
+    torch.manual_seed(0)
+    reference = _create(name).eval()
+    x = _input(reference)
     with torch.no_grad():
-        torch.manual_seed(0)
-        expected = _create(name).eval().forward_intermediates(x, intermediates_only=True)
+        expected = reference.forward_intermediates(x, intermediates_only=True)
         for extractor in ({}, {"feature_cls": "fx"}):  # timm's default module wrapper and its FX-graph extractor
             torch.manual_seed(0)  # same seed, same weights
             model = _create(name, features_only=True, **extractor).eval()
             feats = model(x)
-            assert len(feats) >= 3
+            assert len(feats) == len(reference.feature_info)  # every stage by default
             assert [f.shape[1] for f in feats] == model.feature_info.channels()
-            assert [32 // f.shape[-1] for f in feats] == model.feature_info.reduction()
+            assert [x.shape[-1] // f.shape[-1] for f in feats] == model.feature_info.reduction()
             for a, b in zip(feats, expected, strict=True):
                 _assert_close(a, b)
 
@@ -202,29 +218,23 @@ def test_torchscript_matches_eager(name: str) -> None:
     model = _create(name).eval()
     scripted = torch.jit.script(model)
     x = _input(model)
-    with torch.no_grad():
+    with torch.no_grad(), torch.jit.optimized_execution(False):  # as timm's tests: no JIT optimisation passes
         _assert_close(scripted(x), model(x))
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_fx_trace_matches_eager(name: str, train: bool) -> None:
+def test_fx_trace_matches_eager_and_scripts(name: str, train: bool) -> None:
+    """timm's FX feature extractor gives the eager outputs; in eval mode a plain symbolic trace scripts and does too
+    (quantisation flows and timm's own tests trace, then script; compiling twice would double this file's cost)."""
     model = _create(name).train(train)
     train_nodes, eval_nodes = get_graph_node_names(model)
     fx_model = create_feature_extractor(model, [(train_nodes if train else eval_nodes)[-1]]).train(train)
     x = _input(model)
-    with torch.no_grad():
+    with torch.no_grad(), torch.jit.optimized_execution(False):
         (fx_out,) = fx_model(x).values()
         _assert_close(fx_out, model(x))
-
-
-@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_fx_traced_model_scripts(name: str, train: bool) -> None:
-    """Quantisation flows and timm's own tests trace with FX, then script the GraphModule."""
-    model = _create(name).train(train)
-    scripted = torch.jit.script(torch.fx.symbolic_trace(model))
-    x = _input(model)
-    with torch.no_grad():
-        _assert_close(scripted(x), model(x))
+        if not train:
+            _assert_close(torch.jit.script(torch.fx.symbolic_trace(model))(x), model(x))
 
 
 def test_drop_path_is_stochastic_only_in_training(name: str) -> None:
@@ -238,7 +248,8 @@ def test_drop_path_is_stochastic_only_in_training(name: str) -> None:
         torch.manual_seed(0)
         a = model.train()(x)
         torch.manual_seed(1)
-        assert not torch.allclose(a, model(x))
+        # one column has no joins, so there is nothing to drop
+        assert torch.allclose(a, model(x)) == (getattr(model, "num_columns", None) == 1)
         _assert_close(model.eval()(x), model(x))
 
 
