@@ -125,6 +125,9 @@ class Variant:
         return self.train_expectation(flops, 32)
 
     def eval_flops_per_image(self) -> float:
+        # eval() first: a FractalNet's first eval() after training re-estimates its batch-norm statistics (once, not
+        # per eval step), which is not the eval step's work.
+        self.model.eval()
         with FlopCounterMode(display=False) as counter:
             self.eval_step(torch.randn(1, 3, 32, 32), None)
         return counter.get_total_flops()
