@@ -70,6 +70,10 @@ class _TapWeightGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+        ctx.dtypes = x.dtype, weight.dtype
+        if torch.is_autocast_enabled(x.device.type):  # cast as F.conv2d would, so backward sees one dtype
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dtype), weight.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
         return F.conv2d(x, weight, padding=padding)
@@ -77,13 +81,14 @@ class _TapWeightGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], None]:
         x, weight = ctx.saved_tensors
+        grad_out = grad_out.to(x.dtype)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(
                 grad_out, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1, [True, False, False]
-            )[0]
+            )[0].to(ctx.dtypes[0])
         if ctx.needs_input_grad[1]:
-            grad_w = conv_weight_grad_by_taps(x, grad_out, weight, ctx.padding)
+            grad_w = conv_weight_grad_by_taps(x, grad_out, weight, ctx.padding).to(ctx.dtypes[1])
         return grad_x, grad_w, None
 
 
