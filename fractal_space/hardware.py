@@ -38,3 +38,21 @@ def resolve_device(name: str) -> torch.device:
         if index is not None and index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
     return torch.device(name)
+
+
+def describe(device: str = "cpu") -> str:
+    """The machine in one line, for reports: CPU model and usable cores, or the GPU, and the torch version."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        what = torch.cuda.get_device_name(torch.device(device))
+    else:
+        model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "CPU")
+        what = f"{model}, {usable_cpus()} usable core(s)"
+    return f"{what}; torch {torch.__version__}"
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []

@@ -19,26 +19,29 @@ TINY_SPACE = ("num_blocks: {low: 2, high: 3}\nnum_columns: {low: 1, high: 3}\nba
               "width_growth: {choices: [1.0, 2.0]}\nbatch_size: 50\n")
 
 
-def tiny_args(runs: Path, study: str, *extra: str, epochs: int = 1) -> list[str]:
-    """Command-line arguments of a tiny CPU search writing under ``runs``."""
+def tiny_args(runs: Path, study: str, *extra: str, rungs: int = 1) -> list[str]:
+    """Command-line arguments of a tiny CPU search writing under ``runs``: one rung is one epoch of 100 images, two
+    rungs are 1 and 3 epochs of 50."""
     space = runs / "tiny_space.yaml"
     if not space.exists():
         runs.mkdir(parents=True, exist_ok=True)
         space.write_text(TINY_SPACE)
-    return ["--runs-dir", str(runs), "--study", study, "--device", "cpu", "--epochs", str(epochs),
+    return ["--runs-dir", str(runs), "--study", study, "--device", "cpu", "--rungs", str(rungs),
+            "--rung-images", "100" if rungs == 1 else "50",
             "--train-subset", "100", "--val-size", "100", "--baselines", "", "--space", str(space),
-            "--no-progress", "--heartbeat", "2", "--workers", "1", "--threads", "1", *extra]
+            "--no-progress", "--heartbeat", "2", "--workers", "1", "--threads", "1",
+            "--final-top", "0", "--final-baselines", "", *extra]
 
 
-def run_search(runs: Path, study: str, *extra: str, epochs: int = 1) -> int:
+def run_search(runs: Path, study: str, *extra: str, rungs: int = 1) -> int:
     """Run the CLI in-process (what ``python search/run.py`` does)."""
-    return main(tiny_args(runs, study, *extra, epochs=epochs))
+    return main(tiny_args(runs, study, *extra, rungs=rungs))
 
 
-def spawn_search(runs: Path, study: str, *extra: str, epochs: int = 1) -> subprocess.Popen:
+def spawn_search(runs: Path, study: str, *extra: str, rungs: int = 1) -> subprocess.Popen:
     """Run ``python search/run.py`` as a child process (for signals), stdout+stderr piped together."""
     return subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"), *tiny_args(runs, study, *extra,
-                                                                                        epochs=epochs)],
+                                                                                        rungs=rungs)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -14,7 +14,7 @@ from fractal_space.search.results import FIXED_SCHEMA
 
 
 def test_search_with_baseline_writes_parquet_report_and_resumes(tmp_path, capsys):
-    assert run_search(tmp_path, "e2e", "--trials", "2", "--baselines", "resnet20_cifar", epochs=2) == 0
+    assert run_search(tmp_path, "e2e", "--trials", "2", "--baselines", "resnet20_cifar", rungs=2) == 0
     out = capsys.readouterr().out
     study_dir = tmp_path / "e2e"
     assert f"report: {study_dir / 'report.md'}" in out
@@ -37,17 +37,21 @@ def test_search_with_baseline_writes_parquet_report_and_resumes(tmp_path, capsys
         assert 0.0 <= row.val_acc <= 1.0 and row.params > 0 and row.flops > 0 and row.latency_ms > 0
         config = json.loads(row.config)["model_kwargs"]
         assert len(row.column_val_acc) == len(row.column_latency_ms) == config["num_columns"] == row.num_columns
-        assert len(row.val_acc_history) == row.epochs_run == 2 and row.duration_s > 0
+        assert len(row.val_acc_history) == row.epochs_run == 3 and row.duration_s > 0
     reference = load_study(tmp_path, "e2e").trials[1]  # trial 0 is the baseline, trial 1 the paper's recipe
     assert reference.user_attrs.get("reference") and reference.params["lr"] == 0.02
 
     report = (study_dir / "report.md").read_text()
-    assert "resnet20_cifar" in report and "best FractalNet" in report and "its best column alone" in report
-    for png in ("history.png", "pareto.png", "anytime.png"):
+    assert "resnet20_cifar" in report and "best FractalNet" in report
+    best = done.loc[done.val_acc.idxmax()]
+    multi_column = best.num_columns > 1  # a one-column network has no anytime curve and no "best column"
+    assert ("its best column alone" in report) == multi_column
+    for png in ("history.png", "pareto.png", *(["anytime.png"] if multi_column else [])):
         assert (study_dir / png).stat().st_size > 1000
+    assert (study_dir / "anytime.png").exists() == multi_column
 
     # The same command with a larger --trials resumes: the total is 3, the baseline is not trained again.
-    assert run_search(tmp_path, "e2e", "--trials", "3", "--baselines", "resnet20_cifar", epochs=2) == 0
+    assert run_search(tmp_path, "e2e", "--trials", "3", "--baselines", "resnet20_cifar", rungs=2) == 0
     df2 = trials_table(tmp_path, "e2e")
     assert (df2.kind == "baseline").sum() == 1 and len(finished(load_study(tmp_path, "e2e"))) == 3
     assert df2.set_index("number").loc[done.number, "val_acc"].tolist() == done.val_acc.tolist()
@@ -130,3 +134,20 @@ def test_workers_opening_a_fresh_sqlite_storage_together_all_succeed(tmp_path):
         for p in procs:
             p.join(120)
         assert [p.exitcode for p in procs] == [0, 0, 0, 0], f"round {round_}: a worker failed to open {url}"
+
+
+def test_successive_halving_stops_trials_at_a_rung_and_promoted_ones_continue(tmp_path):
+    """Rungs at 1 and 3 epochs of 50 images: a pruned trial stops exactly at rung 0; a promoted one trains on in the
+    same run (its epochs are one sequence in one trial folder, not a restart) up to the top rung."""
+    assert run_search(tmp_path, "sh", "--trials", "8", rungs=2) == 0
+    df = trials_table(tmp_path, "sh")
+    pruned, complete = df[df.state == "PRUNED"], df[df.state == "COMPLETE"]
+    assert len(pruned) and len(complete)
+    assert set(pruned.epochs_run) == {1} and set(complete.epochs_run) == {3}
+    assert all(len(h) == 3 for h in complete.val_acc_history) and set(complete.epochs_budget) == {3}
+    assert all(row.column_val_acc is not None and len(row.column_val_acc) == row.num_columns
+               for row in complete.itertuples())  # the anytime metrics once the budget is spent
+    best = load_study(tmp_path, "sh").best_trial
+    assert best.intermediate_values.keys() == {1, 2, 3}  # every epoch reported, the last one too
+    metrics = (tmp_path / "sh" / "trials" / f"{best.number:05d}" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metrics] == [1, 2, 3]

@@ -15,7 +15,7 @@ from fractal_space.search.storage import open_storage
 
 
 def test_ray_search_end_to_end_with_dashboard(tmp_path):
-    proc = spawn_search(tmp_path, "ray", "--backend", "ray", "--trials", "2", epochs=2)
+    proc = spawn_search(tmp_path, "ray", "--backend", "ray", "--trials", "2", rungs=2)
     url, lines = None, []
     deadline = time.monotonic() + 120
     while url is None and time.monotonic() < deadline:
@@ -34,13 +34,15 @@ def test_ray_search_end_to_end_with_dashboard(tmp_path):
     assert len(finished(study)) == 2
     df = trials_table(tmp_path, "ray")
     assert set(df.state) <= {"COMPLETE", "PRUNED"} and (df.state == "COMPLETE").any()
+    # ASHA on the shared rungs (1 and 3 epochs): stopped trials stop at rung 0, the others reach the top rung
+    assert set(df[df.state == "PRUNED"].epochs_run) <= {1} and set(df[df.state == "COMPLETE"].epochs_run) == {3}
     assert all(len(c) == n for c, n in zip(df.column_val_acc.dropna(), df.num_columns.dropna(), strict=True))
     assert (tmp_path / "ray" / "report.md").exists() and list((tmp_path / "ray" / "ray").glob("run-*"))
 
 
 @pytest.fixture
 def searcher(tmp_path):
-    settings = settings_from_args(build_parser().parse_args(tiny_args(tmp_path, "asha", epochs=3)))
+    settings = settings_from_args(build_parser().parse_args(tiny_args(tmp_path, "asha", rungs=2)))
     storage = open_storage(None, settings.study_dir, heartbeat_s=None)
     return StudySearch(settings, storage), settings
 
@@ -75,7 +77,7 @@ def test_ray_search_killed_with_sigkill_is_restored(tmp_path):
     import os
     import signal
 
-    proc = spawn_search(tmp_path, "ray-kill", "--backend", "ray", "--trials", "3", epochs=2)
+    proc = spawn_search(tmp_path, "ray-kill", "--backend", "ray", "--trials", "3", rungs=2)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         db = tmp_path / "ray-kill" / "study.db"
@@ -91,7 +93,7 @@ def test_ray_search_killed_with_sigkill_is_restored(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
 
-    again = spawn_search(tmp_path, "ray-kill", "--backend", "ray", "--trials", "3", epochs=2)
+    again = spawn_search(tmp_path, "ray-kill", "--backend", "ray", "--trials", "3", rungs=2)
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out
     assert "restoring Ray experiment" in out
@@ -103,7 +105,7 @@ def test_ray_search_killed_with_sigkill_is_restored(tmp_path):
 def test_ray_search_ctrl_c_exits_130_and_leaves_nothing_running(tmp_path):
     import signal
 
-    proc = spawn_search(tmp_path, "ray-int", "--backend", "ray", "--trials", "4", epochs=2)
+    proc = spawn_search(tmp_path, "ray-int", "--backend", "ray", "--trials", "4", rungs=2)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:

@@ -116,7 +116,7 @@ def test_an_interrupted_reference_trial_is_queued_again_and_a_second_queueing_is
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--epochs", "0"], "epochs"),
+    (["--rungs", "0"], "rungs"),
     (["--val-size", "-1"], "val_size"),
     (["--train-subset", "-3"], "train_subset"),
     (["--gpus-per-trial", "0.5"], "--gpus-per-trial is an option of the Ray backend"),
@@ -218,7 +218,7 @@ def _running(pid: int) -> bool:
 
 
 def test_killing_the_main_process_takes_its_workers_with_it_and_the_next_run_writes_the_results(tmp_path):
-    proc = spawn_search(tmp_path, "orphans", "--trials", "3", "--workers", "2", epochs=2)
+    proc = spawn_search(tmp_path, "orphans", "--trials", "3", "--workers", "2", rungs=2)
     deadline = time.monotonic() + 120
     workers: list[int] = []
     while time.monotonic() < deadline and len(workers) < 2:
@@ -232,7 +232,7 @@ def test_killing_the_main_process_takes_its_workers_with_it_and_the_next_run_wri
     while time.monotonic() < deadline and any(_running(w) for w in workers):
         time.sleep(0.2)
     assert not [w for w in workers if _running(w)], "workers outlived their parent"
-    assert run_search(tmp_path, "orphans", "--trials", "3", epochs=2) == 0
+    assert run_search(tmp_path, "orphans", "--trials", "3", rungs=2) == 0
     assert len(finished(load_study(tmp_path, "orphans"))) == 3
     assert (tmp_path / "orphans" / "trials.parquet").exists() and (tmp_path / "orphans" / "report.md").exists()
 

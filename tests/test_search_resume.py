@@ -34,13 +34,13 @@ def _wait_for(proc, runs, study, n_finished, timeout=150.0):
 
 
 def test_sigkill_then_resume_loses_no_finished_trial(tmp_path):
-    proc = spawn_search(tmp_path, "killed", "--trials", "2", epochs=2)
+    proc = spawn_search(tmp_path, "killed", "--trials", "2", rungs=2)
     study = _wait_for(proc, tmp_path, "killed", 1)
     before = {t.number: (t.state, t.values) for t in finished(study)}
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
 
-    assert run_search(tmp_path, "killed", "--trials", "2", epochs=2) == 0
+    assert run_search(tmp_path, "killed", "--trials", "2", rungs=2) == 0
     study = load_study(tmp_path, "killed")
     after = {t.number: (t.state, t.values) for t in finished(study)}
     assert len(after) == 2 and all(after[n] == before[n] for n in before)
@@ -52,7 +52,7 @@ def test_sigkill_then_resume_loses_no_finished_trial(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_leaves_the_storage_consistent(tmp_path):
-    proc = spawn_search(tmp_path, "ctrl-c", "--trials", "3", epochs=2)
+    proc = spawn_search(tmp_path, "ctrl-c", "--trials", "3", rungs=2)
     _wait_for(proc, tmp_path, "ctrl-c", 1)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -61,7 +61,7 @@ def test_ctrl_c_stops_cleanly_and_leaves_the_storage_consistent(tmp_path):
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
     interrupted = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]
     assert len(interrupted) <= 1 and all(t.state == TrialState.FAIL for t in interrupted)  # 0 if between trials
-    assert run_search(tmp_path, "ctrl-c", "--trials", "3", epochs=2) == 0
+    assert run_search(tmp_path, "ctrl-c", "--trials", "3", rungs=2) == 0
     assert len(finished(load_study(tmp_path, "ctrl-c"))) == 3
 
 

@@ -16,10 +16,19 @@ from typing import Any
 
 from fractal_space.search.console import Progress, quiet_optuna
 from fractal_space.search.record import OBJECTIVES
-from fractal_space.search.settings import RaySettings, SearchSettings
+from fractal_space.search.settings import FinalSettings, RaySettings, SearchSettings
 from fractal_space.search.storage import default_url
 
-DEFAULT_BASELINES = "resnet20_cifar,resnet56_cifar,densenet_bc100_cifar"
+#: Baselines of the final stage (retrained with the winners, tested). The search stage trains them to its top rung too,
+#: but on CPU only ResNet-20: DenseNet-BC-100 runs at ~40 images/s here, 40 min for the top rung's 94,500 images.
+FINAL_BASELINES = "resnet20_cifar,resnet56_cifar,densenet_bc100_cifar"
+SEARCH_BASELINES = {"cpu": "resnet20_cifar", "cuda": FINAL_BASELINES}
+#: Final-stage passes over the training split: on CPU the top rung's length (~2 passes; the whole stage about an hour
+#: with DenseNet-BC-100 in it), on GPU a budget whose ranking is worth trusting (the paper trains 400).
+FINAL_EPOCHS = {"cpu": 2, "cuda": 100}
+#: Planning figure for the estimate printed at the start: training images/s of one single-threaded CPU worker on the
+#: default CPU space's networks (the progress bar shows the real rate).
+CPU_IMAGES_PER_S = 500
 BACKENDS = ("optuna", "ray")
 
 
@@ -43,14 +52,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Optuna worker processes against the storage (default: one per CPU core on CPU, 1 on GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per trial (default: cores / workers)")
     p.add_argument("--objective", default="accuracy", help=f"one of {', '.join(OBJECTIVES)}")
-    p.add_argument("--baselines", default=DEFAULT_BASELINES, help="comma-separated timm models; '' for none")
+    p.add_argument("--baselines", default=None,
+                   help=f"timm models trained to the top rung in the search, comma-separated, '' for none (default: "
+                        f"{SEARCH_BASELINES['cpu']} on CPU, {SEARCH_BASELINES['cuda']} on GPU)")
+    p.add_argument("--final-top", type=int, default=3,
+                   help="distinct FractalNet architectures retrained and tested after the search (0: no final stage)")
+    p.add_argument("--final-epochs", type=int, default=None,
+                   help=f"passes over the training split in the final stage (default: {FINAL_EPOCHS['cpu']} on CPU, "
+                        f"{FINAL_EPOCHS['cuda']} on GPU)")
+    p.add_argument("--final-seeds", type=int, default=1, help="seeds per final model, for mean and std")
+    p.add_argument("--final-baselines", default=FINAL_BASELINES,
+                   help="timm models retrained and tested beside the winners, comma-separated ('' for none)")
     p.add_argument("--space", default=None, help="YAML/JSON file overlaying the default search space")
     p.add_argument("--runs-dir", default="runs", help="where runs/<study>/ is created")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (sets the default budget)")
-    p.add_argument("--epochs", type=int, default=None, help="per-trial epochs (default: 3 on CPU, 15 on GPU)")
+    p.add_argument("--rung-images", type=int, default=None,
+                   help="training images of the lowest rung; rung k trains 3^k times as many (default: 3500 on CPU, "
+                        "28000 on GPU)")
+    p.add_argument("--rungs", type=int, default=None,
+                   help="successive-halving rungs (default: 4 on CPU, top 94,500 images = 2 passes over CIFAR-10; 5 on "
+                        "GPU, 2.27M = 50 passes)")
     p.add_argument("--train-subset", type=int, default=None,
-                   help="training images per trial (default: 2000 on CPU, all on GPU; 0 = all)")
-    p.add_argument("--val-size", type=int, default=None, help="validation images (default: 500 CPU, 5000 GPU)")
+                   help="train on the first N images of the training split (default: all of it; 0 = all)")
+    p.add_argument("--val-size", type=int, default=None, help="validation images (default: 2000 CPU, 5000 GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--heartbeat", type=int, default=30, help="RDB heartbeat seconds (dead workers' trials fail)")
     p.add_argument("--address", default=None, help="Ray: address of an existing cluster (default: start one)")
@@ -84,7 +108,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     import fractal_space  # noqa: F401  (registers the timm models)
     from fractal_space.data import resolve_data_root
     from fractal_space.hardware import resolve_device, usable_cpus
-    from fractal_space.search.budget import Budget
+    from fractal_space.search.budget import DEFAULT_RUNGS, Budget
+    from fractal_space.search.rungs import Rungs
     from fractal_space.search.storage import open_storage
     from fractal_space.space import SearchSpace
 
@@ -100,11 +125,15 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
                          "runs --workers processes on --device")
     if args.trials < 1 or (args.workers is not None and args.workers < 1) or (args.threads or 1) < 1:
         raise ValueError("--trials, --workers and --threads must be >= 1")
-    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
-    unknown = [b for b in baselines if not timm.is_model(b)]
+    device = resolve_device(args.device).type
+    baselines = _models(SEARCH_BASELINES[device] if args.baselines is None else args.baselines)
+    final_baselines = _models(args.final_baselines)
+    unknown = [b for b in baselines + final_baselines if not timm.is_model(b)]
     if unknown:
         raise ValueError(f"unknown baseline model {unknown[0]!r} (not in timm's registry)")
-    device = resolve_device(args.device).type
+    if args.final_top < 0 or args.final_seeds < 1 or (args.final_epochs is not None and args.final_epochs < 1):
+        raise ValueError(f"--final-top {args.final_top}, --final-seeds {args.final_seeds} and --final-epochs "
+                         f"{args.final_epochs} must be >= 0, >= 1 and >= 1")
     input_size = _input_size(args.dataset, args.data_dir)
     base = SearchSpace.default(input_size, device)
     space = base if args.space is None else SearchSpace.from_file(args.space, input_size, base.to_dict())
@@ -117,12 +146,15 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     threads = args.threads or max(1, cores // workers)
     overrides = {"dataset": args.dataset, "data_dir": data_dir, "seed": args.seed, "device": device,
                  "num_threads": threads}
-    for name in ("epochs", "val_size", "train_subset"):
+    for name in ("val_size", "train_subset"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if overrides.get("train_subset") == 0:
         overrides["train_subset"] = None  # 0 = every training image
-    budget = Budget.default(device, **overrides)  # validated: --epochs 0 fails here, before anything is written
+    stock = DEFAULT_RUNGS[device]
+    rungs = Rungs(min_images=stock.min_images if args.rung_images is None else args.rung_images,
+                  levels=stock.levels if args.rungs is None else args.rungs)
+    budget = Budget.default(device, rungs, **overrides)  # validated: --rungs 0 fails here, before anything is written
     study_dir = Path(args.runs_dir) / study
     if args.storage is not None:  # fail now, not in a worker (the default SQLite file is only made by the search)
         open_storage(args.storage, study_dir, args.heartbeat)
@@ -133,7 +165,13 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     return SearchSettings(study=study, study_dir=study_dir.resolve(), storage_url=args.storage,
                           objective=args.objective, trials=args.trials, space=space,
                           budget=budget, baselines=baselines, workers=workers, seed=args.seed,
+                          final=FinalSettings(top=args.final_top, seeds=args.final_seeds, baselines=final_baselines,
+                                              epochs=args.final_epochs or FINAL_EPOCHS[device]),
                           heartbeat_s=args.heartbeat, ray=ray)
+
+
+def _models(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def storage_label(settings: SearchSettings) -> str:
@@ -150,8 +188,7 @@ def finish(settings: SearchSettings) -> Path:
 
     table = settings.study_dir / "trials.parquet"
     write_trials(load(settings), table)
-    return write_report(table_path=table, out_dir=settings.study_dir, study=settings.study,
-                        objective=settings.objective, storage=storage_label(settings))
+    return write_report(settings=settings, storage=storage_label(settings))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,10 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"per-trial budget: {settings.budget}; {where}")
     if OBJECTIVES[settings.objective] is not None:
         print("note: Optuna cannot prune multi-objective studies; every trial runs its full budget")
+    print(_estimate(settings))
     complete = _complete(settings)
     if complete:
-        print(f"study {settings.study} is already complete ({settings.trials} finished trials and every baseline); "
-              "nothing to run. Raise --trials to search further.")
+        print(f"the search of study {settings.study} is already complete ({settings.trials} finished trials and every "
+              "baseline); nothing to search. Raise --trials to search further.")
     elif args.backend == "ray":
         from fractal_space.search import ray_backend as backend
 
@@ -193,9 +231,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _search(settings, backend, args.no_progress)
         if code:
             return code
+    finish(settings)  # the search's results first, so they are there whatever the final stage does
+    code = _final(settings, args.no_progress)
+    if code:
+        return code
     report = finish(settings)
     print(f"trials: {settings.study_dir / 'trials.parquet'}")
     print(f"report: {report}")
+    return 0
+
+
+def _estimate(settings: SearchSettings) -> str:
+    """What the search will train, and on CPU how long that takes at the planning rate."""
+    rungs = settings.budget.rungs
+    images = rungs.expected_images(settings.trials) + len(settings.baselines) * rungs.images[-1]
+    line = (f"search stage: about {images:,} training images ({settings.trials} trials under successive halving, "
+            f"{len(settings.baselines)} baseline(s) to the top rung)")
+    if settings.budget["device"] == "cpu":
+        minutes = images / (CPU_IMAGES_PER_S * settings.workers) / 60
+        line += f", estimated {minutes:.0f} min at ~{CPU_IMAGES_PER_S} images/s per worker (planning figure)"
+    final = settings.final
+    if final.top or final.baselines:
+        line += (f"; then the final stage: {final.top} FractalNet(s) and {len(final.baselines)} baseline(s), "
+                 f"{final.epochs} epoch(s) each, {final.seeds} seed(s)")
+    return line
+
+
+def _final(settings: SearchSettings, no_progress: bool) -> int:
+    """Run (or resume) the final stage; 130 after Ctrl-C, else 0."""
+    if not (settings.final.top or settings.final.baselines):
+        return 0
+    from tqdm import tqdm
+
+    from fractal_space.search.final import run_final
+    from fractal_space.search.lifecycle import load
+
+    bar = tqdm(desc="final stage", unit="model", disable=no_progress)
+
+    def progress(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        table = run_final(settings, load(settings), progress)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted in the final stage: finished models are in {settings.study_dir / 'final'}; re-run the "
+              "same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    print(f"final stage: {len(table)} model(s) tested: {settings.study_dir / 'final' / 'results.parquet'}")
     return 0
 
 

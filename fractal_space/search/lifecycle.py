@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from fractal_space.search.accounting import counts_as_finished, reap_stale
 from fractal_space.search.objective import Objective
 from fractal_space.search.record import OBJECTIVES, directions
+from fractal_space.search.rungs import Rungs
 from fractal_space.search.settings import SearchSettings
 from fractal_space.search.storage import open_storage
 
@@ -44,10 +45,11 @@ def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
     return TrialSeededTPE(seed=seed)
 
 
-def create_study(name: str, storage: optuna.storages.BaseStorage, objective: str, seed: int | None) -> optuna.Study:
-    """Create or load the study; TPE sampler and, for single-objective, Hyperband pruning on per-epoch accuracy."""
+def create_study(name: str, storage: optuna.storages.BaseStorage, objective: str, seed: int | None,
+                 rungs: Rungs | None = None) -> optuna.Study:
+    """Create or load the study: TPE sampler; single-objective with ``rungs``: successive halving on their epochs."""
     dirs = directions(objective)
-    pruner = optuna.pruners.HyperbandPruner(min_resource=1) if len(dirs) == 1 else optuna.pruners.NopPruner()
+    pruner = rungs.optuna_pruner() if rungs is not None and len(dirs) == 1 else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name=name, storage=storage, directions=dirs, load_if_exists=True,
                                 sampler=make_sampler(seed), pruner=pruner)
     if [d.name.lower() for d in study.directions] != dirs:
@@ -60,7 +62,7 @@ def create_study(name: str, storage: optuna.storages.BaseStorage, objective: str
 def load(settings: SearchSettings, heartbeat: bool = True) -> optuna.Study:
     """Open the storage and create or load the study of ``settings`` (``heartbeat=False`` for ask/tell users)."""
     storage = open_storage(settings.storage_url, settings.study_dir, settings.heartbeat_s if heartbeat else None)
-    return create_study(settings.study, storage, settings.objective, settings.seed)
+    return create_study(settings.study, storage, settings.objective, settings.seed, settings.budget.rungs)
 
 
 def objective(settings: SearchSettings) -> Objective:

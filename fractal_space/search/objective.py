@@ -21,7 +21,7 @@ from fractal_space.search.accounting import counts_as_finished, is_search_trial
 from fractal_space.search.budget import Budget
 from fractal_space.search.faults import fault_point
 from fractal_space.search.procedure import Pruned, run_trial
-from fractal_space.search.record import FRACTAL_MODEL, TrialRecord, fail_reason, tag
+from fractal_space.search.record import FRACTAL_MODEL, TrialRecord, architecture_name, fail_reason, tag
 from fractal_space.search.retention import trial_dir
 from fractal_space.space import SearchSpace
 
@@ -54,7 +54,7 @@ class Objective:
             first = [t.number for t in ahead if t.user_attrs.get("reference")]
             if first:
                 _surplus(trial, f"the reference point is already trial {first[0]}")
-        return self._train(trial, FRACTAL_MODEL, lambda: self.space.suggest(trial))
+        return self._train(trial, FRACTAL_MODEL, lambda: self.space.suggest(trial), named=True)
 
     def baseline(self, model: str, train: dict[str, Any]) -> Callable[[optuna.Trial], list[float]]:
         """The objective of a baseline trial: ``model`` trained with the same budget and the reference recipe."""
@@ -65,22 +65,31 @@ class Objective:
 
         return run
 
-    def _train(self, trial: optuna.Trial, model: str, sample: Callable[[], dict[str, Any]]) -> list[float]:
-        """Sample, train and record; every exception leaves a ``fail_reason`` so the trial counts as finished."""
-        prune = len(trial.study.directions) == 1 and trial.user_attrs.get("kind") != "baseline"
+    def _train(self, trial: optuna.Trial, model: str, sample: Callable[[], dict[str, Any]], named: bool = False
+               ) -> list[float]:
+        """Sample, train and record; every exception leaves a ``fail_reason`` so the trial counts as finished.
+
+        ``named``: the trial's ``model`` attribute becomes the sampled architecture's name (a FractalNet search trial
+        is built from one registered variant whose B, C and widths its kwargs replace).
+        """
+        single = len(trial.study.directions) == 1  # Optuna has intermediate values for single-objective studies only
+        prune = single and trial.user_attrs.get("kind") != "baseline"
 
         def on_epoch(record: TrialRecord) -> None:
             trial.set_user_attr("record", record.to_dict())
             fault_point("epoch-recorded")
             interrupt.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed stops the trial here
-            if prune and not record.finished_budget:  # a finished budget is a result, never pruned
+            if single:  # every epoch, the last too, so the dashboard's curves are whole
                 trial.report(record.val_acc, record.epoch)
-                if trial.should_prune():
-                    raise Pruned(f"pruned by Hyperband after epoch {record.epoch}")
+            if prune and not record.finished_budget and trial.should_prune():  # a finished budget is never pruned
+                raise Pruned(f"stopped at rung {self.budget.rungs.rung_of(record.epoch)} ({record.epoch} epochs of "
+                             f"{self.budget.rungs.min_images:,} images) by successive halving")
 
         try:
             config = sample()
             trial.set_user_attr("config", json.loads(json.dumps(config)))
+            if named:
+                trial.set_user_attr("model", architecture_name(config["model_kwargs"]))
             record = run_trial(model=model, config=config, budget=self.budget,
                                out_dir=trial_dir(self.study_dir, trial.number), on_epoch=on_epoch)
             return record.objective_values(self.objective)

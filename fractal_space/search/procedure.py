@@ -25,7 +25,8 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
     """Train ``model`` with ``config`` (``{"model_kwargs", "train"}``, as ``SearchSpace.suggest`` returns) under
     ``budget``; ``on_epoch`` sees each epoch's record and may raise :class:`Pruned`.
 
-    Returns the last epoch's record; exceptions (TrainingDiverged, out of memory, ...) propagate so the backend can
+    Every FractalNet column is evaluated after the last epoch only (a pruned trial has none). Returns the last epoch's
+    record; exceptions (TrainingDiverged, out of memory, ...) propagate so the backend can
     mark the trial FAIL with the reason.
     """
     started = time.perf_counter()
@@ -36,6 +37,8 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
     history: list[float] = []
     for report in trainer.epochs():
         history.append(float(report.val_acc))
+        if report.epoch == cfg.epochs and trainer.num_columns:  # the anytime metrics, once the budget is spent
+            report.columns = trainer.evaluate("val", columns=True).columns
         record = TrialRecord(
             epoch=report.epoch, epochs=cfg.epochs, val_acc=float(report.val_acc), val_loss=float(report.val_loss),
             train_loss=float(report.train_loss), train_acc=float(report.train_acc),

@@ -25,7 +25,15 @@ from fractal_space.search import lifecycle
 from fractal_space.search.accounting import fail_interrupted, tally
 from fractal_space.search.budget import Budget
 from fractal_space.search.procedure import run_trial
-from fractal_space.search.record import FRACTAL_MODEL, OBJECTIVES, WORKER, TrialRecord, fail_reason, tag
+from fractal_space.search.record import (
+    FRACTAL_MODEL,
+    OBJECTIVES,
+    WORKER,
+    TrialRecord,
+    architecture_name,
+    fail_reason,
+    tag,
+)
 from fractal_space.search.retention import keep_best_checkpoints, trial_dir
 from fractal_space.search.settings import SearchSettings
 from fractal_space.search.storage import open_storage
@@ -85,6 +93,7 @@ class StudySearch(OptunaSearch):
         tag(ot_trial, "fractalnet", FRACTAL_MODEL)
         if config is not None:
             ot_trial.set_user_attr("config", {k: config[k] for k in ("model_kwargs", "train")})
+            ot_trial.set_user_attr("model", architecture_name(config["model_kwargs"]))
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -179,7 +188,6 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
     """Run (or resume) the Ray search until the study has ``settings.trials`` finished search trials."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     if not ray.is_initialized():
         connect(settings)
@@ -200,8 +208,7 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
         remaining = settings.trials - tally(study)[0]
         if remaining > 0:
             single = OBJECTIVES[settings.objective] is None
-            scheduler = (ASHAScheduler(metric="val_acc", mode="max", max_t=budget["epochs"], grace_period=1,
-                                       reduction_factor=3) if single else None)
+            scheduler = budget.rungs.ray_scheduler() if single else None
             searcher = StudySearch(settings, open_storage(settings.storage_url, settings.study_dir, heartbeat_s=None))
             tuner = tune.Tuner(
                 fn,

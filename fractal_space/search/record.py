@@ -83,6 +83,16 @@ def record_columns() -> list[tuple[str, str, pa.DataType]]:
     return [(f.name, f.metadata["column"] or f.name, f.metadata["arrow"]) for f in dataclasses.fields(TrialRecord)]
 
 
+def architecture_name(model_kwargs: dict[str, Any]) -> str:
+    """A FractalNet's honest name from what defines its architecture: B, C, widths and join (C=1 has no join).
+
+    ``fractalnet_b5_c3_w16-32-64-128-128_mean`` is the paper's reduced-width 20-layer network.
+    """
+    widths = "-".join(str(w) for w in model_kwargs["widths"])
+    join = f"_{model_kwargs.get('join', 'mean')}" if model_kwargs["num_columns"] > 1 else ""
+    return f"fractalnet_b{model_kwargs['num_blocks']}_c{model_kwargs['num_columns']}_w{widths}{join}"
+
+
 def tag(trial: Any, kind: str, model: str) -> None:
     """The attributes every trial carries from its first moment: who runs it, what it is, which model."""
     trial.set_user_attr("worker", WORKER)

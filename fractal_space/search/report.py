@@ -1,24 +1,34 @@
-"""The study report: ``report.md`` plus PNG plots, rebuilt from ``trials.parquet`` after every run.
+"""The study report: ``report.md`` plus PNG plots, rebuilt from ``trials.parquet`` and ``final/results.parquet``.
 
-Plots: optimisation history, accuracy-vs-cost Pareto front (every FractalNet column is a point: each trial adds C
-points to the accuracy-latency front), anytime curve of the best network, and a FractalNet-vs-baselines table.
+It answers the user's question first: the final test-set table (the best FractalNets retrained, the best column of
+each, every baseline, on one recipe), then how far to trust it (budgets, wall times, hardware, the rank correlation
+between search score and test accuracy), then the search itself: optimisation history, accuracy-vs-cost front (every
+FractalNet column is a point), the anytime curve of the best multi-column network, failures.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from fractal_space.hardware import describe  # noqa: E402
+from fractal_space.search.final import read_results  # noqa: E402
 from fractal_space.search.record import OBJECTIVES  # noqa: E402
 from fractal_space.search.retention import pareto  # noqa: E402
+from fractal_space.search.settings import SearchSettings  # noqa: E402
 
 MULTI_NOTE = "Optuna cannot prune multi-objective studies: every trial of this study ran its full budget."
+COST_LABELS = {"latency_ms": "latency (ms / image, batch 1)", "params": "parameters", "flops": "FLOPs / image"}
 
 
 def _fmt(value: object, spec: str = "") -> str:
@@ -27,73 +37,171 @@ def _fmt(value: object, spec: str = "") -> str:
     return format(value, spec)
 
 
+def _short(value: Any) -> Any:
+    """Floats at 4 significant digits (a config as people read it, not as 16-digit binary fractions)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _short(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_short(v) for v in value]
+    return value
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _history(df: pd.DataFrame, base: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     done = df[df.state == "COMPLETE"].sort_values("number")
     pruned = df[df.state == "PRUNED"]
-    ax.scatter(done.number, done.val_acc, s=12, label="completed")
-    ax.scatter(pruned.number, pruned.val_acc, s=12, marker="x", color="grey", label="pruned (last epoch)")
     if len(done):
-        ax.plot(done.number, done.val_acc.cummax(), color="C1", label="best so far")
+        ax.scatter(done.number, done.val_acc, s=12, label="completed (top rung)")
+        last = int(df.number.max())  # the staircase runs to the last trial, whatever its state
+        steps = pd.concat([done.val_acc.cummax(), pd.Series([done.val_acc.max()])], ignore_index=True)
+        ax.step([*done.number, last], steps, where="post", color="C1", label="best so far")
+    if len(pruned):
+        ax.scatter(pruned.number, pruned.val_acc, s=12, marker="x", color="grey", label="stopped at a lower rung")
     for i, row in enumerate(base.itertuples()):
         if row.val_acc is not None and not math.isnan(row.val_acc):
             ax.axhline(row.val_acc, ls="--", color=f"C{i + 2}", label=row.model)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial", ylabel="validation accuracy", title="Optimisation history")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _front(df: pd.DataFrame, base: pd.DataFrame, cost: str, path: Path) -> list[tuple[float, float, str]]:
     """Plot accuracy vs ``cost``; for latency every column of every trial is a point. Returns the front."""
-    points: list[tuple[float, float, str]] = []
+    trials: list[tuple[float, float, str]] = []
+    columns: list[tuple[float, float, str]] = []
     for row in df[df.state == "COMPLETE"].itertuples():
-        points.append((row.val_acc, getattr(row, cost), f"trial {row.number}"))
-        if cost == "latency_ms" and row.column_val_acc is not None:
+        trials.append((row.val_acc, getattr(row, cost), f"trial {row.number}"))
+        if cost == "latency_ms" and row.column_val_acc is not None and len(row.column_val_acc) > 1:
             for k, (acc, lat) in enumerate(zip(row.column_val_acc, row.column_latency_ms, strict=True), 1):
-                points.append((acc, lat, f"trial {row.number} column {k}"))
+                columns.append((acc, lat, f"trial {row.number} column {k}"))
     fig, ax = plt.subplots(figsize=(7, 4))
+    points = trials + columns
     front: list[tuple[float, float, str]] = []
+    if trials:
+        ax.scatter([p[1] for p in trials], [p[0] for p in trials], s=10, color="C0", alpha=0.5,
+                   label="trials (full network)")
+    if columns:
+        ax.scatter([p[1] for p in columns], [p[0] for p in columns], s=10, marker="^", color="C4", alpha=0.5,
+                   label="single columns of trials")
     if points:
-        ax.scatter([p[1] for p in points], [p[0] for p in points], s=8, color="lightgrey", label="trials / columns")
         front = sorted((points[i] for i in pareto([(a, c) for a, c, _ in points])), key=lambda p: p[1])
-        ax.plot([p[1] for p in front], [p[0] for p in front], "o-", color="C0", ms=4, label="Pareto front")
+        ax.plot([p[1] for p in front], [p[0] for p in front], "-", color="black", lw=1, label="Pareto front")
     for i, row in enumerate(base[base.state == "COMPLETE"].itertuples()):
-        ax.scatter([getattr(row, cost)], [row.val_acc], marker="*", s=90, color=f"C{i + 2}", label=row.model)
-    ax.set(xscale="log", xlabel=cost, ylabel="validation accuracy", title=f"Accuracy vs {cost}")
+        ax.scatter([getattr(row, cost)], [row.val_acc], marker="*", s=110, color=f"C{i + 2}",
+                   label=f"baseline {row.model}")
+    label = COST_LABELS.get(cost, cost)
+    ax.set(xscale="log", xlabel=label, ylabel="validation accuracy", title=f"Validation accuracy vs {label}")
+    ax.xaxis.set_major_locator(LogLocator(numticks=6))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return front
 
 
-def _anytime(best: pd.Series, path: Path) -> None:
+def _anytime(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Accuracy vs latency of each column alone and of the full network, per multi-column network."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    lat, acc = list(best.column_latency_ms), list(best.column_val_acc)
-    ax.plot(lat, acc, "o-", label="column k alone")
-    for k, (x, y) in enumerate(zip(lat, acc, strict=True), 1):
-        ax.annotate(f"C{k}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.scatter([best.latency_ms], [best.val_acc], marker="*", s=120, color="C1", label="full network")
-    ax.set(xlabel="latency (ms / image, batch 1)", ylabel="validation accuracy",
-           title=f"Anytime curve of the best FractalNet (trial {best.number})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    for i, row in enumerate(rows):
+        lat, acc = list(row["column_latency_ms"]), list(row["column_acc"])
+        ax.plot(lat, acc, "o-", color=f"C{i}", label=f"{row['label']}: column k alone")
+        for k, (x, y) in enumerate(zip(lat, acc, strict=True), 1):
+            ax.annotate(f"C{k}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.scatter([row["latency_ms"]], [row["acc"]], marker="*", s=120, color=f"C{i}", label=f"{row['label']}: full")
+    ax.set(xlabel=COST_LABELS["latency_ms"], ylabel=rows[0]["metric"], title="Anytime prediction: columns alone")
+    ax.legend(fontsize=7)
+    _save(fig, path)
 
 
-def write_report(*, table_path: Path, out_dir: Path, study: str, objective: str, storage: str) -> Path:
+def _final_section(final: pd.DataFrame, out_dir: Path) -> list[str]:
+    """The headline: test accuracy of every retrained model (mean ± std over seeds), best columns, load lines."""
+    lines = ["## Final test results (retrained from scratch, one recipe, test split unseen by the search)", "",
+             "| model | test acc | params | FLOPs / image | latency b=1 (ms) | latency b=train (ms / image) | load |",
+             "|---|---|---|---|---|---|---|"]
+    multi_column = []
+    for (kind, architecture), group in final.groupby(["kind", "architecture"], sort=False):
+        acc = group.test_acc
+        spread = f" ± {acc.std(ddof=1):.2%}" if len(group) > 1 else ""
+        first = group.iloc[0]
+        seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
+        label = f"{architecture}{seeds}" if kind == "fractalnet" else f"baseline {architecture}{seeds}"
+        lines.append(f"| {label} | {acc.mean():.2%}{spread} | {first.params:,} | {first.flops:,} | "
+                     f"{first.latency_ms:.3f} | {first.latency_ms_batch:.3f} | `{first.load}` |")
+        columns = [list(c) for c in group.column_test_acc]
+        if kind == "fractalnet" and columns and len(columns[0]) > 1:
+            mean = [sum(c[k] for c in columns) / len(columns) for k in range(len(columns[0]))]
+            k = max(range(len(mean)), key=mean.__getitem__)
+            lines.append(f"| ↳ its best column alone (column {k + 1} of {len(mean)}) | {mean[k]:.2%} | | | "
+                         f"{first.column_latency_ms[k]:.3f} | | |")
+            multi_column.append({"label": architecture, "column_latency_ms": first.column_latency_ms,
+                                 "column_acc": mean, "latency_ms": first.latency_ms, "acc": acc.mean(),
+                                 "metric": "test accuracy"})
+    lines.append("")
+    if multi_column:
+        _anytime(multi_column, out_dir / "anytime.png")
+        lines += ["![anytime prediction of the retrained FractalNets](anytime.png)", ""]
+    return lines
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    rx, ry = pd.Series(x).rank(), pd.Series(y).rank()
+    return float(rx.corr(ry)) if len(rx) > 1 else math.nan
+
+
+def _trust_section(df: pd.DataFrame, final: pd.DataFrame, settings: SearchSettings) -> list[str]:
+    """Budgets, wall times, hardware and the search score's fidelity to the final test accuracy."""
+    budget = settings.budget
+    started, ended = df.datetime_start.min(), df.datetime_complete.max()
+    search_wall = (ended - started).total_seconds() if pd.notna(started) and pd.notna(ended) else math.nan
+    lines = ["## Budgets, wall times and how far to trust the ranking", "",
+             f"- Hardware: {describe(budget['device'])}.",
+             f"- Search: {settings.trials} trials, rungs of {budget.rungs} (successive halving; one epoch = "
+             f"{budget.rungs.min_images:,} images from a new shuffle of the training split), validation on "
+             f"{budget['val_size']} held-out training images; {len(settings.baselines)} baseline(s) to the top rung. "
+             f"Wall time from the first trial to the last: {search_wall / 60:.1f} min (trial time summed: "
+             f"{df.duration_s.sum() / 60:.1f} min)."]
+    if len(final):
+        train = settings.baseline_train()
+        lines.append(f"- Final stage: {settings.final.epochs} epoch(s) over the whole training split per model, lr "
+                     f"{train['lr']:g}, batch {train['batch_size']}, weight decay {train['weight_decay']:g}, cosine "
+                     f"schedule, {settings.final.seeds} seed(s); FractalNets keep their searched regularisation. "
+                     f"Training time summed: {final.train_seconds.sum() / 60:.1f} min.")
+        ranked = final.dropna(subset=["search_val_acc"]).groupby("name", sort=False).agg(
+            search=("search_val_acc", "first"), test=("test_acc", "mean"))
+        rho = _spearman(list(ranked.search), list(ranked.test))
+        lines.append(f"- Proxy fidelity: Spearman rank correlation between the search's validation score and the "
+                     f"final test accuracy of the retrained models: {_fmt(rho, '.2f')} (n = {len(ranked)}). "
+                     + ("With so few models this says little; more --final-top gives a firmer answer."
+                        if len(ranked) < 6 else ""))
+    return [*lines, ""]
+
+
+def write_report(*, settings: SearchSettings, storage: str) -> Path:
     """Write ``report.md`` and its plots next to ``trials.parquet``; returns the Markdown path."""
-    df = pd.read_parquet(table_path)
+    out_dir = settings.study_dir
+    (out_dir / "anytime.png").unlink(missing_ok=True)  # drawn again below only where it means something
+    df = pd.read_parquet(out_dir / "trials.parquet")
+    final = read_results(out_dir / "final")
     frac, base = df[df.kind == "fractalnet"], df[df.kind == "baseline"]
+    objective = settings.objective
     cost = OBJECTIVES[objective] or "latency_ms"
-    lines = [f"# Search report: `{study}`", "",
+    lines = [f"# Search report: `{settings.study}`", "",
              f"Objective: **{objective}** ({'accuracy' if OBJECTIVES[objective] is None else 'accuracy vs ' + cost})."
              f" Storage: `{storage}` (open it with `optuna-dashboard {storage}`).", ""]
+    if len(final):
+        lines += _final_section(final, out_dir)
+    lines += _trust_section(df, final, settings)
+    lines += ["## The search", ""]
     if OBJECTIVES[objective] is not None:
         lines += [MULTI_NOTE, ""]
     states = frac.state.value_counts().to_dict()
@@ -102,35 +210,39 @@ def write_report(*, table_path: Path, out_dir: Path, study: str, objective: str,
         _history(frac, base, out_dir / "history.png")
         lines += ["![optimisation history](history.png)", ""]
     front = _front(frac, base, cost, out_dir / "pareto.png")
-    lines += [f"![accuracy vs {cost}](pareto.png)", ""]
+    lines += [f"![accuracy vs {COST_LABELS.get(cost, cost)}](pareto.png)", ""]
     if front:
-        lines += [f"Pareto front (accuracy vs {cost}; FractalNet columns count as networks):", "",
-                  f"| point | val acc | {cost} |", "|---|---|---|"]
-        lines += [f"| {name} | {acc:.4f} | {_fmt(c, '.4g')} |" for acc, c, name in front]
+        lines += [f"Pareto front (validation accuracy vs {COST_LABELS.get(cost, cost)}; single columns count as "
+                  "networks):", "", f"| point | val acc | {COST_LABELS.get(cost, cost)} |", "|---|---|---|"]
+        lines += [f"| {name} | {acc:.2%} | {_fmt(c, '.4g')} |" for acc, c, name in front]
         lines.append("")
     done = frac[frac.state == "COMPLETE"]
     table = ["| network | val acc | params | FLOPs | latency (ms) |", "|---|---|---|---|---|"]
     if len(done):
         best = done.loc[done.val_acc.idxmax()]
-        table.append(f"| best FractalNet (trial {best.number}, {int(best.num_columns)} columns) | {best.val_acc:.4f} | "
+        table.append(f"| best FractalNet: {best.model} (trial {best.number}) | {best.val_acc:.2%} | "
                      f"{_fmt(best.params, ',')} | {_fmt(best.flops, ',')} | {_fmt(best.latency_ms, '.3f')} |")
-        if best.column_val_acc is not None and len(best.column_val_acc):
+        if best.column_val_acc is not None and len(best.column_val_acc) > 1:
             k = max(range(len(best.column_val_acc)), key=lambda i: best.column_val_acc[i])
-            table.append(f"| its best column alone (column {k + 1}) | {best.column_val_acc[k]:.4f} | - | - | "
+            table.append(f"| its best column alone (column {k + 1}) | {best.column_val_acc[k]:.2%} | - | - | "
                          f"{best.column_latency_ms[k]:.3f} |")
-            _anytime(best, out_dir / "anytime.png")
-            lines += ["![anytime curve](anytime.png)", ""]
-        lines += [f"Best configuration (trial {best.number}): `{best.config}`", ""]
+            if not len(final):
+                _anytime([{"label": f"trial {best.number}", "column_latency_ms": best.column_latency_ms,
+                           "column_acc": best.column_val_acc, "latency_ms": best.latency_ms, "acc": best.val_acc,
+                           "metric": "validation accuracy"}], out_dir / "anytime.png")
+                lines += ["![anytime curve](anytime.png)", ""]
+        config = json.dumps(_short(json.loads(best.config))) if best.config else "-"
+        lines += [f"Best configuration (trial {best.number}): `{config}`", ""]
     for row in base.itertuples():
         if row.state == "COMPLETE":
-            table.append(f"| {row.model} | {row.val_acc:.4f} | {_fmt(row.params, ',')} | {_fmt(row.flops, ',')} | "
+            table.append(f"| {row.model} | {row.val_acc:.2%} | {_fmt(row.params, ',')} | {_fmt(row.flops, ',')} | "
                          f"{_fmt(row.latency_ms, '.3f')} |")
         else:
             table.append(f"| {row.model} | {row.state}: {row.fail_reason} | | | |")
-    lines += ["## FractalNet vs baselines (same data, budget and recipe)", "", *table, ""]
+    lines += ["### FractalNet vs baselines in the search (validation, same data, budget and recipe)", "", *table, ""]
     failed = frac[frac.state == "FAIL"]
     if len(failed):
-        lines += ["## Failed trials", "", *[f"- trial {r.number}: {r.fail_reason}" for r in failed.itertuples()], ""]
+        lines += ["### Failed trials", "", *[f"- trial {r.number}: {r.fail_reason}" for r in failed.itertuples()], ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

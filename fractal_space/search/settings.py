@@ -21,6 +21,16 @@ class RaySettings:
 
 
 @dataclass(frozen=True)
+class FinalSettings:
+    """The final stage: the ``top`` distinct FractalNet architectures and ``baselines``, ``epochs`` passes each."""
+
+    top: int = 3
+    epochs: int = 2
+    seeds: int = 1
+    baselines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SearchSettings:
     """One study: where it is stored, what it optimises, its space and its per-trial budget."""
 
@@ -36,6 +46,7 @@ class SearchSettings:
     seed: int | None = 0
     heartbeat_s: int = 30
     ray: RaySettings = field(default_factory=RaySettings)
+    final: FinalSettings = field(default_factory=FinalSettings)
 
     @property
     def unclaimed_after_s(self) -> float:

@@ -1,0 +1,140 @@
+"""The final stage: the search's best architectures and every baseline, retrained from scratch and tested.
+
+The search ranks architectures on validation accuracy at a proxy budget; this stage answers the user's question. The
+top ``top`` distinct FractalNet architectures (B, C, widths, join) and every baseline are trained with one identical
+recipe (the reference point's lr, batch size and weight decay, a cosine schedule over ``epochs`` passes of the whole
+training split) and evaluated once on the test split, which the search never saw. Each FractalNet keeps its own
+searched regularisation (drop-path, global fraction, dropout). Models run one after another with every core, so
+their latencies (batch 1 and the training batch) are measured with nothing else running.
+
+Each model trains through the engine into ``final/<name>/run/`` (checkpointed, resumable) and is exported to
+``final/<name>/`` as a timm model (:mod:`fractal_space.export`); ``final/results.parquet`` gains its row when the
+export is complete, so a re-run skips finished models and a SIGKILL loses none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from fractal_space.engine import Trainer
+from fractal_space.export import export_model, load_line
+from fractal_space.hardware import usable_cpus
+from fractal_space.io import atomic_path
+from fractal_space.metrics import measure_latency
+from fractal_space.search.accounting import is_search_trial
+from fractal_space.search.record import FRACTAL_MODEL, architecture_name
+from fractal_space.search.settings import SearchSettings
+
+log = logging.getLogger("fractal_space.search")
+RESULTS = "results.parquet"
+
+
+@dataclass(frozen=True)
+class FinalJob:
+    """One model to retrain: its folder name, timm model and kwargs, seed, and the search trial it came from."""
+
+    name: str
+    kind: str  # "fractalnet" or "baseline"
+    model: str
+    model_kwargs: dict[str, Any]
+    seed: int
+    trial: int | None
+    search_val_acc: float | None
+
+
+def distinct_architectures(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
+    """The best completed search trial of each of the ``top`` best distinct architectures (by validation accuracy)."""
+    done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if is_search_trial(t) and t.values and "config" in t.user_attrs),
+                  key=lambda t: -t.values[0])
+    chosen: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in done:
+        chosen.setdefault(architecture_name(t.user_attrs["config"]["model_kwargs"]), t)
+    return list(chosen.values())[:top]
+
+
+def plan(settings: SearchSettings, study: optuna.Study) -> list[FinalJob]:
+    """Every model of the final stage, FractalNets first, one job per seed."""
+    jobs = []
+    baselines = {t.user_attrs.get("model"): t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.user_attrs.get("kind") == "baseline"}
+    for seed in range(settings.final.seeds):
+        suffix = f"_s{seed}" if settings.final.seeds > 1 else ""
+        for t in distinct_architectures(study, settings.final.top):
+            kwargs = t.user_attrs["config"]["model_kwargs"]
+            jobs.append(FinalJob(f"{architecture_name(kwargs)}_t{t.number:04d}{suffix}", "fractalnet", FRACTAL_MODEL,
+                                 kwargs, seed, t.number, t.values[0]))
+        for model in settings.final.baselines:
+            searched = baselines.get(model)
+            jobs.append(FinalJob(f"{model}{suffix}", "baseline", model, {}, seed,
+                                 searched.number if searched else None, searched.values[0] if searched else None))
+    return jobs
+
+
+def read_results(final_dir: Path) -> pd.DataFrame:
+    """``final/results.parquet`` (empty if the stage has not finished a model yet)."""
+    path = final_dir / RESULTS
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
+def run_final(settings: SearchSettings, study: optuna.Study,
+              progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Retrain, test and export every job not finished yet; returns the whole results table."""
+    final_dir = settings.study_dir / "final"
+    jobs = plan(settings, study)
+    table = read_results(final_dir)
+    done = set(table.name) if len(table) else set()
+    train = settings.baseline_train()
+    for i, job in enumerate(jobs):
+        if progress is not None:
+            progress(i, len(jobs))
+        if job.name in done:
+            continue
+        log.info("final stage: %s (%d/%d)", job.name, i + 1, len(jobs))
+        row = _train_and_export(settings, job, train, final_dir / job.name)
+        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
+        with atomic_path(final_dir / RESULTS) as tmp:
+            table.to_parquet(tmp, index=False)
+    if progress is not None:
+        progress(len(jobs), len(jobs))
+    return table
+
+
+def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, Any], folder: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    cfg = settings.budget.config(model=job.model, model_kwargs=dict(job.model_kwargs), seed=job.seed,
+                                 epochs=settings.final.epochs, epoch_images=None, eval_columns=True,
+                                 num_threads=usable_cpus(), out_dir=str(folder / "run"), **train)
+    trainer = Trainer(cfg)
+    for _ in trainer.epochs():
+        pass
+    test = trainer.test()
+    model = trainer.model.eval()
+    latency_batch = measure_latency(model, trainer.input_size, batch_size=cfg.batch_size)
+    export_model(model, folder, data=trainer.data)
+    history = trainer.history
+    return {
+        "name": job.name, "kind": job.kind, "model": job.model, "architecture": (
+            architecture_name(job.model_kwargs) if job.kind == "fractalnet" else job.model),
+        "model_kwargs": json.dumps(job.model_kwargs), "seed": job.seed, "trial": job.trial,
+        "search_val_acc": job.search_val_acc, "test_acc": test.acc, "test_loss": test.loss,
+        "val_acc": history[-1].val_acc if history else math.nan,
+        "params": trainer.num_params, "flops": trainer.flops, "latency_ms": test.latency_ms,
+        "latency_ms_batch": latency_batch, "batch_size": cfg.batch_size,
+        "column_test_acc": [c.acc for c in test.columns], "column_latency_ms": [c.latency_ms for c in test.columns],
+        "epochs": cfg.epochs, "train_images": cfg.epochs * len(trainer.train_loader) * cfg.batch_size,
+        "train_images_per_s": (sum(r.train_images_per_s for r in history) / len(history)) if history else math.nan,
+        "train_seconds": sum(r.epoch_seconds for r in history), "stage_seconds": time.perf_counter() - started,
+        "load": load_line(folder),
+    }

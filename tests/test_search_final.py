@@ -1,0 +1,80 @@
+"""The final stage: the best distinct architectures and the baselines retrained, tested, exported as timm models;
+resumable after SIGKILL; the report's headline table."""
+
+import json
+import os
+import signal
+import time
+
+import pandas as pd
+import pytest
+import timm
+import torch
+from search_cli import load_study, spawn_search, tiny_args
+
+import fractal_space  # noqa: F401  (registers the timm models)
+from fractal_space.engine.checkpoint import read_checkpoint
+from fractal_space.search.cli import main
+from fractal_space.search.final import distinct_architectures
+from fractal_space.search.record import FRACTAL_MODEL
+
+FINAL = ("--final-top", "2", "--final-epochs", "1", "--final-baselines", "resnet20_cifar")
+
+
+def _results(runs, study) -> pd.DataFrame:
+    path = runs / study / "final" / "results.parquet"
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
+def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_sigkill(tmp_path):
+    assert main(tiny_args(tmp_path, "final", "--trials", "4", rungs=2)) == 0  # the search alone
+    study = load_study(tmp_path, "final")
+    architectures = distinct_architectures(study, 2)
+    names = {t.user_attrs["model"] for t in architectures}
+    assert len(names) == len(architectures)  # distinct, each named by its B, C, widths and join
+
+    proc = spawn_search(tmp_path, "final", "--trials", "4", *FINAL, rungs=2)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(_results(tmp_path, "final")) < 1:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)  # during the second model
+    proc.communicate(timeout=30)
+    before = _results(tmp_path, "final")
+    assert len(before) >= 1
+
+    assert main(tiny_args(tmp_path, "final", "--trials", "4", *FINAL, rungs=2)) == 0
+    after = _results(tmp_path, "final")
+    assert len(after) == len(architectures) + 1 and list(after.name).count("resnet20_cifar") == 1
+    kept = after.set_index("name").loc[before.name, "test_acc"]
+    assert kept.tolist() == before.test_acc.tolist()  # a finished model is not trained again
+    assert after.test_acc.between(0, 1).all() and (after.latency_ms_batch > 0).all() and (after.params > 0).all()
+
+    x = torch.randn(3, 3, 32, 32)
+    for row in after.itertuples():
+        folder = tmp_path / "final" / "final" / row.name
+        config = json.loads((folder / "config.json").read_text())
+        assert config["architecture"] == row.model and (folder / "model.safetensors").exists()
+        loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+        kwargs = json.loads(row.model_kwargs)
+        trained = timm.create_model(row.model, num_classes=10, **kwargs).eval()
+        weights, _ = read_checkpoint(folder / "run")
+        trained.load_state_dict(weights)
+        torch.testing.assert_close(loaded(x), trained(x))  # the same network with the same trained weights
+        torch.testing.assert_close(eval(row.load, {"timm": timm}).eval()(x), trained(x))  # the report's one line
+        if row.kind == "fractalnet":
+            assert row.model == FRACTAL_MODEL and len(row.column_test_acc) == kwargs["num_columns"]
+
+    report = (tmp_path / "final" / "report.md").read_text()
+    headline = report.split("## Budgets")[0]
+    assert "## Final test results" in headline and "baseline resnet20_cifar" in headline
+    assert all("local-dir:" in line for line in headline.splitlines() if line.startswith("| fractalnet"))
+    assert "Proxy fidelity: Spearman" in report and f"(n = {len(architectures)})" in report  # those with a search score
+
+
+@pytest.mark.parametrize("args", [["--final-top", "-1"], ["--final-epochs", "0"], ["--final-seeds", "0"],
+                                  ["--final-baselines", "resnet999_cifar"]])
+def test_bad_final_stage_options_are_one_line(tmp_path, capsys, args):
+    assert main(tiny_args(tmp_path, "bad", *args)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "bad").exists()
