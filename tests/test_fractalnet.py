@@ -103,6 +103,9 @@ def test_depth_and_layer_counts_of_variants() -> None:
         model = timm.create_model(f"fractalnet_c{c}", **TINY)
         convs = [m for m in model.extract_column(c).modules() if isinstance(m, nn.Conv2d)]
         assert len(convs) == 5 * 2 ** (c - 1)  # B * 2^(C-1): 5, 10, 20, 40 layers
+        # the plain network of the same depth trained alone (Table 4) is the column's architecture
+        plain = timm.create_model("fractalnet_plain", convs_per_block=2 ** (c - 1), **TINY)
+        assert plain.state_dict().keys() == model.extract_column(c).state_dict().keys()
     for name, depth in (("fractalnet20_cifar", 20), ("fractalnet40_cifar", 40)):
         model = timm.create_model(name)
         convs = [m for m in model.extract_column(model.num_columns).modules() if isinstance(m, nn.Conv2d)]

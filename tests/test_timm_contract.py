@@ -29,11 +29,12 @@ SMALL_KWARGS = {
     **{n: _TWO_BLOCKS for n in CONTRACT_MODELS if n.startswith("fractalnet")},
     "fractalnet_c3": dict(widths=(8, 8, 16, 16, 16)),
     "fractalnet34": dict(widths=(8, 8, 16, 16), stem_width=8),
+    "fractalnet_plain": dict(_TWO_BLOCKS, convs_per_block=2, concat_join=True),  # every layer kind of a column
     **{n: dict(depths=(2, 1, 1)) for n in CONTRACT_MODELS if n.startswith("resnet") and n != "resnet20_cifar"},
     **{n: dict(block_depth=2) for n in CONTRACT_MODELS if n.startswith("densenet")},
 }
-# models without residual branches take no drop_path_rate (timm's own DenseNet does not either)
-NO_DROP_PATH = {n for n in CONTRACT_MODELS if n.startswith("densenet")}
+# models without residual branches or joins take no drop_path_rate (timm's own DenseNet does not either)
+NO_DROP_PATH = {n for n in CONTRACT_MODELS if n.startswith("densenet")} | {"fractalnet_plain"}
 
 BATCH = 2
 torch.manual_seed(0)

@@ -18,20 +18,20 @@ Choices where the paper leaves room (documented in the README):
 * ``drop_path_rate`` is off by default like every timm model; when it is > 0 the paper's local/global mix applies.
 """
 
-import copy
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, ConvNormAct, get_device_dtype, get_norm_act_layer
+from timm.layers import ClassifierHead, ConvNormAct, get_norm_act_layer
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from fractal_space.anytime import reestimate_bn_stats
-from fractal_space.models.cifar import cifar_cfg
+from fractal_space.models.cifar import CifarStageNet, cifar_cfg
 from fractal_space.models.cpu_conv import SmallMapConv2d, cpu_prefers_channels_last
 from fractal_space.recipe import (
     BLOCK_DROPOUT,
@@ -49,6 +49,7 @@ __all__ = ["FractalNet", "FractalColumn", "paper_block_dropout"]
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 INIT_TYPES = ("xavier", "kaiming")
 STEM_TYPES = ("none", "resnet")
+COLUMN_CFG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "pool_size")  # parent cfg -> column
 EVAL_BN_REFRESH_BYTES = 12 * 2 ** 20  # training inputs kept for the eval-mode BN refresh: 1024 CIFAR images in fp32
 
 
@@ -61,6 +62,56 @@ def _conv_unit(in_chs: int, out_chs: int, norm_layer: Any, act_layer: Any, dd: d
 
 def _dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+def _stem(stem: str, in_chans: int, stem_width: int, norm_act_layer: Any,
+          dd: dict[str, Any]) -> tuple[nn.Module, int, int]:
+    """The stem, its output channels and stride: none (CIFAR) or ResNet's 7x7/2 conv + 3x3/2 max-pool (ImageNet)."""
+    if stem == "resnet":
+        return nn.Sequential(
+            ConvNormAct(in_chans, stem_width, 7, stride=2, norm_layer=norm_act_layer, **dd),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        ), stem_width, 4
+    return nn.Identity(), in_chans, 1
+
+
+def _init_weights(model: nn.Module, init: str) -> None:
+    """Xavier uniform (paper) or He normal for convs and linears; BN to identity."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if init == "xavier":
+                nn.init.xavier_uniform_(m.weight)
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _check_layout(num_blocks: int, widths: Sequence[int], stem: str, init: str, drop_rate: float) -> tuple[int, ...]:
+    """The arguments a FractalNet and a plain column share, checked with one-line errors; returns ``widths``."""
+    if not isinstance(num_blocks, int) or num_blocks < 1:
+        raise ValueError(f"num_blocks={num_blocks!r} must be an integer >= 1")
+    widths = tuple(widths)
+    if len(widths) != num_blocks or not all(isinstance(w, int) and w >= 1 for w in widths):
+        raise ValueError(f"widths={widths!r} must be {num_blocks} positive integers (one per block)")
+    for name, value, choices in (("init", init, INIT_TYPES), ("stem", stem, STEM_TYPES)):
+        if value not in choices:
+            raise ValueError(f"{name}={value!r} is not one of {choices}")
+    check_rate("drop_rate", drop_rate, BLOCK_DROPOUT)  # a dropout probability, like the per-block ones
+    return widths
+
+
+def _check_block_dropout(block_dropout: Sequence[float], num_blocks: int) -> tuple[float, ...]:
+    """One dropout probability per block."""
+    block_dropout = tuple(block_dropout)
+    if len(block_dropout) != num_blocks:
+        raise ValueError(f"block_dropout={block_dropout!r} must have {num_blocks} entries (one per block)")
+    for i, p in enumerate(block_dropout):
+        check_rate(f"block_dropout[{i}]", p, BLOCK_DROPOUT)
+    return block_dropout
 
 
 class Join(nn.Module):
@@ -314,20 +365,11 @@ class FractalNet(nn.Module):
                 ``device="meta"`` builds without memory).
         """
         super().__init__()
-        if not isinstance(num_blocks, int) or num_blocks < 1:
-            raise ValueError(f"num_blocks={num_blocks!r} must be an integer >= 1")
         if not isinstance(num_columns, int) or not 1 <= num_columns <= MAX_COLUMNS:
             raise ValueError(f"num_columns={num_columns!r} must be an integer in [1, {MAX_COLUMNS}]")
-        widths = tuple(widths)
-        if len(widths) != num_blocks or not all(isinstance(w, int) and w >= 1 for w in widths):
-            raise ValueError(f"widths={widths!r} must be {num_blocks} positive integers (one per block)")
         if join not in JOINS:
             raise ValueError(f"join={join!r} is not one of {JOINS}")
-        if init not in INIT_TYPES:
-            raise ValueError(f"init={init!r} is not one of {INIT_TYPES}")
-        if stem not in STEM_TYPES:
-            raise ValueError(f"stem={stem!r} is not one of {STEM_TYPES}")
-        check_rate("drop_rate", drop_rate, BLOCK_DROPOUT)  # a dropout probability, like the per-block ones
+        widths = _check_layout(num_blocks, widths, stem, init, drop_rate)
 
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -340,16 +382,11 @@ class FractalNet(nn.Module):
         norm_act_layer = get_norm_act_layer(norm_layer, act_layer)
         dd = {"device": device, "dtype": dtype}
 
-        if stem == "resnet":
-            self.stem = nn.Sequential(
-                ConvNormAct(in_chans, stem_width, 7, stride=2, norm_layer=norm_act_layer, **dd),
-                nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-            )
-            prev_chs, reduction = stem_width, 4
-        else:
-            self.stem = nn.Identity()
-            prev_chs, reduction = in_chans, 1
+        self.stem, prev_chs, reduction = _stem(stem, in_chans, stem_width, norm_act_layer, dd)
         self.stem_stride = reduction
+        # what a column needs to be rebuilt as a plain network (``column_args``)
+        self.plain_args = dict(stem=stem, stem_width=stem_width, downsample_last=downsample_last,
+                               norm_layer=norm_layer, act_layer=act_layer)
         self.feature_info = []
         blocks = []
         for i, width in enumerate(widths):
@@ -375,20 +412,7 @@ class FractalNet(nn.Module):
         self.bn_stats_stale = False  # training steps off the all-paths network since the last re-estimation
         self._bn_inputs = []  # the kept training inputs (no annotation: TorchScript would warn on an empty list)
         self.set_regularization(drop_path_rate, global_drop_fraction, block_dropout)
-        self._init_weights(init)
-
-    def _init_weights(self, init: str) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                if init == "xavier":
-                    nn.init.xavier_uniform_(m.weight)
-                else:
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _init_weights(self, init)
 
     # ---- timm interface -------------------------------------------------------------------------------------
     @torch.jit.ignore
@@ -462,12 +486,7 @@ class FractalNet(nn.Module):
             check_rate("global_drop_fraction", global_drop_fraction, GLOBAL_DROP_FRACTION)
             self.global_drop_fraction = global_drop_fraction
         if block_dropout is not None:
-            block_dropout = tuple(block_dropout)
-            if len(block_dropout) != len(self.blocks):
-                raise ValueError(f"block_dropout={block_dropout!r} must have {len(self.blocks)} entries (one per "
-                                 f"block)")
-            for i, p in enumerate(block_dropout):
-                check_rate(f"block_dropout[{i}]", p, BLOCK_DROPOUT)
+            block_dropout = _check_block_dropout(block_dropout, len(self.blocks))
             for block, p in zip(self.blocks, block_dropout, strict=True):
                 block.drop = _dropout(p)
 
@@ -633,64 +652,129 @@ class FractalNet(nn.Module):
 
     # ---- anytime --------------------------------------------------------------------------------------------
     @torch.jit.ignore
-    def extract_column(self, column: int) -> "FractalColumn":
-        """Column ``column`` (1 = shallowest) as a standalone plain network sharing no tensors with this one."""
-        return FractalColumn(self, column)
+    def column_args(self, column: int) -> dict[str, Any]:
+        """The ``fractalnet_plain`` arguments that build column ``column`` (1 = shallowest) as a plain network."""
+        if not 1 <= column <= self.num_columns:
+            raise ValueError(f"column={column} is outside 1..{self.num_columns}")
+        return dict(num_classes=self.num_classes, in_chans=self.in_chans, num_blocks=len(self.blocks),
+                    convs_per_block=2 ** (column - 1), widths=self.widths[:len(self.blocks)],
+                    concat_join=self.join == "concat", block_dropout=[float(getattr(b.drop, "p", 0.0))
+                                                                      for b in self.blocks],
+                    drop_rate=self.drop_rate, global_pool=self.head.global_pool.pool_type, **self.plain_args)
 
+    @torch.jit.ignore
+    def column_state_dict(self, column: int) -> dict[str, torch.Tensor]:
+        """Column ``column``'s weights under a ``fractalnet_plain`` network's names (``column_args``).
 
-class FractalColumn(nn.Module):
-    """One column of a FractalNet as a plain network (no joins): the anytime subnetwork of the paper.
-
-    Its outputs equal ``parent(x, column=k)``. Its batch-norm statistics are the parent's, gathered on joined inputs;
-    :func:`fractal_space.anytime.reestimate_bn_stats` re-estimates them for the column alone.
-    """
-
-    def __init__(self, parent: FractalNet, column: int):
-        super().__init__()
-        if not 1 <= column <= parent.num_columns:
-            raise ValueError(f"column={column} is outside 1..{parent.num_columns}")
+        Column c applies one conv unit at each step it takes part in; a concat join adds its 1x1 projection slice
+        for that column's input, then the join's BN.
+        """
         c = column - 1
-        self.column = column
-        self.num_classes = parent.num_classes
-        self.num_features = parent.num_features
-        self.stem = copy.deepcopy(parent.stem)
-        blocks = []
-        for block in parent.blocks:
-            layers: list[nn.Module] = []
+        state = {f"stem.{k}": v for k, v in self.stem.state_dict().items()}
+        for i, block in enumerate(self.blocks):
+            layers: list[dict[str, torch.Tensor]] = []
             for step in block.steps:
-                if c >= step.first_col:
-                    layers.append(copy.deepcopy(step.convs[c - step.first_col]))
-                    if isinstance(step.join, ConcatJoin):
-                        layers.append(_ConcatSlice(step.join, c))
-            layers += [copy.deepcopy(block.pool), copy.deepcopy(block.drop)]
-            blocks.append(nn.Sequential(*layers))
-        self.blocks = nn.Sequential(*blocks)
-        self.head = copy.deepcopy(parent.head)
-        self.train(parent.training)
+                if c < step.first_col:
+                    continue
+                layers.append(step.convs[c - step.first_col].state_dict())
+                if isinstance(step.join, ConcatJoin):
+                    lo = (c - step.join.first_col) * step.join.width
+                    layers.append({"proj.weight": step.join.proj.weight[:, lo:lo + step.join.width],
+                                   **{f"bn.{k}": v for k, v in step.join.bn.state_dict().items()}})
+            state.update({f"stages.{i}.{j}.{k}": v for j, layer in enumerate(layers) for k, v in layer.items()})
+        state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        return state
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.stem(x))
+    @torch.jit.ignore
+    def extract_column(self, column: int) -> "FractalColumn":
+        """Column ``column`` (1 = shallowest) as a standalone plain network sharing no tensors with this one.
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        It is built by ``timm.create_model("fractalnet_plain", **self.column_args(column))``, so it trains, exports
+        and loads like any timm model; its outputs equal ``self(x, column=column)``.
+        """
+        weight = next(self.parameters())
+        cfg = getattr(self, "pretrained_cfg", None) or {}  # the column reads inputs like its parent
+        overlay = {k: cfg[k] for k in COLUMN_CFG_KEYS if k in cfg}
+        plain = timm.create_model("fractalnet_plain", pretrained_cfg_overlay=overlay, device=weight.device,
+                                  dtype=weight.dtype, **self.column_args(column))
+        plain.load_state_dict(self.column_state_dict(column))
+        return plain.train(self.training)
 
 
 class _ConcatSlice(nn.Module):
     """A concat join seen by a single column: its slice of the 1x1 projection, then the join's BN."""
 
-    def __init__(self, join: ConcatJoin, column: int):
+    def __init__(self, width: int, norm_layer: Any, dd: dict[str, Any]):
         super().__init__()
-        lo = (column - join.first_col) * join.width
-        self.proj = nn.Conv2d(join.width, join.width, kernel_size=1, bias=False, **get_device_dtype(join.proj))
-        with torch.no_grad():
-            self.proj.weight.copy_(join.proj.weight[:, lo:lo + join.width])
-        self.bn = copy.deepcopy(join.bn)
+        self.proj = nn.Conv2d(width, width, kernel_size=1, bias=False, **dd)
+        self.bn = norm_layer(width, apply_act=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.proj(x))
+
+
+class FractalColumn(CifarStageNet):
+    """A plain network of B blocks of ``convs_per_block`` conv units, each block ending in a 2x2 max-pool.
+
+    It is both a FractalNet column (column k has 2^(k-1) convs per block; :meth:`FractalNet.extract_column` loads one
+    into it) and the paper's plain baseline of the same depth trained alone (Table 4), so the two are one
+    architecture. ``concat_join`` follows every conv with the 1x1 projection + BN a concat join applies to one column.
+    Its batch-norm statistics as extracted are the parent's, gathered on joined inputs;
+    :func:`fractal_space.anytime.reestimate_bn_stats` re-estimates them for the column alone.
+    """
+
+    def __init__(
+            self,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            num_blocks: int = 5,
+            convs_per_block: int = 1,
+            widths: Sequence[int] = (16, 32, 64, 128, 128),
+            concat_join: bool = False,
+            block_dropout: Optional[Sequence[float]] = None,
+            drop_rate: float = 0.0,
+            global_pool: str = "avg",
+            stem: str = "none",
+            stem_width: int = 64,
+            downsample_last: bool = True,
+            init: str = "xavier",
+            norm_layer: Any = "batchnorm2d",
+            act_layer: Any = "relu",
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
+        """
+        Args:
+            num_blocks, widths, stem, stem_width, downsample_last, init, drop_rate, global_pool: as for
+                :class:`FractalNet`.
+            convs_per_block: conv units per block (2^(k-1) for column k: depth 5, 10, 20, 40 at B=5).
+            concat_join: a 1x1 projection + BN after every conv unit, as a concat join gives one column.
+            block_dropout: dropout after each block (length B; none by default).
+        """
+        widths = _check_layout(num_blocks, widths, stem, init, drop_rate)
+        if not isinstance(convs_per_block, int) or convs_per_block < 1:
+            raise ValueError(f"convs_per_block={convs_per_block!r} must be an integer >= 1")
+        block_dropout = _check_block_dropout(block_dropout or (0.0,) * num_blocks, num_blocks)
+        dd = {"device": device, "dtype": dtype}
+        norm_act_layer = get_norm_act_layer(norm_layer, act_layer)
+        stem_module, prev_chs, reduction = _stem(stem, in_chans, stem_width, norm_act_layer, dd)
+        stages, feature_info = [], []
+        for i, (width, p) in enumerate(zip(widths, block_dropout, strict=True)):
+            layers: list[nn.Module] = []
+            for _ in range(convs_per_block):
+                layers.append(_conv_unit(prev_chs, width, norm_act_layer, act_layer, dd))
+                if concat_join:
+                    layers.append(_ConcatSlice(width, norm_act_layer, dd))
+                prev_chs = width
+            downsample = downsample_last or i < num_blocks - 1
+            stages.append(nn.Sequential(*layers, nn.MaxPool2d(2) if downsample else nn.Identity(), _dropout(p)))
+            reduction *= 2 if downsample else 1
+            feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}"))
+        super().__init__(stem_module, nn.Sequential(*stages), feature_info, num_classes, in_chans, global_pool,
+                         drop_rate, **dd)
+        self.num_blocks = num_blocks
+        self.convs_per_block = convs_per_block
+        _init_weights(self, init)
 
 
 def _create_fractalnet(variant: str, pretrained: bool = False, **kwargs: Any) -> FractalNet:
@@ -701,6 +785,23 @@ def _create_fractalnet(variant: str, pretrained: bool = False, **kwargs: Any) ->
         variant,
         pretrained,
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+        **kwargs,
+    )
+
+
+def _create_fractalnet_plain(variant: str, pretrained: bool = False, **kwargs: Any) -> FractalColumn:
+    """Build the plain (column) family through timm; ``features_only`` taps every block.
+
+    With the ImageNet stem the image reaches the stem's conv, which is then the first conv timm adapts.
+    """
+    out_indices = kwargs.pop("out_indices", tuple(range(kwargs.get("num_blocks", 5))))
+    if kwargs.get("stem") == "resnet":
+        kwargs["pretrained_cfg_overlay"] = {"first_conv": "stem.0.conv", **(kwargs.get("pretrained_cfg_overlay") or {})}
+    return build_model_with_cfg(
+        FractalColumn,
+        variant,
+        pretrained,
+        feature_cfg=dict(out_indices=out_indices, flatten_sequential=True),
         **kwargs,
     )
 
@@ -723,6 +824,7 @@ default_cfgs = generate_default_cfgs({
     **{f"fractalnet_c{c}.untrained": _cfg(first_conv=_first_convs(c)) for c in range(1, 7)},
     "fractalnet20_cifar.untrained": _cfg(first_conv=_first_convs(3)),
     "fractalnet40_cifar.untrained": _cfg(first_conv=_first_convs(4)),
+    "fractalnet_plain.untrained": _cfg(first_conv="stages.0.0.conv"),
     "fractalnet34.untrained": _cfg(
         num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="stem.0.conv",
@@ -793,3 +895,11 @@ def fractalnet34(pretrained: bool = False, **kwargs: Any) -> FractalNet:
     """ImageNet FractalNet-34: ResNet-34 stem and head around B=4 blocks of C=4 columns, widths 128-1024."""
     args = dict(num_blocks=4, num_columns=4, widths=(128, 256, 512, 1024), stem="resnet", downsample_last=False)
     return _create_fractalnet("fractalnet34", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def fractalnet_plain(pretrained: bool = False, **kwargs: Any) -> FractalColumn:
+    """A FractalNet column as a standalone plain network: B=5 blocks of ``convs_per_block`` convs (default 1, 5 layers;
+    2, 4, 8 give the 10-, 20- and 40-layer plain nets of the paper's Table 4), reduced widths 16-128."""
+    args = dict(num_blocks=5, widths=REDUCED_WIDTHS)
+    return _create_fractalnet_plain("fractalnet_plain", pretrained, **dict(args, **kwargs))
