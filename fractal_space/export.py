@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +18,23 @@ import torch
 from timm.models import save_for_hf
 from torch import nn
 
+from fractal_space.anytime import reestimate_bn_stats
 from fractal_space.data import DataSplits
+from fractal_space.models.fractalnet import FractalNet
 
 FILES = ("model.safetensors", "config.json")  # written in this order: config.json marks a complete export
 
 
 def _regularization_args(model: nn.Module) -> dict[str, Any]:
-    """FractalNet's drop-path and dropout as trained (timm leaves drop rates out unless they are supplied)."""
+    """FractalNet's drop-path and dropout as trained, and the head dropout ``timm.create_model`` was given (timm
+    leaves drop rates out unless they are supplied)."""
+    given = getattr(model, "_model_args", {})
+    args = {"drop_rate": given["drop_rate"]} if "drop_rate" in given else {}
     if not hasattr(model, "set_regularization"):
-        return {}
+        return args
     dropout = [float(getattr(block.drop, "p", 0.0)) for block in model.blocks]
-    return {"drop_path_rate": float(model.drop_path_rate), "global_drop_fraction": float(model.global_drop_fraction),
-            "block_dropout": dropout}
+    return {**args, "drop_path_rate": float(model.drop_path_rate),
+            "global_drop_fraction": float(model.global_drop_fraction), "block_dropout": dropout}
 
 
 def export_model(model: nn.Module, folder: str | Path, data: DataSplits | None = None) -> Path:
@@ -52,6 +58,20 @@ def export_model(model: nn.Module, folder: str | Path, data: DataSplits | None =
         for name in FILES:
             os.replace(Path(tmp) / name, folder / name)
     return folder
+
+
+def export_column(model: FractalNet, column: int, folder: str | Path, bn_batches: Sequence[torch.Tensor],
+                  data: DataSplits | None = None) -> Path:
+    """Export column ``column`` of ``model`` alone as a ``fractalnet_plain`` timm model folder.
+
+    The column is extracted (:meth:`FractalNet.extract_column`, no tensors shared with ``model``) and its batch-norm
+    statistics are re-estimated on ``bn_batches`` (input tensors) through the column alone, since those gathered in
+    the full network describe joined inputs; ``timm.create_model("local-dir:<folder>", pretrained=True)`` then gives
+    the column's outputs with those statistics.
+    """
+    plain = model.extract_column(column)
+    reestimate_bn_stats(plain, bn_batches)
+    return export_model(plain, folder, data=data)
 
 
 def load_line(folder: str | Path) -> str:

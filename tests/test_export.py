@@ -1,0 +1,78 @@
+"""Exported models and columns load back through timm's ``local-dir:`` source with the outputs they were saved with."""
+
+import json
+
+import pytest
+import timm
+import torch
+
+import fractal_space  # noqa: F401  (registers the models)
+from fractal_space.anytime import reestimate_bn_stats
+from fractal_space.export import export_column, export_model, load_line
+
+WIDTHS = (4, 4, 8, 8, 8)
+
+
+def _trained(join: str) -> torch.nn.Module:
+    """A tiny C=3 FractalNet after one SGD step with the paper's drop-path, so weights and BN statistics moved."""
+    torch.manual_seed(0)
+    model = timm.create_model("fractalnet_c3", num_classes=10, widths=WIDTHS, join=join, drop_path_rate=0.15,
+                              block_dropout=(0.0, 0.1, 0.1, 0.1, 0.1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(model.train()(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,)))
+    loss.backward()
+    optimizer.step()
+    return model
+
+
+def _load(folder) -> torch.nn.Module:
+    return timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+
+
+@pytest.mark.parametrize("join", ["mean", "concat"])
+def test_model_and_every_column_load_with_equal_outputs(join: str, tmp_path) -> None:
+    model = _trained(join)
+    x = torch.randn(2, 3, 32, 32)
+    bn_batches = [torch.randn(4, 3, 32, 32)]
+    export_model(model, tmp_path / "net")
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(_load(tmp_path / "net")(x), model(x))
+    config = json.loads((tmp_path / "net" / "config.json").read_text())
+    assert config["architecture"] == "fractalnet_c3"
+    assert config["model_args"]["join"] == join and config["model_args"]["drop_path_rate"] == 0.15
+
+    for k in range(1, model.num_columns + 1):
+        folder = export_column(model, k, tmp_path / f"column{k}", bn_batches)
+        expected = model.extract_column(k)
+        reestimate_bn_stats(expected, bn_batches)
+        with torch.no_grad():
+            out = _load(folder)(x)
+            torch.testing.assert_close(out, expected.eval()(x))
+            # the column's own statistics, not those it had inside the full network
+            assert not torch.allclose(out, model(x, column=k))
+        config = json.loads((folder / "config.json").read_text())
+        assert config["architecture"] == "fractalnet_plain"
+        args = config["model_args"]
+        assert args["convs_per_block"] == 2 ** (k - 1) and args["concat_join"] == (join == "concat")
+        assert args["widths"] == list(WIDTHS) and args["block_dropout"] == [0.0, 0.1, 0.1, 0.1, 0.1]
+        assert f'"local-dir:{folder}"' in load_line(folder)
+
+
+def test_column_export_needs_bn_batches(tmp_path) -> None:
+    with pytest.raises(ValueError, match="no batches"):
+        export_column(_trained("mean"), 1, tmp_path / "column", [])
+    assert not (tmp_path / "column").exists()
+
+
+def test_plain_network_trains_and_exports_like_any_timm_model(tmp_path) -> None:
+    """Table 4's 40-layer plain network: the column topology built from arguments, trained alone."""
+    torch.manual_seed(0)
+    plain = timm.create_model("fractalnet_plain", num_classes=10, convs_per_block=8, widths=WIDTHS)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in plain.modules()) == 40
+    loss = plain.train()(torch.randn(8, 3, 32, 32)).logsumexp(1).mean()
+    loss.backward()
+    export_model(plain, tmp_path / "plain")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(_load(tmp_path / "plain")(x), plain.eval()(x))
