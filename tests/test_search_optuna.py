@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,7 +27,9 @@ def test_search_with_baseline_writes_parquet_report_and_resumes(tmp_path, capsys
               "param_global_drop_fraction", "param_dropout_scale", "param_lr", "param_weight_decay"}
     assert params <= set(table.column_names)
 
-    df = table.to_pandas()
+    df = trials_table(tmp_path, "e2e")  # through pandas, as users read it
+    for column in ("num_columns", "param_num_blocks", "param_num_columns", "params", "epochs_run"):
+        assert str(df[column].dtype) == "Int64", column  # nullable ints stay ints although baseline rows are null
     base = df[df.kind == "baseline"]
     assert list(base.model) == ["resnet20_cifar"] and list(base.state) == ["COMPLETE"]
     frac = df[df.kind == "fractalnet"]
@@ -151,3 +154,47 @@ def test_successive_halving_stops_trials_at_a_rung_and_promoted_ones_continue(tm
     assert best.intermediate_values.keys() == {1, 2, 3}  # every epoch reported, the last one too
     metrics = (tmp_path / "sh" / "trials" / f"{best.number:05d}" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in metrics] == [1, 2, 3]
+
+
+def test_every_option_has_help_with_its_default_and_choices():
+    from fractal_space.search.cli import build_parser
+
+    parser = build_parser()
+    text = parser.format_help()
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public list of its options
+        if action.dest == "help":
+            continue
+        assert action.help, f"{action.option_strings} has no help"
+        if action.default not in (None, False):
+            assert "default" in parser._get_formatter()._get_help_string(action), action.option_strings  # noqa: SLF001
+    assert "{optuna,ray}" in text and "{accuracy,params,flops,latency}" in text and "(default: 200)" in text
+
+
+def test_the_optuna_dashboard_answers_while_the_search_runs_and_is_gone_after(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    from search_cli import spawn_search
+
+    proc = spawn_search(tmp_path, "dash", "--trials", "3", rungs=2)
+    url, lines = None, []
+    while url is None:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("Optuna dashboard: "):
+            url = line.split(": ", 1)[1].split()[0]
+    assert url, "".join(lines)
+    deadline, listed = time.monotonic() + 120, b""
+    while b'"dash"' not in listed and time.monotonic() < deadline:  # the study appears once the search creates it
+        with urllib.request.urlopen(f"{url}/api/studies", timeout=30) as page:
+            assert page.status == 200
+            listed = page.read()
+        time.sleep(0.5)
+    assert b'"dash"' in listed and proc.poll() is None  # answered while the search runs
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, "".join(lines) + out
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=5)
+

@@ -30,6 +30,9 @@ def test_ray_search_end_to_end_with_dashboard(tmp_path):
         assert page.status == 200
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, "".join(lines) + out
+    console = "".join(lines) + out  # the bar and the search's own lines only: none of Ray Tune's chatter
+    for noise in ("tensorboard", "Configuration for experiment", "INFO", "WARNING", "worker process"):
+        assert noise.lower() not in console.lower(), noise
     study = load_study(tmp_path, "ray")
     assert len(finished(study)) == 2
     df = trials_table(tmp_path, "ray")

@@ -32,6 +32,17 @@ CPU_IMAGES_PER_S = 500
 BACKENDS = ("optuna", "ray")
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option shows its default: the value, unless the help text already says it (hardware-dependent ones)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default!r})" if isinstance(action.default, str) else \
+            f"{text} (default: {action.default})"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + message; exit 2 like every bad input
         print(f"error: {message}", file=sys.stderr)
@@ -39,19 +50,25 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="search/run.py", description="FractalNet architecture search with Optuna or Ray Tune.")
-    p.add_argument("--trials", type=int, default=200, help="finished search trials wanted in total (resumes)")
+    p = _Parser(prog="search/run.py", formatter_class=_Help,
+                description="FractalNet architecture search with Optuna or Ray Tune, then the final stage: the best "
+                            "architectures and the baselines retrained, tested and exported as timm models. Re-running "
+                            "the same command resumes.")
+    p.add_argument("--trials", type=int, default=200,
+                   help="finished search trials wanted in total, earlier runs of the study included")
     p.add_argument("--study", default=None, help="study name (default: fractal-<dataset>-<objective>)")
     p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, svhn, fashion-mnist, parquet:<dir>, ...")
     p.add_argument("--data-dir", default=None, help="data root (default: $FRACTAL_SPACE_DATA or ~/.cache)")
-    p.add_argument("--backend", default="optuna", help="optuna (default) or ray")
+    p.add_argument("--backend", default="optuna", metavar="{" + ",".join(BACKENDS) + "}",
+                   help="optuna: --workers processes sharing the storage; ray: Ray Tune with ASHA")
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL (postgresql://..., sqlite:///..., journal:<file>); "
                         "default: SQLite at runs/<study>/study.db")
     p.add_argument("--workers", type=int, default=None,
                    help="Optuna worker processes against the storage (default: one per CPU core on CPU, 1 on GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per trial (default: cores / workers)")
-    p.add_argument("--objective", default="accuracy", help=f"one of {', '.join(OBJECTIVES)}")
+    p.add_argument("--objective", default="accuracy", metavar="{" + ",".join(OBJECTIVES) + "}",
+                   help="accuracy alone, or accuracy against params, flops or latency (multi-objective, no pruning)")
     p.add_argument("--baselines", default=None,
                    help=f"timm models trained to the top rung in the search, comma-separated, '' for none (default: "
                         f"{SEARCH_BASELINES['cpu']} on CPU, {SEARCH_BASELINES['cuda']} on GPU)")
@@ -65,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timm models retrained and tested beside the winners, comma-separated ('' for none)")
     p.add_argument("--space", default=None, help="YAML/JSON file overlaying the default search space")
     p.add_argument("--runs-dir", default="runs", help="where runs/<study>/ is created")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (sets the default budget)")
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                   help="where trials train; auto picks CUDA when present; sets the default budget")
     p.add_argument("--rung-images", type=int, default=None,
                    help="training images of the lowest rung; rung k trains 3^k times as many (default: 3500 on CPU, "
                         "28000 on GPU)")
@@ -75,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, default=None,
                    help="train on the first N images of the training split (default: all of it; 0 = all)")
     p.add_argument("--val-size", type=int, default=None, help="validation images (default: 2000 CPU, 5000 GPU)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampler (per trial, with the trial number), initialisation and data order")
     p.add_argument("--heartbeat", type=int, default=30, help="RDB heartbeat seconds (dead workers' trials fail)")
     p.add_argument("--address", default=None, help="Ray: address of an existing cluster (default: start one)")
     p.add_argument("--cpus-per-trial", type=float, default=None,
@@ -83,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="Ray: GPUs per trial, fractions allowed (default: 1 with --device cuda, else 0)")
     p.add_argument("--dashboard-port", type=int, default=None,
-                   help="Ray: dashboard port on 127.0.0.1 (default: 8265, or the next free one)")
+                   help="dashboard port on 127.0.0.1 (default: the next free one from 8080 for the Optuna dashboard, "
+                        "from 8265 for Ray's)")
+    p.add_argument("--no-dashboard", action="store_true",
+                   help="serve no dashboard (Optuna backend: its live Optuna dashboard; Ray: Ray's dashboard)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -118,8 +140,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     if args.objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {args.objective!r}; expected one of {', '.join(OBJECTIVES)}")
     ray_only = [flag for flag, value in (("--address", args.address), ("--cpus-per-trial", args.cpus_per_trial),
-                                         ("--gpus-per-trial", args.gpus_per_trial),
-                                         ("--dashboard-port", args.dashboard_port)) if value is not None]
+                                         ("--gpus-per-trial", args.gpus_per_trial)) if value is not None]
     if ray_only and args.backend != "ray":
         raise ValueError(f"{ray_only[0]} is an option of the Ray backend (add --backend ray); the Optuna backend "
                          "runs --workers processes on --device")
@@ -158,13 +179,14 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     study_dir = Path(args.runs_dir) / study
     if args.storage is not None:  # fail now, not in a worker (the default SQLite file is only made by the search)
         open_storage(args.storage, study_dir, args.heartbeat)
-    ray = RaySettings(address=args.address, dashboard_port=args.dashboard_port,
+    ray = RaySettings(address=args.address,
                       cpus_per_trial=args.cpus_per_trial or (1.0 if device == "cpu" else float(threads)),
                       gpus_per_trial=(0.0 if device == "cpu" else 1.0) if args.gpus_per_trial is None
                       else args.gpus_per_trial)
     return SearchSettings(study=study, study_dir=study_dir.resolve(), storage_url=args.storage,
                           objective=args.objective, trials=args.trials, space=space,
                           budget=budget, baselines=baselines, workers=workers, seed=args.seed,
+                          dashboard=not args.no_dashboard, dashboard_port=args.dashboard_port,
                           final=FinalSettings(top=args.final_top, seeds=args.final_seeds, baselines=final_baselines,
                                               epochs=args.final_epochs or FINAL_EPOCHS[device]),
                           heartbeat_s=args.heartbeat, ray=ray)
@@ -221,14 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"error: {_one_line(exc)}", file=sys.stderr)
             return 2
-        print(f"Ray dashboard: {dashboard}", flush=True)
+        if dashboard:
+            print(f"Ray dashboard: {dashboard} (jobs, actors, logs, resources)", flush=True)
         if backend.TOKEN_FILE.exists():
             print(f"Ray uses token authentication: the dashboard's API wants the token in {backend.TOKEN_FILE}, and "
                   f"`ray status` needs it too: RAY_AUTH_MODE=token ray status --address {address}", flush=True)
     else:
         from fractal_space.search import optuna_backend as backend
     if not complete:
-        code = _search(settings, backend, args.no_progress)
+        code = _search(settings, backend, args.no_progress, optuna_dashboard=args.backend == "optuna")
         if code:
             return code
     finish(settings)  # the search's results first, so they are there whatever the final stage does
@@ -304,11 +327,23 @@ def _complete(settings: SearchSettings) -> bool:
     return tally(study)[0] >= settings.trials and set(settings.baselines) <= baselines
 
 
-def _search(settings: SearchSettings, backend: Any, no_progress: bool) -> int:
-    """Run the backend with a progress bar; 130 after Ctrl-C (with the report of what finished), else 0."""
+def _search(settings: SearchSettings, backend: Any, no_progress: bool, optuna_dashboard: bool) -> int:
+    """Run the backend with a progress bar (and the live Optuna dashboard, unless turned off); 130 after Ctrl-C (with
+    the report of what finished), else 0."""
+    from contextlib import nullcontext
+
+    from fractal_space.search.dashboard import serve
+    from fractal_space.search.storage import open_storage
+
+    served = serve(open_storage(settings.storage_url, settings.study_dir, heartbeat_s=None), settings.dashboard_port
+                   ) if optuna_dashboard and settings.dashboard else nullcontext(None)
     progress = Progress(settings.trials, enabled=not no_progress)
     try:
-        backend.run(settings, progress.update)
+        with served as url:
+            if url:
+                print(f"Optuna dashboard: {url} (trials, curves, parameters, importances; live while the search "
+                      "runs)", flush=True)
+            backend.run(settings, progress.update)
     except KeyboardInterrupt:
         progress.close()
         print(f"interrupted: finished trials are stored in {storage_label(settings)}; re-run the same command to "

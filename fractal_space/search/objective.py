@@ -15,6 +15,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from optuna_dashboard import save_note
 
 from fractal_space.search import interrupt
 from fractal_space.search.accounting import counts_as_finished, is_search_trial
@@ -90,6 +91,7 @@ class Objective:
             trial.set_user_attr("config", json.loads(json.dumps(config)))
             if named:
                 trial.set_user_attr("model", architecture_name(config["model_kwargs"]))
+            save_note(trial, _note(trial.user_attrs))
             record = run_trial(model=model, config=config, budget=self.budget,
                                out_dir=trial_dir(self.study_dir, trial.number), on_epoch=on_epoch)
             return record.objective_values(self.objective)
@@ -104,6 +106,13 @@ class Objective:
             raise
         finally:
             _release_accelerator_memory()
+
+
+def _note(attrs: dict[str, Any]) -> str:
+    """The trial's name as the Optuna dashboard shows it (a baseline has no parameters to tell it by)."""
+    if attrs.get("kind") == "baseline":
+        return f"**Baseline {attrs['model']}**: trained to the top rung with the reference recipe; not a search trial."
+    return f"**{attrs['model']}**" + (" (the paper's reference point)" if attrs.get("reference") else "")
 
 
 def _surplus(trial: optuna.Trial, why: str) -> None:

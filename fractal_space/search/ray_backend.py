@@ -140,8 +140,8 @@ def _token_mode_if_token_available() -> None:
 
 
 def connect(settings: SearchSettings) -> tuple[str, str]:
-    """Start Ray (or join the cluster at ``--address``) with the dashboard on; returns the dashboard's URL and the
-    cluster's address.
+    """Start Ray (or join the cluster at ``--address``) with the dashboard on unless turned off; returns the dashboard's
+    URL ('' without one) and the cluster's address.
 
     Checks, before anything is written: the cluster can be joined, and it has the CPUs and GPUs one trial asks for
     (Ray would otherwise wait for them forever). Ray >= 2.5x starts clusters (``ray start --head``) with token
@@ -150,11 +150,13 @@ def connect(settings: SearchSettings) -> tuple[str, str]:
     """
     import ray
 
+    _quiet_ray()
     opts = settings.ray
     if opts.address:
         _token_mode_if_token_available()
         try:
-            ctx = ray.init(address=opts.address, include_dashboard=True, log_to_driver=False)
+            ctx = ray.init(address=opts.address, include_dashboard=settings.dashboard, log_to_driver=False,
+                           logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError) as exc:
             hint = ("" if _token_available() else "; if it uses token authentication (Ray's default), put its token "
                     f"in {TOKEN_FILE} or RAY_AUTH_TOKEN and set RAY_AUTH_MODE=token")
@@ -167,8 +169,9 @@ def connect(settings: SearchSettings) -> tuple[str, str]:
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(fractal_space.__file__).parents[1]),
                                                            os.environ.get("PYTHONPATH")]))}
         # address="local": always a new cluster of our own, never one that another job left running here.
-        ctx = ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=True, dashboard_host="127.0.0.1",
-                       dashboard_port=opts.dashboard_port, log_to_driver=False, runtime_env={"env_vars": env})
+        ctx = ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=settings.dashboard,
+                       dashboard_host="127.0.0.1", dashboard_port=settings.dashboard_port, log_to_driver=False,
+                       logging_level=logging.ERROR, runtime_env={"env_vars": env})
     have = ray.cluster_resources()
     for resource, want in (("CPU", opts.cpus_per_trial), ("GPU", opts.gpus_per_trial)):
         if want > have.get(resource, 0.0):
@@ -176,7 +179,17 @@ def connect(settings: SearchSettings) -> tuple[str, str]:
             raise ValueError(f"--{resource.lower()}s-per-trial {want:g}: the Ray cluster has "
                              f"{have.get(resource, 0.0):g} {resource}(s), so no trial could ever start")
     url = ctx.dashboard_url or ""
-    return (url if url.startswith("http") else f"http://{url}"), ctx.address_info.get("gcs_address", "")
+    return (url if url.startswith("http") or not url else f"http://{url}"), ctx.address_info.get("gcs_address", "")
+
+
+def _quiet_ray() -> None:
+    """The console shows the search's own lines and progress bar only: no Ray Tune tables, no tensorboardX line per
+    trial, no advice to run TensorBoard (not a dependency), no INFO logs drawn across the bar. Ray's own files under
+    ``runs/<study>/ray`` and its dashboard keep everything."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard logger callbacks
+    for name in ("ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -75,6 +76,10 @@ def write_trials(study: optuna.Study, path: Path) -> pa.Table:
         typ = pa.string() if str in kinds else pa.float64() if float in kinds else pa.int64()
         columns[name] = pa.array(values, type=typ)
     table = pa.table(columns)
+    # pandas metadata with nullable integer dtypes: baseline rows have no num_columns and no integer params, and
+    # pandas would otherwise read those int64 columns back as float64
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    table = pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return table

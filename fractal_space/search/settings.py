@@ -17,7 +17,6 @@ class RaySettings:
     address: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    dashboard_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,9 @@ class SearchSettings:
     heartbeat_s: int = 30
     ray: RaySettings = field(default_factory=RaySettings)
     final: FinalSettings = field(default_factory=FinalSettings)
+    #: The live dashboard: Optuna's for the Optuna backend, Ray's for the Ray backend; None = the default port.
+    dashboard: bool = True
+    dashboard_port: int | None = None
 
     @property
     def unclaimed_after_s(self) -> float:
