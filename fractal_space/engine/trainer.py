@@ -132,8 +132,8 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype ``amp`` means on ``device`` (None: full fp32).
 
     ``auto`` keeps each device's default: AMP on CUDA (bf16 where supported, else fp16 with a gradient scaler), fp32
-    on CPU, where bf16 pays off only on CPUs with AVX-512 BF16 or AMX (measured ~1.5x for a C=4 train step there) and
-    is slower elsewhere, so it is asked for explicitly.
+    on CPU, where bf16 pays off only on CPUs with AVX-512 BF16 or AMX (1.25-1.5x for a C=4 train step on an AVX-512
+    BF16 machine, ``benchmarks/bench_model.py``), so it is asked for explicitly.
     """
     if amp == "none" or (amp == "auto" and device.type == "cpu"):
         return None
