@@ -55,11 +55,6 @@ class ColumnReport:
     acc: float
     latency_ms: float
 
-    @property
-    def val_acc(self) -> float:
-        """The former name of ``acc``, kept while ``fractal_space/search/procedure.py`` still reads it."""
-        return self.acc
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ColumnReport:
         """Read a metrics.jsonl entry, including those written before ``val_acc`` was renamed ``acc``."""
