@@ -64,6 +64,9 @@ def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_si
         torch.testing.assert_close(eval(row.load, {"timm": timm}).eval()(x), trained(x))  # the report's one line
         if row.kind == "fractalnet":
             assert row.model == FRACTAL_MODEL and len(row.column_test_acc) == kwargs["num_columns"]
+            columns = [eval(line, {"timm": timm}).eval() for line in row.column_load]  # each column alone
+            assert len(columns) == (kwargs["num_columns"] if kwargs["num_columns"] > 1 else 0)
+            assert all(c(x).shape == (3, 10) for c in columns)
 
     report = (tmp_path / "final" / "report.md").read_text()
     headline = report.split("## Budgets")[0]

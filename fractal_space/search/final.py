@@ -8,12 +8,14 @@ searched regularisation (drop-path, global fraction, dropout). Models run one af
 their latencies (batch 1 and the training batch) are measured with nothing else running.
 
 Each model trains through the engine into ``final/<name>/run/`` (checkpointed, resumable) and is exported to
-``final/<name>/`` as a timm model (:mod:`fractal_space.export`); ``final/results.parquet`` gains its row when the
-export is complete, so a re-run skips finished models and a SIGKILL loses none.
+``final/<name>/`` as a timm model (:mod:`fractal_space.export`), a multi-column FractalNet's columns each alone to
+``final/<name>/columns/column<k>/`` with their own batch-norm statistics; ``final/results.parquet`` gains its row
+when the export is complete, so a re-run skips finished models and a SIGKILL loses none.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -28,7 +30,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from fractal_space.engine import Trainer
-from fractal_space.export import export_model, load_line
+from fractal_space.export import export_column, export_model, load_line
 from fractal_space.hardware import usable_cpus
 from fractal_space.io import atomic_path
 from fractal_space.metrics import measure_latency
@@ -123,6 +125,12 @@ def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, 
     model = trainer.model.eval()
     latency_batch = measure_latency(model, trainer.input_size, batch_size=cfg.batch_size)
     export_model(model, folder, data=trainer.data)
+    column_load = []
+    if trainer.num_columns > 1:  # each column alone, with batch-norm statistics re-estimated for it
+        bn_batches = [x for x, _ in itertools.islice(trainer.bn_loader, cfg.bn_batches)]
+        for k in range(1, trainer.num_columns + 1):
+            column_load.append(load_line(export_column(model, k, folder / "columns" / f"column{k}", bn_batches,
+                                                       data=trainer.data)))
     history = trainer.history
     return {
         "name": job.name, "kind": job.kind, "model": job.model, "architecture": (
@@ -136,5 +144,5 @@ def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, 
         "epochs": cfg.epochs, "train_images": cfg.epochs * len(trainer.train_loader) * cfg.batch_size,
         "train_images_per_s": (sum(r.train_images_per_s for r in history) / len(history)) if history else math.nan,
         "train_seconds": sum(r.epoch_seconds for r in history), "stage_seconds": time.perf_counter() - started,
-        "load": load_line(folder),
+        "load": load_line(folder), "column_load": column_load,
     }

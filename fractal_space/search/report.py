@@ -141,8 +141,9 @@ def _final_section(final: pd.DataFrame, out_dir: Path) -> list[str]:
         if kind == "fractalnet" and columns and len(columns[0]) > 1:
             mean = [sum(c[k] for c in columns) / len(columns) for k in range(len(columns[0]))]
             k = max(range(len(mean)), key=mean.__getitem__)
+            load = f"`{first.column_load[k]}`" if len(first.column_load) > k else ""
             lines.append(f"| ↳ its best column alone (column {k + 1} of {len(mean)}) | {mean[k]:.2%} | | | "
-                         f"{first.column_latency_ms[k]:.3f} | | |")
+                         f"{first.column_latency_ms[k]:.3f} | | {load} |")
             multi_column.append({"label": architecture, "column_latency_ms": first.column_latency_ms,
                                  "column_acc": mean, "latency_ms": first.latency_ms, "acc": acc.mean(),
                                  "metric": "test accuracy"})
