@@ -1,0 +1,461 @@
+"""FractalNet's two central claims, reproduced at CPU scale by the project's own engine; writes docs/reproduction.md.
+
+Experiment A (anytime): ``fractalnet_c4`` at the paper's reduced widths on CIFAR-10, trained without drop-path,
+with the paper's drop-path + block dropout, and with short-budget variants (no block dropout; a warm-up of the local
+drop rate), all at one budget. Every column's test accuracy (batch-norm statistics re-estimated for the column
+alone) and batch-1 latency, beside the full network's.
+
+Experiment B (Table 4): plain networks of depth 5, 10, 20, 40 (``fractalnet_plain`` with 1, 2, 4, 8 convs per
+block) trained alone, against the same-depth columns of the 40-layer fractal nets of experiment A trained with
+drop-path: test error and training loss in the paper's table layout, beside the paper's own figures.
+
+    python benchmarks/reproduce_paper.py             # CPU budget (about 1.7 h on 2 idle cores), 2 seeds
+    python benchmarks/reproduce_paper.py --quick     # smoke test, a few minutes; its doc says it is no result
+    python benchmarks/reproduce_paper.py --gpu       # 40 full epochs per run; --scale paper: the paper's 400
+
+Every run trains into ``<out-dir>/<experiment>/<run>/seed<n>/`` with the engine's per-epoch checkpoints and ends in a
+``result.json``, so re-running the same command resumes an interrupted run and skips finished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fractal_space.anytime import reestimate_bn_stats  # noqa: E402
+from fractal_space.data import BatchLoader, ImageSet  # noqa: E402
+from fractal_space.engine import TrainConfig, Trainer  # noqa: E402
+from fractal_space.engine.trainer import EVAL_BATCH  # noqa: E402
+from fractal_space.hardware import describe  # noqa: E402
+from fractal_space.io import write_atomic  # noqa: E402
+
+FRACTAL = "fractalnet_c4"  # B=5, C=4, widths 16-128: the 40-layer reduced-width net of the paper's Table 4
+NUM_BLOCKS, NUM_COLUMNS = 5, 4
+DEPTHS = tuple(NUM_BLOCKS * 2 ** k for k in range(NUM_COLUMNS))  # 5, 10, 20, 40
+#: Training images the training loss is measured on, in eval mode, for plain nets, columns and full nets alike.
+TRAIN_LOSS_IMAGES = 2000
+#: "Within a few points": the deepest column's test accuracy at most this many points below the full network's.
+CLOSE_POINTS = 3.0
+#: Measured training throughput of fractalnet_c4 (reduced width) on 2 idle cores of this machine, images/s; a plain
+#: net of n convs per block costs about n/15 of it (C=4 has 1+2+4+8 convs per block), up to the loader's ceiling.
+C4_IMAGES_PER_S, MAX_IMAGES_PER_S = 380.0, 2500.0
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
+
+# The paper's Table 4 (CIFAR-100++, reduced widths): test error (%), plain nets and the columns of one 40-layer net.
+PAPER_PLAIN_ERROR = (36.62, 32.47, 31.31, 38.84)
+PAPER_COLUMN_ERROR = (37.23, 32.85, 31.31, 31.75)
+PAPER_FULL_ERROR = 27.40
+PAPER_PLAIN40_TRAIN_LOSS = 0.580
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A budget: every run of both experiments trains ``epochs`` epochs of ``epoch_images`` images (None: all)."""
+
+    epochs: int
+    epoch_images: int | None
+    train_subset: int | None
+    val_size: int
+    seeds: int
+
+
+SCALES = {
+    "quick": Scale(epochs=1, epoch_images=None, train_subset=1000, val_size=200, seeds=1),
+    "cpu": Scale(epochs=10, epoch_images=20_000, train_subset=None, val_size=1000, seeds=2),
+    "gpu": Scale(epochs=40, epoch_images=None, train_subset=None, val_size=5000, seeds=2),
+    "paper": Scale(epochs=400, epoch_images=None, train_subset=None, val_size=5000, seeds=2),
+}
+
+NO_DROPOUT = [0.0] * NUM_BLOCKS  # a list: TrainConfig round-trips through JSON, where a tuple would not compare equal
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of training the fractal net in experiment A."""
+
+    name: str
+    description: str
+    regularization: str  # TrainConfig.regularization: "paper" gives drop-path 0.15, 50% global, dropout 0..0.4
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    warmup: float = 0.0  # share of the epochs over which the local drop rate ramps up linearly to its target
+
+    @property
+    def drop_path(self) -> bool:
+        return self.regularization == "paper"
+
+
+VARIANTS = (
+    Variant("none", "no drop-path, no dropout", "none"),
+    Variant("paper", "the paper's: drop-path p=0.15, 50% global batches, block dropout 0, .1, .2, .3, .4", "paper"),
+    Variant("no-dropout", "drop-path p=0.15, 50% global batches, no block dropout", "paper",
+            {"block_dropout": NO_DROPOUT}),
+    Variant("warmup", "as no-dropout, the local rate ramping linearly to 0.15 over the first half of the epochs",
+            "paper", {"block_dropout": NO_DROPOUT}, warmup=0.5),
+)
+
+
+def _epoch_images(epoch_images: int | None, train_subset: int | None, val_size: int) -> int:
+    """Training images per epoch (for CIFAR-10 sizes when the whole split is one epoch)."""
+    return epoch_images or train_subset or CIFAR_TRAIN - val_size
+
+
+def _spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean, min and max over seeds."""
+    return statistics.fmean(values), min(values), max(values)
+
+
+def _fmt(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean`` for one seed, ``mean (min-max)`` for several, scaled (fractions to %)."""
+    mean, lo, hi = (v * scale for v in _spread(values))
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
+# ---- running ------------------------------------------------------------------------------------------------------
+def _train_loss_loader(trainer: Trainer) -> BatchLoader:
+    """The first TRAIN_LOSS_IMAGES training images, un-augmented: one training-loss measure for every network."""
+    train = trainer.data.train
+    n = min(TRAIN_LOSS_IMAGES, len(train))
+    subset = ImageSet(train.images[:n], train.labels[:n], train.classes)
+    return BatchLoader(subset, norm=trainer.data.norm, batch_size=EVAL_BATCH, device=trainer.device,
+                       channels_last=trainer.cfg.channels_last)
+
+
+def run(cfg: TrainConfig, warmup: float = 0.0) -> dict[str, Any]:
+    """Train ``cfg`` (resuming its out_dir), test it, and measure training losses; cached in ``result.json``.
+
+    A fractal net's columns are tested as the engine tests them (``Trainer.evaluate``: each extracted, its batch-norm
+    statistics re-estimated on the same un-augmented training batches). ``warmup`` ramps the local drop-path rate
+    linearly over that share of the epochs (epoch e of W trains at e/W of the target), set before each epoch.
+    """
+    out = Path(cfg.out_dir)
+    config = json.loads(json.dumps(cfg.to_dict()))
+    if (out / "result.json").exists():
+        result = json.loads((out / "result.json").read_text())
+        if result["config"] == config and result["warmup"] == warmup:
+            return result
+    trainer = Trainer(cfg)
+    target = float(getattr(trainer.model, "drop_path_rate", 0.0))
+    ramp_epochs = warmup * cfg.epochs
+
+    def set_rate() -> None:
+        if ramp_epochs > 0 and target > 0:
+            trainer.model.set_regularization(drop_path_rate=target * min(1.0, (trainer.epoch + 1) / ramp_epochs))
+
+    set_rate()
+    for _ in trainer.epochs():
+        set_rate()
+    test = trainer.evaluate("test", columns=True)
+    loader = _train_loss_loader(trainer)
+    train_losses = [trainer._accuracy(trainer.model, loader)[0]]
+    if trainer.num_columns:
+        bn_inputs = [x for x, _ in itertools.islice(trainer.bn_loader, cfg.bn_batches)]  # those evaluate() used
+        for k in range(1, trainer.num_columns + 1):
+            column = trainer.model.extract_column(k)
+            reestimate_bn_stats(column, bn_inputs)
+            train_losses.append(trainer._accuracy(column, loader)[0])
+    result = {
+        "config": config, "warmup": warmup, "test_acc": test.acc, "latency_ms": test.latency_ms,
+        "columns": [{"column": c.column, "test_acc": c.acc, "latency_ms": c.latency_ms} for c in test.columns],
+        "train_loss": train_losses[0], "column_train_loss": train_losses[1:],
+        "last_epoch_train_loss": trainer.history[-1].train_loss,
+        "train_seconds": sum(r.epoch_seconds for r in trainer.history),
+    }
+    write_atomic(out / "result.json", json.dumps(result, indent=2))
+    return result
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every run of both experiments: (experiment, run name, seed, TrainConfig, warm-up)."""
+
+    runs: list[tuple[str, str, int, TrainConfig, float]]
+
+    @classmethod
+    def build(cls, scale: Scale, seeds: int, variants: Sequence[Variant], out_dir: Path,
+              common: dict[str, Any]) -> Plan:
+        budget = dict(epochs=scale.epochs, epoch_images=scale.epoch_images, train_subset=scale.train_subset,
+                      val_size=scale.val_size, eval_columns=False, **common)
+        runs = []
+        for seed in range(seeds):
+            for v in variants:
+                cfg = TrainConfig(model=FRACTAL, regularization=v.regularization, model_kwargs=dict(v.model_kwargs),
+                                  seed=seed, out_dir=str(out_dir / "A" / v.name / f"seed{seed}"), **budget)
+                runs.append(("A", v.name, seed, cfg, v.warmup))
+            for depth, convs in zip(DEPTHS, (2 ** k for k in range(NUM_COLUMNS)), strict=True):
+                cfg = TrainConfig(model="fractalnet_plain", regularization="none", seed=seed,
+                                  model_kwargs={"convs_per_block": convs},
+                                  out_dir=str(out_dir / "B" / f"plain{depth}" / f"seed{seed}"), **budget)
+                runs.append(("B", f"plain{depth}", seed, cfg, 0.0))
+        return cls(runs)
+
+    def estimate_seconds(self) -> float:
+        """CPU estimate from the measured throughput: training images, plus evaluation at ~3x the training rate."""
+        total = 0.0
+        for _, _, _, cfg, _ in self.runs:
+            convs = cfg.model_kwargs.get("convs_per_block")
+            rate = C4_IMAGES_PER_S if convs is None else min(MAX_IMAGES_PER_S, C4_IMAGES_PER_S * 15 / convs)
+            images = cfg.epochs * _epoch_images(cfg.epoch_images, cfg.train_subset, cfg.val_size)
+            evaluated = cfg.epochs * cfg.val_size + 2 * CIFAR_TEST + TRAIN_LOSS_IMAGES
+            total += images / rate + evaluated / (3 * rate)
+        return total
+
+
+# ---- the document -------------------------------------------------------------------------------------------------
+@dataclass
+class Results:
+    """Results by (experiment, run name) over seeds."""
+
+    by_run: dict[tuple[str, str], list[dict[str, Any]]]
+
+    def get(self, experiment: str, name: str) -> list[dict[str, Any]]:
+        return self.by_run.get((experiment, name), [])
+
+    def column_acc(self, variant: str) -> list[list[float]]:
+        """Per column (1..C), the test accuracies over seeds."""
+        runs = self.get("A", variant)
+        return [[r["columns"][k]["test_acc"] for r in runs] for k in range(NUM_COLUMNS)]
+
+    def full_acc(self, variant: str) -> list[float]:
+        return [r["test_acc"] for r in self.get("A", variant)]
+
+
+def _anytime_verdict(results: Results, variant: str) -> tuple[bool, bool, str]:
+    """Do the mean column accuracies rise with depth, and is the deepest within CLOSE_POINTS of the full net?"""
+    means = [statistics.fmean(v) * 100 for v in results.column_acc(variant)]
+    full = statistics.fmean(results.full_acc(variant)) * 100
+    rising = all(b > a for a, b in itertools.pairwise(means))
+    close = full - means[-1] <= CLOSE_POINTS
+    text = (f"columns {'rise' if rising else 'do not rise'} with depth ({' / '.join(f'{m:.1f}' for m in means)}); "
+            f"deepest column {means[-1]:.1f} vs full net {full:.1f}, {abs(full - means[-1]):.1f} points "
+            f"{'below' if full > means[-1] else 'above'} it ({'within' if close else 'not within'} "
+            f"{CLOSE_POINTS:g} below)")
+    return rising, close, text
+
+
+def _plot(path: Path, draw: Callable[[Any], None], title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    draw(ax)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_anytime(results: Results, variants: Sequence[Variant], path: Path) -> None:
+    """Test accuracy against batch-1 latency: columns 1..C joined by a line, the full net as a star."""
+    def draw(ax: Any) -> None:
+        for v in variants:
+            runs = results.get("A", v.name)
+            lat = [statistics.fmean(r["columns"][k]["latency_ms"] for r in runs) for k in range(NUM_COLUMNS)]
+            acc = [statistics.fmean(a) * 100 for a in results.column_acc(v.name)]
+            line, = ax.plot(lat, acc, "o-", label=f"{v.name}: columns 1-{NUM_COLUMNS}")
+            full = statistics.fmean(results.full_acc(v.name)) * 100
+            ax.plot([statistics.fmean(r["latency_ms"] for r in runs)], [full], "*", markersize=12,
+                    color=line.get_color(), label=f"{v.name}: full net")
+        ax.set_xlabel("latency per image, batch 1 (ms)")
+        ax.set_ylabel("test accuracy (%)")
+    _plot(path, draw, f"Anytime: {FRACTAL} columns vs full network (CIFAR-10)")
+
+
+def plot_table4(results: Results, variants: Sequence[Variant], path: Path) -> None:
+    """Test error against depth: plain nets trained alone and each drop-path variant's columns."""
+    def draw(ax: Any) -> None:
+        plain = [statistics.fmean(r["test_acc"] for r in results.get("B", f"plain{d}")) for d in DEPTHS]
+        ax.plot(DEPTHS, [100 - 100 * a for a in plain], "s-", color="black", label="plain net trained alone")
+        for v in variants:
+            acc = [statistics.fmean(a) for a in results.column_acc(v.name)]
+            ax.plot(DEPTHS, [100 - 100 * a for a in acc], "o--", label=f"column of the fractal net ({v.name})")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(DEPTHS, [str(d) for d in DEPTHS])
+        ax.set_xlabel("depth (conv layers)")
+        ax.set_ylabel("test error (%)")
+    _plot(path, draw, "Table 4 at CPU scale: plain nets vs fractal columns (CIFAR-10)")
+
+
+def write_doc(results: Results, variants: Sequence[Variant], command: str, scale_name: str, scale: Scale,
+              seeds: int, common: dict[str, Any], wall_seconds: float, doc: Path) -> None:
+    """The Markdown report with its two plots (``<doc stem>/anytime.png``, ``table4.png``) beside it."""
+    images = doc.parent / doc.stem
+    plot_anytime(results, variants, images / "anytime.png")
+    dropped = [v for v in variants if v.drop_path]
+    plot_table4(results, dropped, images / "table4.png")
+    rel = images.name
+    train_seconds = sum(r["train_seconds"] for runs in results.by_run.values() for r in runs)
+    per_run = scale.epochs * _epoch_images(scale.epoch_images, scale.train_subset, scale.val_size)
+    lines = [
+        "# FractalNet's central claims at CPU scale",
+        "",
+    ]
+    if scale_name == "quick":
+        lines += ["> **Smoke test (`--quick`), not a result.** Budgets are far too small for any claim below to mean "
+                  "anything; run `python benchmarks/reproduce_paper.py` for the real document.", ""]
+    lines += [
+        f"Written by `{command}` on {describe(common['device'])}.",
+        f"Wall time of this invocation: {wall_seconds / 60:.1f} min; training + validation of all runs (resumed "
+        f"invocations included): {train_seconds / 60:.1f} min.",
+        "",
+        f"Budget, the same for every run: {scale.epochs} epochs of "
+        f"{scale.epoch_images or 'all'} training images ({per_run:,} images seen), batch {common['batch_size']}, SGD "
+        f"lr {common['lr']}, momentum 0.9, the paper's step schedule (lr / 10 each time the remaining epochs halve), "
+        f"augmentation `+`, validation split {scale.val_size} images"
+        + (f", training subset {scale.train_subset} images" if scale.train_subset else "")
+        + f"; dataset `{common['dataset']}`, seeds 0..{seeds - 1} ({seeds} per row; cells give the mean and, over "
+        "several seeds, the (min-max) range). Test accuracy is on the full test split; every column is extracted "
+        "and its batch-norm statistics re-estimated on 10 un-augmented training batches before it is tested. "
+        f"Training loss is measured in eval mode on the first {TRAIN_LOSS_IMAGES:,} training images for every "
+        "network alike (plain nets, columns, full nets). Latency is the median of 20 forward passes at batch 1 "
+        "on the same machine, so it shares that machine's load.",
+        "",
+        f"## A. Anytime prediction: `{FRACTAL}` (40 layers, widths 16-128)",
+        "",
+        "Variants: " + "; ".join(f"**{v.name}**: {v.description}" for v in variants) + ".",
+        "",
+        "| variant | " + " | ".join(f"column {k} acc (%)" for k in range(1, NUM_COLUMNS + 1))
+        + " | full net acc (%) | " + " | ".join(f"col {k} ms" for k in range(1, NUM_COLUMNS + 1)) + " | full ms |",
+        "|---|" + "---:|" * (2 * NUM_COLUMNS + 2),
+    ]
+    verdicts = {}
+    for v in variants:
+        runs = results.get("A", v.name)
+        accs = [_fmt(a) for a in results.column_acc(v.name)]
+        lats = [_fmt([r["columns"][k]["latency_ms"] for r in runs], 1.0, 2) for k in range(NUM_COLUMNS)]
+        lines.append(f"| {v.name} | " + " | ".join(accs) + f" | {_fmt(results.full_acc(v.name))} | "
+                     + " | ".join(lats) + f" | {_fmt([r['latency_ms'] for r in runs], 1.0, 2)} |")
+        verdicts[v.name] = _anytime_verdict(results, v.name)
+    good = [name for name, (rising, close, _) in verdicts.items() if rising and close]
+    lines += ["", f"![accuracy against latency]({rel}/anytime.png)", "", "What holds at this budget:", ""]
+    lines += [f"- **{name}**: {text}." for name, (_, _, text) in verdicts.items()]
+    lines += ["", ("Claim (a), columns rising with depth and a deepest column within "
+                   f"{CLOSE_POINTS:g} points of the full net, **holds** for: {', '.join(good)}."
+                   if good else f"Claim (a) **does not hold** for any variant at this budget: no variant gave columns "
+                   f"rising with depth with a deepest column within {CLOSE_POINTS:g} points of the full net."), ""]
+
+    lines += _table4(results, dropped, rel)
+    write_atomic(doc, "\n".join(lines) + "\n")
+
+
+def _table4(results: Results, dropped: Sequence[Variant], rel: str) -> list[str]:
+    """Experiment B in the paper's layout: depth rows, plain vs column (error, train loss), paper figures beside."""
+    plain_err = [[1 - r["test_acc"] for r in results.get("B", f"plain{d}")] for d in DEPTHS]
+    plain_loss = [[r["train_loss"] for r in results.get("B", f"plain{d}")] for d in DEPTHS]
+    head = "| depth | plain: error (%) | plain: train loss | " + " | ".join(
+        f"column ({v.name}): error (%) | column ({v.name}): train loss" for v in dropped) + \
+        " | paper plain error (C100++) | paper column error (C100++) |"
+    lines = ["## B. Table 4 at CPU scale: plain networks vs fractal columns", "",
+             "Plain networks of depth 5, 10, 20, 40 (`fractalnet_plain`, 1, 2, 4, 8 convs per block, no drop-path, "
+             "no dropout) trained alone, beside the same-depth columns of experiment A's 40-layer fractal nets "
+             "trained with drop-path. The paper's figures are CIFAR-100++ errors, so compare the shape (how error "
+             "moves with depth), not the values.", "", head,
+             "|---:|" + "---:|" * (2 + 2 * len(dropped) + 2)]
+    for i, depth in enumerate(DEPTHS):
+        cells = [_fmt(plain_err[i]), _fmt(plain_loss[i], 1.0, 3)]
+        for v in dropped:
+            runs = results.get("A", v.name)
+            cells += [_fmt([1 - a for a in results.column_acc(v.name)[i]]),
+                      _fmt([r["column_train_loss"][i] for r in runs], 1.0, 3)]
+        paper_plain = f"{PAPER_PLAIN_ERROR[i]:.2f}" + (f" (train loss {PAPER_PLAIN40_TRAIN_LOSS})"
+                                                       if depth == DEPTHS[-1] else "")
+        lines.append(f"| {depth} | " + " | ".join(cells) + f" | {paper_plain} | {PAPER_COLUMN_ERROR[i]:.2f} |")
+    full_cells = ["", ""]
+    for v in dropped:
+        full_cells += [_fmt([1 - a for a in results.full_acc(v.name)]),
+                       _fmt([r["train_loss"] for r in results.get("A", v.name)], 1.0, 3)]
+    lines.append("| full fractal net | " + " | ".join(full_cells) + f" | | {PAPER_FULL_ERROR:.2f} |")
+    lines += ["", f"![error against depth]({rel}/table4.png)", "", "What holds at this budget:", ""]
+    p = [statistics.fmean(e) * 100 for e in plain_err]
+    degrades = p[-1] > p[-2]
+    lines.append(f"- Plain nets trained alone: error {' / '.join(f'{e:.1f}' for e in p)} at depth "
+                 f"{' / '.join(map(str, DEPTHS))}; the 40-layer plain net is "
+                 f"{'worse' if degrades else 'not worse'} than the 20-layer one "
+                 f"({p[-1] - p[-2]:+.1f} points; the paper: +7.53).")
+    for v in dropped:
+        col = [statistics.fmean(1 - a for a in accs) * 100 for accs in results.column_acc(v.name)]
+        trains = col[-1] < p[-1]
+        lines.append(f"- Columns of the fractal net ({v.name}): error {' / '.join(f'{e:.1f}' for e in col)}; the "
+                     f"40-layer column is {'better' if trains else 'not better'} than the 40-layer plain net "
+                     f"({col[-1] - p[-1]:+.1f} points; the paper: -7.09).")
+    holds = degrades and all(
+        statistics.fmean(1 - a for a in results.column_acc(v.name)[-1]) * 100 < p[-1] for v in dropped)
+    lines += ["", "Claim (b), a 40-layer plain network that trains badly alone trains as a fractal column, "
+              + ("**holds** at this budget." if holds else
+                 "**does not hold** at this budget" + ("" if degrades else
+                                                       ": the 40-layer plain net did not degrade here") + "."), ""]
+    return lines
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchmarks/reproduce_paper.py", description=__doc__.splitlines()[0])
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--scale", choices=tuple(SCALES), default="cpu", help="budget (default: cpu)")
+    scale.add_argument("--quick", action="store_const", const="quick", dest="scale", help="= --scale quick")
+    scale.add_argument("--gpu", action="store_const", const="gpu", dest="scale", help="= --scale gpu")
+    parser.add_argument("--seeds", type=int, help="seeds per run (default: the scale's)")
+    parser.add_argument("--epochs", type=int, help="override the scale's epochs")
+    parser.add_argument("--epoch-images", type=int, help="override the scale's training images per epoch")
+    parser.add_argument("--train-subset", type=int, help="override the scale's training subset")
+    parser.add_argument("--val-size", type=int, help="override the scale's validation split size")
+    parser.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS],
+                        default=[v.name for v in VARIANTS], help="experiment A's variants (default: all)")
+    parser.add_argument("--dataset", default="cifar10", help="engine dataset spec (default: cifar10)")
+    parser.add_argument("--data-dir", help="data root (else $FRACTAL_SPACE_DATA)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--num-threads", type=int, help="CPU threads (default: one per usable core)")
+    parser.add_argument("--out-dir", type=Path, help="run folders, resumable (default: runs/reproduce/<scale>)")
+    parser.add_argument("--doc", type=Path, help="the report, its plots in <doc folder>/<doc stem>/ (default: "
+                                                 "docs/reproduction.md; --quick: <out-dir>/reproduction.md)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    out_dir = args.out_dir or Path("runs/reproduce") / args.scale
+    doc = args.doc or (out_dir / "reproduction.md" if args.scale == "quick" else Path("docs/reproduction.md"))
+    scale = SCALES[args.scale]
+    overrides = {k: getattr(args, k) for k in ("epochs", "epoch_images", "train_subset", "val_size")
+                 if getattr(args, k) is not None}
+    scale = replace(scale, **overrides)
+    seeds = args.seeds or scale.seeds
+    variants = [v for v in VARIANTS if v.name in args.variants]
+    common = dict(dataset=args.dataset, data_dir=args.data_dir, device=args.device, num_threads=args.num_threads,
+                  progress=False, batch_size=100, lr=0.02)
+    plan = Plan.build(scale, seeds, variants, out_dir, common)
+    print(f"{len(plan.runs)} runs, {args.scale} budget: {scale.epochs} epochs x "
+          f"{_epoch_images(scale.epoch_images, scale.train_subset, scale.val_size)} images, {seeds} seed(s); estimated "
+          f"{plan.estimate_seconds() / 60:.0f} min on 2 idle CPU cores (C=4 at {C4_IMAGES_PER_S:.0f} images/s)",
+          flush=True)
+    start = time.perf_counter()
+    by_run: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for i, (experiment, name, seed, cfg, warmup) in enumerate(plan.runs, 1):
+        t = time.perf_counter()
+        result = run(cfg, warmup)
+        by_run.setdefault((experiment, name), []).append(result)
+        print(f"[{i}/{len(plan.runs)}] {experiment} {name} seed {seed}: test acc {result['test_acc']:.2%} "
+              f"({time.perf_counter() - t:.0f} s)", flush=True)
+    command = " ".join(["python benchmarks/reproduce_paper.py", *argv])
+    write_doc(Results(by_run), variants, command, args.scale, scale, seeds, common, time.perf_counter() - start, doc)
+    print(f"wrote {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
