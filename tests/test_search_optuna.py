@@ -198,3 +198,14 @@ def test_the_optuna_dashboard_answers_while_the_search_runs_and_is_gone_after(tm
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=5)
 
+
+
+def test_resuming_a_finished_study_says_so_and_trains_nothing(tmp_path, capsys):
+    assert run_search(tmp_path, "done", "--trials", "1") == 0
+    capsys.readouterr()
+    before = load_study(tmp_path, "done").get_trials()
+    assert run_search(tmp_path, "done", "--trials", "1") == 0
+    out = capsys.readouterr().out
+    assert "is already complete (1 finished trials and every baseline); nothing to search" in out
+    assert len(load_study(tmp_path, "done").get_trials()) == len(before)  # no new trial
+    assert "report: " in out  # the results are still (re)written
