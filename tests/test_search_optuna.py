@@ -110,12 +110,17 @@ def test_unknown_option_is_one_line_with_exit_code_2(capsys):
     (["--storage", "mysql+nodriver://x/y"], "cannot open storage"),
     (["--space", "/nonexistent/space.yaml"], "space file /nonexistent/space.yaml"),
     (["--trials", "0"], "--trials, --workers and --threads must be >= 1"),
+    (["--rungs", "0"], "rungs"),  # impossible budgets (issue 12 item 4) ...
+    (["--val-size", "-1"], "val_size"),
+    (["--train-subset", "-3"], "train_subset"),
+    (["--gpus-per-trial", "0.5"], "--gpus-per-trial is an option of the Ray backend"),  # ... and misplaced flags
+    (["--address", "127.0.0.1:1"], "--address is an option of the Ray backend"),
 ])
 def test_bad_input_is_one_line_and_exits_before_any_trial(tmp_path, capsys, args, message):
     assert run_search(tmp_path, "bad", *args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
-    assert not (tmp_path / "bad" / "study.db").exists() and not (tmp_path / "bad" / "trials.parquet").exists()
+    assert not (tmp_path / "bad").exists()  # nothing written
 
 
 def _open_after(barrier, url: str) -> None:

@@ -115,20 +115,6 @@ def test_an_interrupted_reference_trial_is_queued_again_and_a_second_queueing_is
     assert len(finished(study)) == 2
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--rungs", "0"], "rungs"),
-    (["--val-size", "-1"], "val_size"),
-    (["--train-subset", "-3"], "train_subset"),
-    (["--gpus-per-trial", "0.5"], "--gpus-per-trial is an option of the Ray backend"),
-    (["--address", "127.0.0.1:1"], "--address is an option of the Ray backend"),
-])
-def test_bad_budgets_and_misplaced_ray_flags_stop_before_anything_is_written(tmp_path, capsys, args, message):
-    assert run_search(tmp_path, "bad", *args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
-    assert not (tmp_path / "bad").exists()
-
-
 def test_gpus_per_trial_without_a_gpu_is_one_line_not_a_hang(tmp_path):
     proc = spawn_search(tmp_path, "gpu", "--backend", "ray", "--gpus-per-trial", "0.5")
     out, _ = proc.communicate(timeout=120)
