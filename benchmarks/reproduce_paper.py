@@ -1,15 +1,15 @@
 """FractalNet's two central claims, reproduced at CPU scale by the project's own engine; writes docs/reproduction.md.
 
 Experiment A (anytime): ``fractalnet_c4`` at the paper's reduced widths on CIFAR-10, trained without drop-path,
-with the paper's drop-path + block dropout, and with short-budget variants (no block dropout; a warm-up of the local
-drop rate), all at one budget. Every column's test accuracy (batch-norm statistics re-estimated for the column
-alone) and batch-1 latency, beside the full network's.
+with the paper's drop-path + block dropout, and with short-budget variants (no block dropout; a lower local rate; a
+warm-up of the local rate), all at one budget. Every column's test accuracy (batch-norm statistics re-estimated for
+the column alone) and batch-1 latency, beside the full network's.
 
 Experiment B (Table 4): plain networks of depth 5, 10, 20, 40 (``fractalnet_plain`` with 1, 2, 4, 8 convs per
 block) trained alone, against the same-depth columns of the 40-layer fractal nets of experiment A trained with
 drop-path: test error and training loss in the paper's table layout, beside the paper's own figures.
 
-    python benchmarks/reproduce_paper.py             # CPU budget (about 1.7 h on 2 idle cores), 2 seeds
+    python benchmarks/reproduce_paper.py             # CPU budget (about 1.9 h on 2 idle cores), 2 seeds
     python benchmarks/reproduce_paper.py --quick     # smoke test, a few minutes; its doc says it is no result
     python benchmarks/reproduce_paper.py --gpu       # 40 full epochs per run; --scale paper: the paper's 400
 
@@ -41,6 +41,7 @@ from fractal_space.engine import TrainConfig, Trainer  # noqa: E402
 from fractal_space.engine.trainer import EVAL_BATCH  # noqa: E402
 from fractal_space.hardware import describe  # noqa: E402
 from fractal_space.io import write_atomic  # noqa: E402
+from fractal_space.recipe import PAPER  # noqa: E402
 
 FRACTAL = "fractalnet_c4"  # B=5, C=4, widths 16-128: the 40-layer reduced-width net of the paper's Table 4
 NUM_BLOCKS, NUM_COLUMNS = 5, 4
@@ -102,6 +103,8 @@ VARIANTS = (
     Variant("paper", "the paper's: drop-path p=0.15, 50% global batches, block dropout 0, .1, .2, .3, .4", "paper"),
     Variant("no-dropout", "drop-path p=0.15, 50% global batches, no block dropout", "paper",
             {"block_dropout": NO_DROPOUT}),
+    Variant("low-rate", "drop-path p=0.05, 50% global batches, no block dropout", "paper",
+            {"drop_path_rate": 0.05, "block_dropout": NO_DROPOUT}),
     Variant("warmup", "as no-dropout, the local rate ramping linearly to 0.15 over the first half of the epochs",
             "paper", {"block_dropout": NO_DROPOUT}, warmup=0.5),
 )
@@ -313,9 +316,10 @@ def write_doc(results: Results, variants: Sequence[Variant], command: str, scale
         f"invocations included): {train_seconds / 60:.1f} min.",
         "",
         f"Budget, the same for every run: {scale.epochs} epochs of "
-        f"{scale.epoch_images or 'all'} training images ({per_run:,} images seen), batch {common['batch_size']}, SGD "
-        f"lr {common['lr']}, momentum 0.9, the paper's step schedule (lr / 10 each time the remaining epochs halve), "
-        f"augmentation `+`, validation split {scale.val_size} images"
+        f"{scale.epoch_images or 'all'} training images ({per_run:,} images seen); the engine's paper recipe: batch "
+        f"{PAPER.batch_size}, SGD lr {PAPER.lr}, momentum {PAPER.momentum}, weight decay {PAPER.weight_decay:g}, "
+        f"lr / 10 each time the remaining epochs halve, augmentation `{PAPER.augment}`; validation split "
+        f"{scale.val_size} images"
         + (f", training subset {scale.train_subset} images" if scale.train_subset else "")
         + f"; dataset `{common['dataset']}`, seeds 0..{seeds - 1} ({seeds} per row; cells give the mean and, over "
         "several seeds, the (min-max) range). Test accuracy is on the full test split; every column is extracted "
@@ -437,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = args.seeds or scale.seeds
     variants = [v for v in VARIANTS if v.name in args.variants]
     common = dict(dataset=args.dataset, data_dir=args.data_dir, device=args.device, num_threads=args.num_threads,
-                  progress=False, batch_size=100, lr=0.02)
+                  progress=False)
     plan = Plan.build(scale, seeds, variants, out_dir, common)
     print(f"{len(plan.runs)} runs, {args.scale} budget: {scale.epochs} epochs x "
           f"{_epoch_images(scale.epoch_images, scale.train_subset, scale.val_size)} images, {seeds} seed(s); estimated "

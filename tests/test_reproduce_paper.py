@@ -36,7 +36,7 @@ def test_quick_run_writes_tables_and_plots_and_resumes(tiny_cifar, tmp_path, cap
     for heading in ("## A. Anytime prediction", "## B. Table 4 at CPU scale", "| variant | column 1 acc (%)",
                     "| full fractal net |", "Claim (a)", "Claim (b)", "Wall time of this invocation"):
         assert heading in text
-    for variant in ("none", "paper", "no-dropout", "warmup"):
+    for variant in ("none", "paper", "no-dropout", "low-rate", "warmup"):
         assert f"| {variant} |" in text
     for depth in (5, 10, 20, 40):
         assert f"\n| {depth} | " in text
@@ -45,7 +45,7 @@ def test_quick_run_writes_tables_and_plots_and_resumes(tiny_cifar, tmp_path, cap
         assert path.read_bytes().startswith(b"\x89PNG")
         assert f"(reproduction/{png})" in text
     results = sorted((tmp_path / "runs").rglob("result.json"))
-    assert len(results) == 8  # 4 variants of experiment A + 4 plain nets, one seed
+    assert len(results) == 9  # 5 variants of experiment A + 4 plain nets, one seed
     stamps = [p.stat().st_mtime_ns for p in results]
     assert reproduce_paper.main(argv) == 0  # a re-run reuses every finished run
     assert [p.stat().st_mtime_ns for p in results] == stamps
@@ -65,7 +65,7 @@ def test_doc_says_which_claims_hold_and_which_fail(tmp_path) -> None:
     for depth, acc in zip(reproduce_paper.DEPTHS, (0.5, 0.6, 0.7, 0.9), strict=True):  # no degradation at 40
         by_run[("B", f"plain{depth}")] = [_result([], acc)] * 2
     scale = reproduce_paper.SCALES["cpu"]
-    common = dict(device="cpu", batch_size=100, lr=0.02, dataset="cifar10")
+    common = dict(device="cpu", dataset="cifar10")
     doc = tmp_path / "reproduction.md"
     reproduce_paper.write_doc(reproduce_paper.Results(by_run), variants, "python benchmarks/reproduce_paper.py",
                               "cpu", scale, 2, common, 60.0, doc)
