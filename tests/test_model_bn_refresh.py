@@ -74,8 +74,11 @@ def test_plain_loop_validates_like_the_engine(cifar: DataSplits, join: str, layo
     without = _validate(stale, cifar, channels_last)
     print(f"join={join} layout={layout}: engine {engine}, plain loop {fixed}, without the refresh {without}")
     assert fixed[0] == pytest.approx(engine[0], abs=0.06) and fixed[1] == pytest.approx(engine[1], abs=0.03)
-    # without the refresh the drop-path statistics are far off: measured 0.08 (mean) and 3.6 (max) in loss
-    assert without[0] - engine[0] > max(0.05, 5 * abs(fixed[0] - engine[0]))
+    # Without the refresh the drop-path statistics cost validation loss: 3.6 for max joins; for mean joins only
+    # 0.04-0.08, varying with the thread count, so there the witness is that the refreshed figure is the better one.
+    assert without[0] > fixed[0] + 0.01
+    if join == "max":
+        assert without[0] - engine[0] > 1.0
 
 
 def _train_steps(model: torch.nn.Module, steps: int = 3, n: int = 8) -> None:
