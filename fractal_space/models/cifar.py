@@ -36,7 +36,27 @@ def cifar_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     }
 
 
-class CifarStageNet(nn.Module):
+class ClassifierHeadMixin:
+    """timm's classifier contract over a ``self.head`` (``timm.layers.ClassifierHead``) and ``self.num_features``,
+    shared by every family here."""
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer."""
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier (``num_classes=0`` removes it; ``global_pool=''`` keeps the 4-D feature map)."""
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool, in_features=self.num_features)
+        self.head_hidden_size = self.head.num_features
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pooling, dropout and classifier (``pre_logits`` stops before the classifier)."""
+        return self.head(x, pre_logits=pre_logits)
+
+
+class CifarStageNet(ClassifierHeadMixin, nn.Module):
     """stem → stages → norm_pre → head, with the timm model contract for the CIFAR baseline families.
 
     Subclasses build the stem, the stages (an ``nn.Sequential`` of ``nn.Sequential`` stages, one feature tap per
@@ -86,17 +106,6 @@ class CifarStageNet(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        """The final linear layer."""
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier (``num_classes=0`` removes it; ``global_pool=''`` keeps the 4-D feature map)."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, in_features=self.num_features)
-        self.head_hidden_size = self.head.num_features
 
     def forward_intermediates(
             self,
@@ -160,10 +169,6 @@ class CifarStageNet(nn.Module):
         else:
             x = self.stages(x)
         return self.norm_pre(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pooling, dropout and classifier (``pre_logits`` stops before the classifier)."""
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)

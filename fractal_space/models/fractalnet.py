@@ -31,7 +31,7 @@ from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 
 from fractal_space.anytime import reestimate_bn_stats
-from fractal_space.models.cifar import CifarStageNet, cifar_cfg
+from fractal_space.models.cifar import CifarStageNet, ClassifierHeadMixin, cifar_cfg
 from fractal_space.models.cpu_conv import SmallMapConv2d, cpu_prefers_channels_last
 from fractal_space.recipe import (
     BLOCK_DROPOUT,
@@ -297,7 +297,7 @@ class FractalBlock(nn.Module):
         return self.drop(self.pool(states[self.num_columns - 1]))
 
 
-class FractalNet(nn.Module):
+class FractalNet(ClassifierHeadMixin, nn.Module):
     """FractalNet with flat joins, paper drop-path that skips dropped work, and the full timm model interface.
 
     ``forward(x, column=k)`` evaluates column k (1 = shallowest) alone; :meth:`extract_column` returns it as a
@@ -424,15 +424,6 @@ class FractalNet(nn.Module):
         self.grad_checkpointing = enable
         for block in self.blocks:
             block.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, in_features=self.num_features)
-        self.head_hidden_size = self.head.num_features
 
     @torch.jit.ignore
     def set_memory_format(
@@ -642,9 +633,6 @@ class FractalNet(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, None if plan is None else plan[i])
         return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor, column: Optional[int] = None) -> torch.Tensor:
         x = self.forward_features(x, column)
