@@ -30,10 +30,6 @@ def restore(previous: Any) -> None:
     signal.signal(signal.SIGINT, previous)
 
 
-def requested() -> bool:
-    return _requested.is_set()
-
-
 def check() -> None:
     """Raise KeyboardInterrupt if Ctrl-C was pressed, even if its first KeyboardInterrupt was swallowed."""
     if _requested.is_set():
