@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fractal_space.search.console import Progress, quiet_optuna
-from fractal_space.search.record import OBJECTIVES
+from fractal_space.search.record import OBJECTIVES, first_line
 from fractal_space.search.settings import FinalSettings, RaySettings, SearchSettings
 from fractal_space.search.storage import default_url
 
@@ -110,11 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve no dashboard (Optuna backend: its live Optuna dashboard; Ray: Ray's dashboard)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _input_size(dataset: str, data_dir: str | None) -> int:
@@ -223,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     print(f"study {settings.study}: {settings.trials} trials, backend {args.backend}, objective {settings.objective},"
           f" storage {storage_label(settings)}")
@@ -243,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             dashboard, address = backend.connect(settings)  # checked before anything is written
         except ValueError as exc:
-            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            print(f"error: {first_line(exc)}", file=sys.stderr)
             return 2
         if dashboard:
             print(f"Ray dashboard: {dashboard} (jobs, actors, logs, resources)", flush=True)

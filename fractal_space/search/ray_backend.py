@@ -32,6 +32,7 @@ from fractal_space.search.record import (
     TrialRecord,
     architecture_name,
     fail_reason,
+    first_line,
     tag,
 )
 from fractal_space.search.retention import keep_best_checkpoints, trial_dir
@@ -160,7 +161,7 @@ def connect(settings: SearchSettings) -> tuple[str, str]:
         except (ConnectionError, RuntimeError) as exc:
             hint = ("" if _token_available() else "; if it uses token authentication (Ray's default), put its token "
                     f"in {TOKEN_FILE} or RAY_AUTH_TOKEN and set RAY_AUTH_MODE=token")
-            raise ValueError(f"--address {opts.address}: cannot join the Ray cluster ({_first_line(exc)}){hint}"
+            raise ValueError(f"--address {opts.address}: cannot join the Ray cluster ({first_line(exc)}){hint}"
                              ) from None
     else:
         import fractal_space
@@ -190,11 +191,6 @@ def _quiet_ray() -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard logger callbacks
     for name in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Study:

@@ -14,6 +14,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from fractal_space.search.record import first_line
+
 
 def default_url(study_dir: Path) -> str:
     """The study's own SQLite file."""
@@ -37,8 +39,7 @@ def open_storage(url: str | None, study_dir: Path, heartbeat_s: int | None = 30)
             return JournalStorage(JournalFileBackend(str(path)))
         return _rdb_storage(url, heartbeat_s)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of every kind become one line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot open storage {url!r}: {reason}") from None
+        raise ValueError(f"cannot open storage {url!r}: {first_line(exc)}") from None
 
 
 def _rdb_storage(url: str, heartbeat_s: int | None, attempts: int = 5) -> RDBStorage:
