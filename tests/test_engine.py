@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from fractal_space.data import Normalize
 from fractal_space.engine import EpochReport, TrainConfig, Trainer, TrainingDiverged, lr_factor, train
-from fractal_space.engine.config import RECIPE_FIELDS, RUN_TIME, recipe_fields
+from fractal_space.engine.config import RECIPE_FIELDS, RUN_TIME, recipe_changes, recipe_fields
 from fractal_space.train import build_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +50,8 @@ def test_config_roundtrips_json_and_rejects_bad_values():
 
 def test_recipe_fields_come_from_field_metadata():
     assert RECIPE_FIELDS == ("model", "model_kwargs", "dataset", "epochs", "epoch_images", "batch_size", "lr",
-                             "momentum", "weight_decay", "schedule", "label_smoothing", "regularization", "augment",
-                             "train_subset", "val_size", "val_seed", "seed")
+                             "momentum", "weight_decay", "schedule", "label_smoothing", "regularization",
+                             "drop_path_warmup", "augment", "train_subset", "val_size", "val_seed", "seed")
     run_time = dataclasses.field(default="", metadata=RUN_TIME)
     extended = dataclasses.make_dataclass("Extended", [("new_knob", int, 0), ("new_path", str, run_time)],
                                           bases=(TrainConfig,))
@@ -130,6 +130,47 @@ def test_resume_refuses_a_different_recipe(tmp_path):
         Trainer(_cfg(epochs=1, train_subset=50, lr=0.1, out_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="model differ"):  # refused before any weights are loaded
         Trainer(_cfg(epochs=1, train_subset=50, model="test_resnet", out_dir=str(tmp_path)))
+
+
+def test_a_checkpoint_older_than_a_recipe_field_resumes_as_its_default():
+    saved = _cfg().to_dict()
+    del saved["drop_path_warmup"]  # written before the field existed: trained without a warm-up
+    assert recipe_changes(saved, _cfg()) == []
+    assert recipe_changes(saved, _cfg(drop_path_warmup=0.5)) == ["drop_path_warmup"]
+    assert recipe_changes({**saved, "num_threads": 7}, _cfg()) == []  # run-time settings may differ
+
+
+def _training_rates(trainer: Trainer, epochs: int | None = None) -> list[float]:
+    """The local drop-path rate each training step ran with (read by a forward pre-hook), for ``epochs`` epochs."""
+    rates: list[float] = []
+    hook = trainer.model.register_forward_pre_hook(
+        lambda model, args: rates.append(model.drop_path_rate) if model.training else None)
+    for report in trainer.epochs():
+        if report.epoch == epochs:
+            break
+    hook.remove()
+    return rates
+
+
+def test_drop_path_warmup_ramps_the_local_rate_per_step_and_resumes_mid_ramp(tmp_path):
+    recipe = dict(model="fractalnet_c2", model_kwargs={"widths": [4, 4, 4, 4, 4]}, epochs=2, train_subset=200,
+                  drop_path_warmup=0.5, eval_columns=False, bn_batches=1)
+    trainer = Trainer(_cfg(**recipe))
+    straight = _training_rates(trainer)
+    steps = 2 * 200 // 50  # 4 steps per epoch, 8 in all: the rate reaches 0.15 at step 4 and stays
+    assert straight == pytest.approx([0.15 * min(1.0, s / 4) for s in range(1, steps + 1)])
+    assert trainer.model.drop_path_rate == 0.15  # what an export writes: the target
+
+    cfg = _cfg(**recipe, out_dir=str(tmp_path))
+    first = _training_rates(Trainer(cfg), epochs=1)  # interrupted after epoch 1, mid-ramp, then resumed
+    assert first + _training_rates(Trainer(cfg)) == pytest.approx(straight)
+
+
+def test_drop_path_warmup_is_refused_for_a_model_without_drop_path():
+    with pytest.raises(ValueError, match=r"drop_path_warmup must be in \[0, 1\], got 1.5"):
+        _cfg(drop_path_warmup=1.5)
+    with pytest.raises(ValueError, match="drop_path_warmup=0.5 needs a model with drop-path.*test_efficientnet"):
+        Trainer(_cfg(drop_path_warmup=0.5))
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_no_garbage(tmp_path):

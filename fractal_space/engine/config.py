@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,9 @@ class TrainConfig:
     label_smoothing: float = _option(0.0, "label smoothing of the cross-entropy loss, in [0, 1)")
     regularization: str = _option("paper", "paper: FractalNet gets the paper's drop-path and block dropout; none: "
                                            "off (other models are unchanged)", choices=REGULARIZATIONS)
+    drop_path_warmup: float = _option(0.0, "share of the training steps over which FractalNet's local drop-path rate "
+                                           "ramps linearly from 0 to its target (0: none); short budgets train "
+                                           "better with one (docs/reproduction.md)")
     augment: str = _option(PAPER.augment, "none; +: mirror and translate by up to 4 px, zero padding; ++: the same "
                                           "with reflect padding", choices=AUGMENTS)
     train_subset: int | None = _option(None, "train on the first N images left after the validation split (none: "
@@ -97,6 +101,7 @@ class TrainConfig:
             (self.amp in AMPS, "amp", f"must be one of {AMPS}"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
             (self.regularization in REGULARIZATIONS, "regularization", f"must be one of {REGULARIZATIONS}"),
+            (0 <= self.drop_path_warmup <= 1, "drop_path_warmup", "must be in [0, 1]"),
             (self.augment in AUGMENTS, "augment", f"must be one of {AUGMENTS}"),
             (self.train_subset is None or self.train_subset >= 1, "train_subset", "must be >= 1 or None"),
             (self.val_size is None or self.val_size >= 0, "val_size", "must be >= 0 or None (auto)"),
@@ -134,3 +139,14 @@ def recipe_fields(cls: type = TrainConfig) -> tuple[str, ...]:
 
 #: A checkpoint may only be resumed by a config that agrees on all of these.
 RECIPE_FIELDS = recipe_fields()
+
+
+def recipe_changes(saved: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
+    """The recipe fields on which a saved config (a checkpoint's, a result's) and ``cfg`` differ.
+
+    A field the saved config predates counts as its default, so adding a recipe field whose default is the old
+    behaviour leaves earlier runs resumable.
+    """
+    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+                for f in dataclasses.fields(TrainConfig)}
+    return [k for k in RECIPE_FIELDS if saved.get(k, defaults[k]) != getattr(cfg, k)]

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from fractal_space.data import BatchLoader, load_splits
 from fractal_space.engine.checkpoint import read_checkpoint, save_checkpoint
-from fractal_space.engine.config import RECIPE_FIELDS, TrainConfig
+from fractal_space.engine.config import TrainConfig, recipe_changes
 from fractal_space.hardware import resolve_device, usable_cpus
 from fractal_space.io import remove_stale_temps, write_atomic
 from fractal_space.metrics import count_flops, count_params, measure_latency
@@ -172,6 +172,11 @@ class Trainer:
         self.num_params = count_params(self.model)
         self.flops = count_flops(self.model, self.input_size)
         self.num_columns = int(getattr(self.model, "num_columns", 0))
+        # The model's local drop-path rate is the target a warm-up ramps to (_ramp_drop_path, before each step).
+        self.drop_path_target = float(getattr(self.model, "drop_path_rate", 0.0))
+        if cfg.drop_path_warmup > 0 and not hasattr(self.model, "set_regularization"):
+            raise ValueError(f"drop_path_warmup={cfg.drop_path_warmup} needs a model with drop-path (FractalNet); "
+                             f"{cfg.model} has none")
 
         if cfg.epoch_images is not None and cfg.epoch_images > len(self.data.train):
             raise ValueError(f"epoch_images={cfg.epoch_images} is more than the {len(self.data.train)} training images")
@@ -190,6 +195,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         total_steps = cfg.epochs * len(self.train_loader)
+        self.warmup_steps = cfg.drop_path_warmup * total_steps if self.drop_path_target > 0 else 0.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(cfg.schedule, step / total_steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -231,7 +237,7 @@ class Trainer:
         checkpoint = read_checkpoint(out_dir)
         if checkpoint is not None:
             weights, state = checkpoint
-            differ = [k for k in RECIPE_FIELDS if state["config"].get(k) != getattr(self.cfg, k)]
+            differ = recipe_changes(state["config"], self.cfg)
             if differ:
                 raise ValueError(f"checkpoint in {out_dir} was written by a different recipe ({', '.join(differ)} "
                                  f"differ); use a new out_dir or the same settings to resume")
@@ -290,6 +296,8 @@ class Trainer:
                    leave=False, dynamic_ncols=True)
         start = time.perf_counter()
         for step, (x, y) in enumerate(bar, 1):
+            if self.warmup_steps:
+                self._ramp_drop_path()
             with self._autocast():
                 logits = self.model(x)
                 loss = self.criterion(logits, y)
@@ -313,6 +321,14 @@ class Trainer:
                                 img_s=f"{seen / (time.perf_counter() - start):.0f}")
         seconds = time.perf_counter() - start
         return total_loss / seen, correct / seen, seen / seconds, lr
+
+    def _ramp_drop_path(self) -> None:
+        """The local drop-path rate of the coming step: the target times step / warm-up steps, at most the target.
+
+        The step count is the scheduler's, so a resumed run continues the ramp where it stopped.
+        """
+        step = self.scheduler.last_epoch + 1
+        self.model.set_regularization(drop_path_rate=self.drop_path_target * min(1.0, step / self.warmup_steps))
 
     @torch.no_grad()
     def _accuracy(self, model: nn.Module, loader: BatchLoader, **forward_kwargs: Any) -> tuple[float, float]:
