@@ -13,8 +13,9 @@ which is exactly the paper's rule (16, 32, 64, 128, 128 = base 16, growth 2). Tw
 conditional ones keep TPE's model small and every sampled ``widths`` tuple consistent with the sampled ``B``.
 ``dropout_scale`` likewise expands to the paper's per-block dropout ramp ``(0, s, 2s, ..., (B-1)s)``.
 
-The space is conditional: a one-column network has no joins, so ``join``, ``drop_path_rate`` and
-``global_drop_fraction`` are not sampled for it (they are not among that trial's parameters).
+The space is conditional: a one-column network has no joins, so ``join``, ``drop_path_rate``,
+``global_drop_fraction`` and ``drop_path_warmup`` are not sampled for it (they are not among that trial's
+parameters).
 
 Ranges that cannot work are excluded when the space is bound to an input size: B max-pools need an input of at
 least ``2**B`` pixels, so ``num_blocks`` may say ``high: "max"`` and an explicit bound beyond the input is an error.
@@ -53,6 +54,7 @@ DEFAULT: dict[str, Any] = {
     "join": {"choices": list(JOINS)},
     "drop_path_rate": {"low": 0.0, "high": 0.3},
     "global_drop_fraction": {"low": 0.0, "high": 1.0},
+    "drop_path_warmup": {"low": 0.0, "high": 0.5},
     "dropout_scale": {"low": 0.0, "high": 0.1},
     "lr": {"low": 0.005, "high": 0.1, "log": True},
     "weight_decay": {"low": 1e-6, "high": 1e-3, "log": True},
@@ -60,16 +62,19 @@ DEFAULT: dict[str, Any] = {
 }
 
 #: Dimensions that only exist where there are joins: a C=1 network (one plain column) samples none of them and is
-#: built with these values (no drop-path: there is no join input to drop).
-JOIN_DIMS = ("join", "drop_path_rate", "global_drop_fraction")
-NO_JOINS: dict[str, Any] = {"join": PAPER.join, "drop_path_rate": 0.0, "global_drop_fraction": 0.0}
+#: built with these values (no drop-path: there is no join input to drop). ``drop_path_warmup`` (a TrainConfig
+#: field, so an extension dimension) is among them: at short budgets a warm-up of the local rate trains multi-column
+#: nets better than the paper's constant rate (docs/reproduction.md).
+JOIN_DIMS = ("join", "drop_path_rate", "global_drop_fraction", "drop_path_warmup")
+NO_JOINS: dict[str, Any] = {"join": PAPER.join, "drop_path_rate": 0.0, "global_drop_fraction": 0.0,
+                            "drop_path_warmup": 0.0}
 
 #: The paper's reduced-width 20-layer network (B=5, C=3, widths 16..128) with the paper's recipe: the reference
 #: point (the first trial a search enqueues) and the recipe baselines train with.
 PAPER_POINT: dict[str, Any] = {
     "num_blocks": 5, "num_columns": 3, "base_width": 16, "width_growth": 2.0, "join": PAPER.join,
     "drop_path_rate": PAPER.drop_path_rate, "global_drop_fraction": PAPER.global_drop_fraction,
-    "dropout_scale": PAPER.dropout_step, "lr": PAPER.lr, "weight_decay": PAPER.weight_decay,
+    "drop_path_warmup": 0.0, "dropout_scale": PAPER.dropout_step, "lr": PAPER.lr, "weight_decay": PAPER.weight_decay,
     "batch_size": PAPER.batch_size,
 }
 

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+import optuna
 import pandas as pd
 import pytest
 import timm
@@ -14,9 +15,12 @@ from search_cli import load_study, spawn_search, tiny_args
 
 import fractal_space  # noqa: F401  (registers the timm models)
 from fractal_space.engine.checkpoint import read_checkpoint
+from fractal_space.search.budget import Budget
 from fractal_space.search.cli import main
-from fractal_space.search.final import distinct_architectures
+from fractal_space.search.final import distinct_architectures, plan
 from fractal_space.search.record import FRACTAL_MODEL
+from fractal_space.search.settings import FinalSettings, SearchSettings
+from fractal_space.space import JOIN_DIMS, SearchSpace
 
 FINAL = ("--final-top", "2", "--final-epochs", "1", "--final-baselines", "resnet20_cifar")
 
@@ -73,6 +77,22 @@ def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_si
     assert "## Final test results" in headline and "baseline resnet20_cifar" in headline
     assert all("local-dir:" in line for line in headline.splitlines() if line.startswith("| fractalnet"))
     assert "Proxy fidelity: Spearman" in report and f"(n = {len(architectures)})" in report  # those with a search score
+
+
+def test_final_jobs_keep_each_trials_drop_path_warmup_and_baselines_get_none(tmp_path):
+    space = SearchSpace.default(32, "cpu")
+    study = optuna.create_study(direction="maximize")
+    for number, (columns, warmup) in enumerate([(3, 0.4), (2, 0.1), (1, 0.0)]):
+        point = {**space.reference_point(), "num_columns": columns, "drop_path_warmup": warmup}
+        point = {k: v for k, v in point.items() if columns > 1 or k not in JOIN_DIMS}
+        config = space.suggest(optuna.trial.FixedTrial(point))
+        study.add_trial(optuna.trial.create_trial(value=0.5 - number / 10, user_attrs={"config": config}))
+    settings = SearchSettings("s", tmp_path, None, "accuracy", 3, space, Budget.default("cpu"),
+                              final=FinalSettings(top=3, baselines=("resnet20_cifar",)))
+    jobs = plan(settings, study)
+    assert [j.regularization for j in jobs] == [{"drop_path_warmup": 0.4}, {"drop_path_warmup": 0.1},
+                                                {"drop_path_warmup": 0.0}, {}]
+    assert [j.kind for j in jobs] == ["fractalnet"] * 3 + ["baseline"]
 
 
 @pytest.mark.parametrize("args", [["--final-top", "-1"], ["--final-epochs", "0"], ["--final-seeds", "0"],

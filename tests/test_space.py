@@ -25,7 +25,7 @@ def test_every_sample_is_a_consistent_buildable_network():
         assert 1 <= kw["num_blocks"] <= 5 and 1 <= kw["num_columns"] <= 4
         assert len(kw["widths"]) == len(kw["block_dropout"]) == kw["num_blocks"]
         assert kw["join"] in ("mean", "sum", "max", "concat") and max(kw["block_dropout"]) < 1
-        assert set(cfg["train"]) == {"lr", "weight_decay", "batch_size"}
+        assert set(cfg["train"]) == {"lr", "weight_decay", "batch_size", "drop_path_warmup"}
     kw = _configs(space, 1)[0]["model_kwargs"]
     model = timm.create_model(FRACTAL_MODEL, num_classes=10, **kw).eval()
     assert model.num_columns == kw["num_columns"]
@@ -54,10 +54,12 @@ def test_paper_reference_point_is_in_the_space():
     assert cfg["model_kwargs"]["block_dropout"] == (0.0, 0.1, 0.2, 0.3, 0.4)
     # The paper states no weight decay (recipe.PAPER: 0); the default log range cannot hold 0, so the reference point
     # takes its lower bound, the nearest value the space can represent.
-    assert cfg["train"] == {"lr": 0.02, "weight_decay": DEFAULT["weight_decay"]["low"], "batch_size": 100}
+    # The paper has no drop-path warm-up: its constant rate from the first step.
+    assert cfg["train"] == {"lr": 0.02, "weight_decay": DEFAULT["weight_decay"]["low"], "batch_size": 100,
+                            "drop_path_warmup": 0.0}
     fixed = space.replace(weight_decay=PAPER.weight_decay, lr=PAPER.lr, batch_size=PAPER.batch_size)
     assert fixed.suggest(optuna.trial.FixedTrial(fixed.reference_point()))["train"] == {
-        "lr": PAPER.lr, "weight_decay": PAPER.weight_decay, "batch_size": PAPER.batch_size}
+        "lr": PAPER.lr, "weight_decay": PAPER.weight_decay, "batch_size": PAPER.batch_size, "drop_path_warmup": 0.0}
 
 
 @pytest.mark.parametrize(("dim", "value"), [
@@ -152,7 +154,7 @@ def test_ray_optuna_search_uses_the_same_define_by_run_function(tmp_path):
     config = searcher.suggest("trial-a")
     assert config["trial_number"] == 0
     assert len(config["model_kwargs"]["widths"]) == config["model_kwargs"]["num_blocks"]
-    assert set(config["train"]) == {"lr", "weight_decay", "batch_size"}
+    assert set(config["train"]) == {"lr", "weight_decay", "batch_size", "drop_path_warmup"}
 
 
 def test_a_one_column_network_samples_no_join_dimensions():
@@ -168,12 +170,16 @@ def test_a_one_column_network_samples_no_join_dimensions():
     study.optimize(objective, n_trials=40)
     by_columns = {c: [t for t in study.trials if t.params["num_columns"] == c] for c in (1, 2)}
     assert by_columns[1] and by_columns[2]
+    join_dims = {"join", "drop_path_rate", "global_drop_fraction", "drop_path_warmup"}
     for t in by_columns[1]:
-        assert not {"join", "drop_path_rate", "global_drop_fraction"} & set(t.params)
+        assert not join_dims & set(t.params)
         kwargs = configs[t.number]["model_kwargs"]
         assert kwargs["drop_path_rate"] == 0.0 and timm.create_model(FRACTAL_MODEL, num_classes=10, **kwargs)
+        assert configs[t.number]["train"]["drop_path_warmup"] == 0.0  # no drop-path, nothing to warm up
     for t in by_columns[2]:
-        assert {"join", "drop_path_rate", "global_drop_fraction"} <= set(t.params)
+        assert join_dims <= set(t.params)
+        warmup = configs[t.number]["train"]["drop_path_warmup"]  # a TrainConfig field: the engine ramps the rate
+        assert warmup == t.params["drop_path_warmup"] and 0.0 <= warmup <= 0.5
     one_column = space.replace(num_columns=1)
     point = one_column.reference_point()
     assert "join" not in point

@@ -4,8 +4,8 @@ The search ranks architectures on validation accuracy at a proxy budget; this st
 top ``top`` distinct FractalNet architectures (B, C, widths, join) and every baseline are trained with one identical
 recipe (the reference point's lr, batch size and weight decay, a cosine schedule over ``epochs`` passes of the whole
 training split) and evaluated once on the test split, which the search never saw. Each FractalNet keeps its own
-searched regularisation (drop-path, global fraction, dropout). Models run one after another with every core, so
-their latencies (batch 1 and the training batch) are measured with nothing else running.
+searched regularisation (drop-path, global fraction, dropout, drop-path warm-up). Models run one after another with
+every core, so their latencies (batch 1 and the training batch) are measured with nothing else running.
 
 Each model trains through the engine into ``final/<name>/run/`` (checkpointed, resumable) and is exported to
 ``final/<name>/`` as a timm model (:mod:`fractal_space.export`), a multi-column FractalNet's columns each alone to
@@ -40,6 +40,9 @@ from fractal_space.search.settings import SearchSettings
 
 log = logging.getLogger("fractal_space.search")
 RESULTS = "results.parquet"
+#: TrainConfig fields that are part of a FractalNet's searched regularisation: kept from its trial like the model's
+#: drop-path and dropout, while the rest of the recipe is the same for every model.
+REGULARIZATION_FIELDS = ("drop_path_warmup",)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class FinalJob:
     kind: str  # "fractalnet" or "baseline"
     model: str
     model_kwargs: dict[str, Any]
+    regularization: dict[str, Any]  # REGULARIZATION_FIELDS the trial set
     seed: int
     trial: int | None
     search_val_acc: float | None
@@ -74,12 +78,14 @@ def plan(settings: SearchSettings, study: optuna.Study) -> list[FinalJob]:
     for seed in range(settings.final.seeds):
         suffix = f"_s{seed}" if settings.final.seeds > 1 else ""
         for t in distinct_architectures(study, settings.final.top):
-            kwargs = t.user_attrs["config"]["model_kwargs"]
+            config = t.user_attrs["config"]
+            kwargs = config["model_kwargs"]
+            kept = {k: v for k, v in config["train"].items() if k in REGULARIZATION_FIELDS}
             jobs.append(FinalJob(f"{architecture_name(kwargs)}_t{t.number:04d}{suffix}", "fractalnet", FRACTAL_MODEL,
-                                 kwargs, seed, t.number, t.values[0]))
+                                 kwargs, kept, seed, t.number, t.values[0]))
         for model in settings.final.baselines:
             searched = baselines.get(model)
-            jobs.append(FinalJob(f"{model}{suffix}", "baseline", model, {}, seed,
+            jobs.append(FinalJob(f"{model}{suffix}", "baseline", model, {}, {}, seed,
                                  searched.number if searched else None, searched.values[0] if searched else None))
     return jobs
 
@@ -117,7 +123,7 @@ def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, 
     started = time.perf_counter()
     cfg = settings.budget.config(model=job.model, model_kwargs=dict(job.model_kwargs), seed=job.seed,
                                  epochs=settings.final.epochs, epoch_images=None, eval_columns=True,
-                                 num_threads=usable_cpus(), out_dir=str(folder / "run"), **train)
+                                 num_threads=usable_cpus(), out_dir=str(folder / "run"), **train, **job.regularization)
     trainer = Trainer(cfg)
     for _ in trainer.epochs():
         pass
@@ -135,8 +141,8 @@ def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, 
     return {
         "name": job.name, "kind": job.kind, "model": job.model, "architecture": (
             architecture_name(job.model_kwargs) if job.kind == "fractalnet" else job.model),
-        "model_kwargs": json.dumps(job.model_kwargs), "seed": job.seed, "trial": job.trial,
-        "search_val_acc": job.search_val_acc, "test_acc": test.acc, "test_loss": test.loss,
+        "model_kwargs": json.dumps(job.model_kwargs), "drop_path_warmup": cfg.drop_path_warmup, "seed": job.seed,
+        "trial": job.trial, "search_val_acc": job.search_val_acc, "test_acc": test.acc, "test_loss": test.loss,
         "val_acc": history[-1].val_acc if history else math.nan,
         "params": trainer.num_params, "flops": trainer.flops, "latency_ms": test.latency_ms,
         "latency_ms_batch": latency_batch, "batch_size": cfg.batch_size,
