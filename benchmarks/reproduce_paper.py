@@ -38,6 +38,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fractal_space.anytime import reestimate_bn_stats  # noqa: E402
 from fractal_space.data import BatchLoader, ImageSet  # noqa: E402
 from fractal_space.engine import TrainConfig, Trainer  # noqa: E402
+from fractal_space.engine.config import recipe_changes  # noqa: E402
 from fractal_space.engine.trainer import EVAL_BATCH  # noqa: E402
 from fractal_space.hardware import describe  # noqa: E402
 from fractal_space.io import write_atomic  # noqa: E402
@@ -91,7 +92,7 @@ class Variant:
     description: str
     regularization: str  # TrainConfig.regularization: "paper" gives drop-path 0.15, 50% global, dropout 0..0.4
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    warmup: float = 0.0  # share of the epochs over which the local drop rate ramps up linearly to its target
+    warmup: float = 0.0  # TrainConfig.drop_path_warmup: share of the steps over which the local rate ramps up
 
     @property
     def drop_path(self) -> bool:
@@ -105,8 +106,8 @@ VARIANTS = (
             {"block_dropout": NO_DROPOUT}),
     Variant("low-rate", "drop-path p=0.05, 50% global batches, no block dropout", "paper",
             {"drop_path_rate": 0.05, "block_dropout": NO_DROPOUT}),
-    Variant("warmup", "as no-dropout, the local rate ramping linearly to 0.15 over the first half of the epochs",
-            "paper", {"block_dropout": NO_DROPOUT}, warmup=0.5),
+    Variant("warmup", "as no-dropout, the local rate ramping linearly from 0 to 0.15 over the first half of the "
+            "training steps (`drop_path_warmup=0.5`)", "paper", {"block_dropout": NO_DROPOUT}, warmup=0.5),
 )
 
 
@@ -138,30 +139,21 @@ def _train_loss_loader(trainer: Trainer) -> BatchLoader:
                        channels_last=trainer.cfg.channels_last)
 
 
-def run(cfg: TrainConfig, warmup: float = 0.0) -> dict[str, Any]:
+def run(cfg: TrainConfig) -> dict[str, Any]:
     """Train ``cfg`` (resuming its out_dir), test it, and measure training losses; cached in ``result.json``.
 
     A fractal net's columns are tested as the engine tests them (``Trainer.evaluate``: each extracted, its batch-norm
-    statistics re-estimated on the same un-augmented training batches). ``warmup`` ramps the local drop-path rate
-    linearly over that share of the epochs (epoch e of W trains at e/W of the target), set before each epoch.
+    statistics re-estimated on the same un-augmented training batches). A cached result is reused while its recipe
+    is ``cfg``'s (run-time settings such as threads or device may differ).
     """
     out = Path(cfg.out_dir)
-    config = json.loads(json.dumps(cfg.to_dict()))
     if (out / "result.json").exists():
         result = json.loads((out / "result.json").read_text())
-        if result["config"] == config and result["warmup"] == warmup:
+        if not recipe_changes(result["config"], cfg):
             return result
     trainer = Trainer(cfg)
-    target = float(getattr(trainer.model, "drop_path_rate", 0.0))
-    ramp_epochs = warmup * cfg.epochs
-
-    def set_rate() -> None:
-        if ramp_epochs > 0 and target > 0:
-            trainer.model.set_regularization(drop_path_rate=target * min(1.0, (trainer.epoch + 1) / ramp_epochs))
-
-    set_rate()
     for _ in trainer.epochs():
-        set_rate()
+        pass
     test = trainer.evaluate("test", columns=True)
     loader = _train_loss_loader(trainer)
     train_losses = [trainer._accuracy(trainer.model, loader)[0]]
@@ -172,7 +164,7 @@ def run(cfg: TrainConfig, warmup: float = 0.0) -> dict[str, Any]:
             reestimate_bn_stats(column, bn_inputs)
             train_losses.append(trainer._accuracy(column, loader)[0])
     result = {
-        "config": config, "warmup": warmup, "test_acc": test.acc, "latency_ms": test.latency_ms,
+        "config": cfg.to_dict(), "test_acc": test.acc, "latency_ms": test.latency_ms,
         "columns": [{"column": c.column, "test_acc": c.acc, "latency_ms": c.latency_ms} for c in test.columns],
         "train_loss": train_losses[0], "column_train_loss": train_losses[1:],
         "last_epoch_train_loss": trainer.history[-1].train_loss,
@@ -184,9 +176,9 @@ def run(cfg: TrainConfig, warmup: float = 0.0) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Plan:
-    """Every run of both experiments: (experiment, run name, seed, TrainConfig, warm-up)."""
+    """Every run of both experiments: (experiment, run name, seed, TrainConfig)."""
 
-    runs: list[tuple[str, str, int, TrainConfig, float]]
+    runs: list[tuple[str, str, int, TrainConfig]]
 
     @classmethod
     def build(cls, scale: Scale, seeds: int, variants: Sequence[Variant], out_dir: Path,
@@ -197,19 +189,20 @@ class Plan:
         for seed in range(seeds):
             for v in variants:
                 cfg = TrainConfig(model=FRACTAL, regularization=v.regularization, model_kwargs=dict(v.model_kwargs),
-                                  seed=seed, out_dir=str(out_dir / "A" / v.name / f"seed{seed}"), **budget)
-                runs.append(("A", v.name, seed, cfg, v.warmup))
+                                  drop_path_warmup=v.warmup, seed=seed,
+                                  out_dir=str(out_dir / "A" / v.name / f"seed{seed}"), **budget)
+                runs.append(("A", v.name, seed, cfg))
             for depth, convs in zip(DEPTHS, (2 ** k for k in range(NUM_COLUMNS)), strict=True):
                 cfg = TrainConfig(model="fractalnet_plain", regularization="none", seed=seed,
                                   model_kwargs={"convs_per_block": convs},
                                   out_dir=str(out_dir / "B" / f"plain{depth}" / f"seed{seed}"), **budget)
-                runs.append(("B", f"plain{depth}", seed, cfg, 0.0))
+                runs.append(("B", f"plain{depth}", seed, cfg))
         return cls(runs)
 
     def estimate_seconds(self) -> float:
         """CPU estimate from the measured throughput: training images, plus evaluation at ~3x the training rate."""
         total = 0.0
-        for _, _, _, cfg, _ in self.runs:
+        for _, _, _, cfg in self.runs:
             convs = cfg.model_kwargs.get("convs_per_block")
             rate = C4_IMAGES_PER_S if convs is None else min(MAX_IMAGES_PER_S, C4_IMAGES_PER_S * 15 / convs)
             images = cfg.epochs * _epoch_images(cfg.epoch_images, cfg.train_subset, cfg.val_size)
@@ -449,9 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           flush=True)
     start = time.perf_counter()
     by_run: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for i, (experiment, name, seed, cfg, warmup) in enumerate(plan.runs, 1):
+    for i, (experiment, name, seed, cfg) in enumerate(plan.runs, 1):
         t = time.perf_counter()
-        result = run(cfg, warmup)
+        result = run(cfg)
         by_run.setdefault((experiment, name), []).append(result)
         print(f"[{i}/{len(plan.runs)}] {experiment} {name} seed {seed}: test acc {result['test_acc']:.2%} "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
