@@ -75,8 +75,16 @@ def test_doc_says_which_claims_hold_and_which_fail(tmp_path) -> None:
     assert "**none**: columns do not rise with depth (30.0 / 20.0 / 20.0 / 10.0); deepest column 10.0 vs full net " \
            "80.0, 70.0 points below it (not within 3 below)" in text
     assert "| paper | 50.0 (50.0-50.0) | 60.0 (60.0-60.0) | 70.0 (70.0-70.0) | 79.0 (78.0-80.0) | 80.0" in text
-    assert "Claim (b), a 40-layer plain network that trains badly alone trains as a fractal column, **does not " \
-           "hold** at this budget: the 40-layer plain net did not degrade here." in text
+    assert "Claim (b), a 40-layer plain network that trains badly alone trains better as a fractal column, " \
+           "**cannot be tested** at this budget: the 40-layer plain net did not degrade here." in text
+    assert "- Drop-path's cost to the full network against none: paper +0.0 points." in text
+
+    by_run[("B", "plain40")] = [_result([], 0.1)] * 2  # now it degrades, and the paper variant's column 4 beats it
+    reproduce_paper.write_doc(reproduce_paper.Results(by_run), variants, "python benchmarks/reproduce_paper.py",
+                              "cpu", scale, 2, common, 60.0, doc)
+    text = doc.read_text()
+    assert "trains better as a fractal column, **holds** at this budget for: paper." in text
+    assert "- Columns of the fractal net (paper): error 50.0 / 40.0 / 30.0 / 21.0, not rising with every step" in text
 
 
 def test_default_budget_fits_a_180_minute_session(tmp_path) -> None:
@@ -84,4 +92,6 @@ def test_default_budget_fits_a_180_minute_session(tmp_path) -> None:
     plan = reproduce_paper.Plan.build(reproduce_paper.SCALES["cpu"], 2, reproduce_paper.VARIANTS, tmp_path,
                                       dict(device="cpu", dataset="cifar10"))
     assert len(plan.runs) == 2 * (len(reproduce_paper.VARIANTS) + 4)
+    warmups = {name: cfg.drop_path_warmup for experiment, name, _, cfg in plan.runs if experiment == "A"}
+    assert warmups == {"none": 0.0, "paper": 0.0, "no-dropout": 0.0, "low-rate": 0.0, "warmup": 0.5}  # the engine's
     assert 60 <= plan.estimate_seconds() / 60 <= 150
