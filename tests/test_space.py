@@ -32,6 +32,14 @@ def test_every_sample_is_a_consistent_buildable_network():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_cpu_space_tops_drop_path_at_the_papers_rate_and_keeps_the_reference_point():
+    cpu, gpu = SearchSpace.default(32, "cpu"), SearchSpace.default(32, "cuda")
+    assert cpu.to_dict()["drop_path_rate"] == {"low": 0.0, "high": PAPER.drop_path_rate}
+    assert gpu.to_dict()["drop_path_rate"] == DEFAULT["drop_path_rate"]
+    assert cpu.reference_point()["drop_path_rate"] == PAPER.drop_path_rate  # the paper's point is still inside
+    assert all(c["model_kwargs"]["drop_path_rate"] <= PAPER.drop_path_rate for c in _configs(cpu, 30))
+
+
 def test_widths_follow_the_paper_rule():
     assert widths_for(5, 16, 2.0) == (16, 32, 64, 128, 128)  # the paper's reduced widths
     assert widths_for(1, 16, 2.0) == (16,)
