@@ -20,6 +20,7 @@ Every run trains into ``<out-dir>/<experiment>/<run>/seed<n>/`` with the engine'
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import statistics
@@ -27,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +141,10 @@ def _train_loss_loader(trainer: Trainer) -> BatchLoader:
                        channels_last=trainer.cfg.channels_last)
 
 
-def run(cfg: TrainConfig) -> dict[str, Any]:
+def run(cfg: TrainConfig) -> tuple[dict[str, Any], bool]:
     """Train ``cfg`` (resuming its out_dir), test it, and measure training losses; cached in ``result.json``.
+
+    Returns the result and whether this call trained (False: the cached result was reused).
 
     A fractal net's columns are tested as the engine tests them (``Trainer.evaluate``: each extracted, its batch-norm
     statistics re-estimated on the same un-augmented training batches). A cached result is reused while its recipe
@@ -150,7 +154,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     if (out / "result.json").exists():
         result = json.loads((out / "result.json").read_text())
         if not recipe_changes(result["config"], cfg):
-            return result
+            return result, False
     trainer = Trainer(cfg)
     for _ in trainer.epochs():
         pass
@@ -171,7 +175,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "train_seconds": sum(r.epoch_seconds for r in trainer.history),
     }
     write_atomic(out / "result.json", json.dumps(result, indent=2))
-    return result
+    return result, True
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,50 @@ class Plan:
             evaluated = cfg.epochs * cfg.val_size + 2 * CIFAR_TEST + TRAIN_LOSS_IMAGES
             total += images / rate + evaluated / (3 * rate)
         return total
+
+
+# ---- invocations ----------------------------------------------------------------------------------------------
+INVOCATIONS = "invocations.jsonl"
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One invocation of this script on an out-dir: when it started, its wall time, how many runs it trained."""
+
+    started: str
+    wall_seconds: float
+    trained: int
+    runs: int
+
+
+def read_invocations(out_dir: Path) -> list[Invocation]:
+    """The out-dir's invocations that trained something, oldest first (so a resumed run's wall time adds up)."""
+    path = out_dir / INVOCATIONS
+    if not path.exists():
+        return []
+    return [Invocation(**{k: v for k, v in json.loads(line).items() if k in Invocation.__dataclass_fields__})
+            for line in path.read_text().splitlines() if line.strip()]
+
+
+def record_invocation(out_dir: Path, invocation: Invocation) -> None:
+    """Append ``invocation`` to the ledger if it trained a run (a re-render of cached results adds no time)."""
+    if invocation.trained:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / INVOCATIONS, "a") as f:
+            f.write(json.dumps(dataclasses.asdict(invocation)) + "\n")
+
+
+def _wall_time(invocations: Sequence[Invocation], train_seconds: float) -> str:
+    """The doc's wall-time sentence: every invocation that trained, then this one (the last) if it only re-rendered."""
+    trained, this = [i for i in invocations if i.trained], invocations[-1]
+    total = sum(i.wall_seconds for i in trained) / 60
+    parts = " + ".join(f"{i.wall_seconds / 60:.1f} min ({i.trained} of {i.runs} runs, started {i.started})"
+                       for i in trained)
+    text = (f"Wall time of the whole run: **{total:.1f} min** in {len(trained)} invocation(s) that trained: {parts}. "
+            if trained else "")
+    if not this.trained:
+        text += f"This invocation trained nothing (every run cached) and took {this.wall_seconds / 60:.1f} min. "
+    return text + f"Training + validation of all runs: {train_seconds / 60:.1f} min."
 
 
 # ---- the document -------------------------------------------------------------------------------------------------
@@ -287,7 +335,7 @@ def plot_table4(results: Results, variants: Sequence[Variant], path: Path) -> No
 
 
 def write_doc(results: Results, variants: Sequence[Variant], command: str, scale_name: str, scale: Scale,
-              seeds: int, common: dict[str, Any], wall_seconds: float, doc: Path) -> None:
+              seeds: int, common: dict[str, Any], invocations: Sequence[Invocation], doc: Path) -> None:
     """The Markdown report with its two plots (``<doc stem>/anytime.png``, ``table4.png``) beside it."""
     images = doc.parent / doc.stem
     plot_anytime(results, variants, images / "anytime.png")
@@ -305,8 +353,7 @@ def write_doc(results: Results, variants: Sequence[Variant], command: str, scale
                   "anything; run `python benchmarks/reproduce_paper.py` for the real document.", ""]
     lines += [
         f"Written by `{command}` on {describe(common['device'])}.",
-        f"Wall time of this invocation: {wall_seconds / 60:.1f} min; training + validation of all runs (resumed "
-        f"invocations included): {train_seconds / 60:.1f} min.",
+        _wall_time(invocations, train_seconds),
         "",
         f"Budget, the same for every run: {scale.epochs} epochs of "
         f"{scale.epoch_images or 'all'} training images ({per_run:,} images seen); the engine's paper recipe: batch "
@@ -364,6 +411,15 @@ def _best(results: Results, variants: Sequence[Variant]) -> list[str]:
     return lines
 
 
+def _versus(column_err: Sequence[float], plain_err: Sequence[float]) -> str:
+    """'better than' / 'worse than' only when every seed agrees (the ranges do not overlap), else within the spread."""
+    if max(column_err) < min(plain_err):
+        return "better than"
+    if min(column_err) > max(plain_err):
+        return "worse than"
+    return "within the seeds' spread of"
+
+
 def _table4(results: Results, dropped: Sequence[Variant], rel: str) -> list[str]:
     """Experiment B in the paper's layout: depth rows, plain vs column (error, train loss), paper figures beside."""
     plain_err = [[1 - r["test_acc"] for r in results.get("B", f"plain{d}")] for d in DEPTHS]
@@ -398,27 +454,27 @@ def _table4(results: Results, dropped: Sequence[Variant], rel: str) -> list[str]
                  f"{' / '.join(map(str, DEPTHS))}; the 40-layer plain net is "
                  f"{'worse' if degrades else 'not worse'} than the 20-layer one "
                  f"({p[-1] - p[-2]:+.1f} points; the paper: +7.53).")
+    verdicts = {}
     for v in dropped:
         col = [statistics.fmean(1 - a for a in accs) * 100 for accs in results.column_acc(v.name)]
-        trains = col[-1] < p[-1]
+        verdicts[v.name] = _versus([1 - a for a in results.column_acc(v.name)[-1]], plain_err[-1])
         worse = all(b > a for a, b in itertools.pairwise(col))
         lines.append(f"- Columns of the fractal net ({v.name}): error {' / '.join(f'{e:.1f}' for e in col)}, "
                      f"{'rising with every step of depth' if worse else 'not rising with every step of depth'} "
-                     f"(the paper's falls to depth 20 and stays); the 40-layer column is "
-                     f"{'better' if trains else 'not better'} than the 40-layer plain net "
-                     f"({col[-1] - p[-1]:+.1f} points; the paper: -7.09).")
-    trains = [v.name for v in dropped
-              if statistics.fmean(1 - a for a in results.column_acc(v.name)[-1]) * 100 < p[-1]]
+                     f"(the paper's falls to depth 20 and stays); the 40-layer column is {verdicts[v.name]} the "
+                     f"40-layer plain net ({col[-1] - p[-1]:+.1f} points; the paper: -7.09).")
+    trains = [name for name, verdict in verdicts.items() if verdict == "better than"]
     claim = "Claim (b), a 40-layer plain network that trains badly alone trains better as a fractal column, "
     if not degrades:
         claim += "**cannot be tested** at this budget: the 40-layer plain net did not degrade here."
     elif trains:
-        others = [v.name for v in dropped if v.name not in trains]
+        others = [name for name in verdicts if name not in trains]
         claim += (f"**holds** at this budget for: {', '.join(trains)}"
                   + (f"; not for: {', '.join(others)}" if others else "") + ". Whether the column is *usable* is "
                   "another matter: compare its error with the shallower columns' above.")
     else:
-        claim += "**does not hold** at this budget: no 40-layer column beat the 40-layer plain net."
+        claim += ("**is not shown** at this budget: no 40-layer column's error was below the 40-layer plain net's on "
+                  "every seed.")
     lines += ["", claim, ""]
     return lines
 
@@ -465,16 +521,22 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{_epoch_images(scale.epoch_images, scale.train_subset, scale.val_size)} images, {seeds} seed(s); estimated "
           f"{plan.estimate_seconds() / 60:.0f} min on 2 idle CPU cores (C=4 at {C4_IMAGES_PER_S:.0f} images/s)",
           flush=True)
-    start = time.perf_counter()
+    start, started = time.perf_counter(), datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     by_run: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    trained = 0
     for i, (experiment, name, seed, cfg) in enumerate(plan.runs, 1):
         t = time.perf_counter()
-        result = run(cfg)
+        result, fresh = run(cfg)
+        trained += fresh
         by_run.setdefault((experiment, name), []).append(result)
         print(f"[{i}/{len(plan.runs)}] {experiment} {name} seed {seed}: test acc {result['test_acc']:.2%} "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
     command = " ".join(["python benchmarks/reproduce_paper.py", *argv])
-    write_doc(Results(by_run), variants, command, args.scale, scale, seeds, common, time.perf_counter() - start, doc)
+    this = Invocation(started, time.perf_counter() - start, trained, len(plan.runs))
+    record_invocation(out_dir, this)
+    invocations = read_invocations(out_dir)
+    write_doc(Results(by_run), variants, command, args.scale, scale, seeds, common,
+              invocations if trained else [*invocations, this], doc)
     print(f"wrote {doc}")
     return 0
 

@@ -34,7 +34,7 @@ def test_quick_run_writes_tables_and_plots_and_resumes(tiny_cifar, tmp_path, cap
     assert "Smoke test (`--quick`), not a result" in text
     assert "Written by `python benchmarks/reproduce_paper.py --quick --dataset parquet:" in text
     for heading in ("## A. Anytime prediction", "## B. Table 4 at CPU scale", "| variant | column 1 acc (%)",
-                    "| full fractal net |", "Claim (a)", "Claim (b)", "Wall time of this invocation"):
+                    "| full fractal net |", "Claim (a)", "Claim (b)", "Wall time of the whole run"):
         assert heading in text
     for variant in ("none", "paper", "no-dropout", "low-rate", "warmup"):
         assert f"| {variant} |" in text
@@ -47,8 +47,12 @@ def test_quick_run_writes_tables_and_plots_and_resumes(tiny_cifar, tmp_path, cap
     results = sorted((tmp_path / "runs").rglob("result.json"))
     assert len(results) == 9  # 5 variants of experiment A + 4 plain nets, one seed
     stamps = [p.stat().st_mtime_ns for p in results]
+    assert "Wall time of the whole run: **" in text and "1 invocation(s) that trained" in text
     assert reproduce_paper.main(argv) == 0  # a re-run reuses every finished run
     assert [p.stat().st_mtime_ns for p in results] == stamps
+    (ledger,) = [reproduce_paper.read_invocations(tmp_path / "runs")]
+    assert len(ledger) == 1 and ledger[0].trained == 9 and ledger[0].runs == 9  # the re-render trained nothing
+    assert "This invocation trained nothing (every run cached)" in doc.read_text()
 
 
 def _result(columns: list[float], full: float, loss: float = 1.0) -> dict:
@@ -67,9 +71,15 @@ def test_doc_says_which_claims_hold_and_which_fail(tmp_path) -> None:
     scale = reproduce_paper.SCALES["cpu"]
     common = dict(device="cpu", dataset="cifar10")
     doc = tmp_path / "reproduction.md"
+    runs = [reproduce_paper.Invocation("2026-12-01 23:54 UTC", 4500.0, 13, 18),
+            reproduce_paper.Invocation("2026-12-02 01:09 UTC", 1350.0, 5, 18),
+            reproduce_paper.Invocation("2026-12-02 01:40 UTC", 3.0, 0, 18)]  # a re-render of cached results
     reproduce_paper.write_doc(reproduce_paper.Results(by_run), variants, "python benchmarks/reproduce_paper.py",
-                              "cpu", scale, 2, common, 60.0, doc)
+                              "cpu", scale, 2, common, runs, doc)
     text = doc.read_text()
+    assert "Wall time of the whole run: **97.5 min** in 2 invocation(s) that trained: 75.0 min (13 of 18 runs, " \
+           "started 2026-12-01 23:54 UTC) + 22.5 min (5 of 18 runs, started 2026-12-02 01:09 UTC). This invocation " \
+           "trained nothing (every run cached) and took 0.1 min." in text
     assert "Smoke test" not in text
     assert "**holds** for: paper." in text
     assert "**none**: columns do not rise with depth (30.0 / 20.0 / 20.0 / 10.0); deepest column 10.0 vs full net " \
@@ -81,9 +91,18 @@ def test_doc_says_which_claims_hold_and_which_fail(tmp_path) -> None:
 
     by_run[("B", "plain40")] = [_result([], 0.1)] * 2  # now it degrades, and the paper variant's column 4 beats it
     reproduce_paper.write_doc(reproduce_paper.Results(by_run), variants, "python benchmarks/reproduce_paper.py",
-                              "cpu", scale, 2, common, 60.0, doc)
+                              "cpu", scale, 2, common, runs[:2], doc)
     text = doc.read_text()
     assert "trains better as a fractal column, **holds** at this budget for: paper." in text
+    assert "This invocation trained nothing" not in text
+
+    by_run[("B", "plain40")] = [_result([], 0.15), _result([], 0.79)]  # column 4's errors inside the plain's range
+    reproduce_paper.write_doc(reproduce_paper.Results(by_run), variants, "python benchmarks/reproduce_paper.py",
+                              "cpu", scale, 2, common, runs[:2], doc)
+    text = doc.read_text()
+    assert "the 40-layer column is within the seeds' spread of the 40-layer plain net" in text
+    assert "**is not shown** at this budget: no 40-layer column's error was below the 40-layer plain net's on " \
+           "every seed." in text
     assert "- Columns of the fractal net (paper): error 50.0 / 40.0 / 30.0 / 21.0, not rising with every step" in text
 
 
