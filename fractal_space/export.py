@@ -32,9 +32,8 @@ def _regularization_args(model: nn.Module) -> dict[str, Any]:
     args = {"drop_rate": given["drop_rate"]} if "drop_rate" in given else {}
     if not hasattr(model, "set_regularization"):
         return args
-    dropout = [float(getattr(block.drop, "p", 0.0)) for block in model.blocks]
     return {**args, "drop_path_rate": float(model.drop_path_rate),
-            "global_drop_fraction": float(model.global_drop_fraction), "block_dropout": dropout}
+            "global_drop_fraction": float(model.global_drop_fraction), "block_dropout": model.block_dropout_rates()}
 
 
 def export_model(model: nn.Module, folder: str | Path, data: DataSplits | None = None) -> Path:

@@ -460,6 +460,11 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
 
     # ---- drop-path ------------------------------------------------------------------------------------------
     @torch.jit.ignore
+    def block_dropout_rates(self) -> list[float]:
+        """The dropout probability after each block, as set (the ``block_dropout`` argument's current value)."""
+        return [float(getattr(block.drop, "p", 0.0)) for block in self.blocks]
+
+    @torch.jit.ignore
     def set_regularization(
             self,
             drop_path_rate: Optional[float] = None,
@@ -646,8 +651,7 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
             raise ValueError(f"column={column} is outside 1..{self.num_columns}")
         return dict(num_classes=self.num_classes, in_chans=self.in_chans, num_blocks=len(self.blocks),
                     convs_per_block=2 ** (column - 1), widths=self.widths[:len(self.blocks)],
-                    concat_join=self.join == "concat", block_dropout=[float(getattr(b.drop, "p", 0.0))
-                                                                      for b in self.blocks],
+                    concat_join=self.join == "concat", block_dropout=self.block_dropout_rates(),
                     drop_rate=self.drop_rate, global_pool=self.head.global_pool.pool_type, **self.plain_args)
 
     @torch.jit.ignore
