@@ -162,7 +162,7 @@ def run(cfg: TrainConfig) -> tuple[dict[str, Any], bool]:
     loader = _train_loss_loader(trainer)
     train_losses = [trainer._accuracy(trainer.model, loader)[0]]
     if trainer.num_columns:
-        bn_inputs = [x for x, _ in itertools.islice(trainer.bn_loader, cfg.bn_batches)]  # those evaluate() used
+        bn_inputs = trainer.bn_inputs()  # those evaluate() used
         for k in range(1, trainer.num_columns + 1):
             column = trainer.model.extract_column(k)
             reestimate_bn_stats(column, bn_inputs)
@@ -246,9 +246,8 @@ def record_invocation(out_dir: Path, invocation: Invocation) -> None:
             f.write(json.dumps(dataclasses.asdict(invocation)) + "\n")
 
 
-def _wall_time(invocations: Sequence[Invocation], train_seconds: float) -> str:
-    """The doc's wall-time sentence: every invocation that trained, then this one (the last) if it only re-rendered."""
-    trained, this = [i for i in invocations if i.trained], invocations[-1]
+def _wall_time(trained: Sequence[Invocation], this: Invocation, train_seconds: float) -> str:
+    """The doc's wall-time sentence: every invocation that trained (the ledger), then this one if it trained nothing."""
     total = sum(i.wall_seconds for i in trained) / 60
     parts = " + ".join(f"{i.wall_seconds / 60:.1f} min ({i.trained} of {i.runs} runs, started {i.started})"
                        for i in trained)
@@ -335,7 +334,7 @@ def plot_table4(results: Results, variants: Sequence[Variant], path: Path) -> No
 
 
 def write_doc(results: Results, variants: Sequence[Variant], command: str, scale_name: str, scale: Scale,
-              seeds: int, common: dict[str, Any], invocations: Sequence[Invocation], doc: Path) -> None:
+              seeds: int, common: dict[str, Any], ledger: Sequence[Invocation], this: Invocation, doc: Path) -> None:
     """The Markdown report with its two plots (``<doc stem>/anytime.png``, ``table4.png``) beside it."""
     images = doc.parent / doc.stem
     plot_anytime(results, variants, images / "anytime.png")
@@ -353,7 +352,7 @@ def write_doc(results: Results, variants: Sequence[Variant], command: str, scale
                   "anything; run `python benchmarks/reproduce_paper.py` for the real document.", ""]
     lines += [
         f"Written by `{command}` on {describe(common['device'])}.",
-        _wall_time(invocations, train_seconds),
+        _wall_time(ledger, this, train_seconds),
         "",
         f"Budget, the same for every run: {scale.epochs} epochs of "
         f"{scale.epoch_images or 'all'} training images ({per_run:,} images seen); the engine's paper recipe: batch "
@@ -534,9 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(["python benchmarks/reproduce_paper.py", *argv])
     this = Invocation(started, time.perf_counter() - start, trained, len(plan.runs))
     record_invocation(out_dir, this)
-    invocations = read_invocations(out_dir)
-    write_doc(Results(by_run), variants, command, args.scale, scale, seeds, common,
-              invocations if trained else [*invocations, this], doc)
+    write_doc(Results(by_run), variants, command, args.scale, scale, seeds, common, read_invocations(out_dir), this,
+              doc)
     print(f"wrote {doc}")
     return 0
 

@@ -75,7 +75,7 @@ def test_doc_says_which_claims_hold_and_which_fail(tmp_path) -> None:
             reproduce_paper.Invocation("2026-12-02 01:09 UTC", 1350.0, 5, 18),
             reproduce_paper.Invocation("2026-12-02 01:40 UTC", 3.0, 0, 18)]  # a re-render of cached results
     reproduce_paper.write_doc(reproduce_paper.Results(by_run), variants, "python benchmarks/reproduce_paper.py",
-                              "cpu", scale, 2, common, runs, doc)
+                              "cpu", scale, 2, common, runs[:2], runs[2], doc)
     text = doc.read_text()
     assert "Wall time of the whole run: **97.5 min** in 2 invocation(s) that trained: 75.0 min (13 of 18 runs, " \
            "started 2026-12-01 23:54 UTC) + 22.5 min (5 of 18 runs, started 2026-12-02 01:09 UTC). This invocation " \
@@ -91,14 +91,14 @@ def test_doc_says_which_claims_hold_and_which_fail(tmp_path) -> None:
 
     by_run[("B", "plain40")] = [_result([], 0.1)] * 2  # now it degrades, and the paper variant's column 4 beats it
     reproduce_paper.write_doc(reproduce_paper.Results(by_run), variants, "python benchmarks/reproduce_paper.py",
-                              "cpu", scale, 2, common, runs[:2], doc)
+                              "cpu", scale, 2, common, runs[:2], runs[1], doc)
     text = doc.read_text()
     assert "trains better as a fractal column, **holds** at this budget for: paper." in text
     assert "This invocation trained nothing" not in text
 
     by_run[("B", "plain40")] = [_result([], 0.15), _result([], 0.79)]  # column 4's errors inside the plain's range
     reproduce_paper.write_doc(reproduce_paper.Results(by_run), variants, "python benchmarks/reproduce_paper.py",
-                              "cpu", scale, 2, common, runs[:2], doc)
+                              "cpu", scale, 2, common, runs[:2], runs[1], doc)
     text = doc.read_text()
     assert "the 40-layer column is within the seeds' spread of the 40-layer plain net" in text
     assert "**is not shown** at this budget: no 40-layer column's error was below the 40-layer plain net's on " \

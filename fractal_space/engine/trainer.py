@@ -342,6 +342,10 @@ class Trainer:
             seen += len(y)
         return (total_loss / seen, correct / seen) if seen else (math.nan, math.nan)
 
+    def bn_inputs(self) -> list[torch.Tensor]:
+        """The ``bn_batches`` un-augmented training batches (inputs only) every batch-norm re-estimation uses."""
+        return [x for x, _ in itertools.islice(self.bn_loader, self.cfg.bn_batches)]
+
     def evaluate(self, split: str = "val", columns: bool = True) -> EvalReport:
         """Full-model loss/accuracy on ``split`` (``val``/``test``); with ``columns``, every FractalNet column too.
 
@@ -358,7 +362,7 @@ class Trainer:
         if self.num_columns:
             from fractal_space.anytime import reestimate_bn_stats
 
-            bn_inputs = [x for x, _ in itertools.islice(self.bn_loader, self.cfg.bn_batches)]
+            bn_inputs = self.bn_inputs()
             reestimate_bn_stats(self.model, bn_inputs)
         loss, acc = self._accuracy(self.model, loader)
         report = EvalReport(loss, acc, measure_latency(self.model, self.input_size))

@@ -15,7 +15,6 @@ when the export is complete, so a re-run skips finished models and a SIGKILL los
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -133,7 +132,7 @@ def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, 
     export_model(model, folder, data=trainer.data)
     column_load = []
     if trainer.num_columns > 1:  # each column alone, with batch-norm statistics re-estimated for it
-        bn_batches = [x for x, _ in itertools.islice(trainer.bn_loader, cfg.bn_batches)]
+        bn_batches = trainer.bn_inputs()
         for k in range(1, trainer.num_columns + 1):
             column_load.append(load_line(export_column(model, k, folder / "columns" / f"column{k}", bn_batches,
                                                        data=trainer.data)))
