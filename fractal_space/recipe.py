@@ -14,6 +14,8 @@ from dataclasses import dataclass
 JOINS = ("mean", "sum", "max", "concat")
 #: Columns per block the model accepts (C=10 already means 512 convs on the longest path of a block).
 MAX_COLUMNS = 10
+#: How a FractalNet trained as a one-shot supernet draws its sub-fractal per mini-batch (none: drop-path only).
+PATH_SAMPLINGS = ("none", "uniform")
 
 
 @dataclass(frozen=True)

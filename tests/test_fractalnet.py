@@ -340,6 +340,143 @@ def test_bn_reestimation_uses_the_column_path_only(data_root) -> None:
         reestimate_bn_stats(column, [])
 
 
+# ---- sub-fractals ---------------------------------------------------------------------------------------------
+
+PATHS = [[1, 3], [2], [1, 2, 3, 4], [4], [2, 4]]  # per block the kept columns of a C=4, B=5 network
+
+
+def _moved(join: str = "mean", **kwargs) -> FractalNet:
+    """A tiny C=4 network whose BN statistics moved away from their initial values."""
+    torch.manual_seed(0)
+    model = timm.create_model("fractalnet_c4", join=join, **{**TINY, **kwargs}).train()
+    with torch.no_grad():
+        model(_x(8))
+    return model.eval()
+
+
+def _dropping_other_paths(model: FractalNet, x: torch.Tensor, paths: list[list[int]]) -> torch.Tensor:
+    """The full network with every join input of a column outside ``paths`` dropped (the drop-path mechanism)."""
+    x = model.stem(x)
+    for block, kept in zip(model.blocks, paths, strict=True):
+        x = block(x, [c + 1 in kept for first in block.first_cols for c in range(first, block.num_columns)])
+    return model.forward_head(x)
+
+
+def _conv_units(model: nn.Module) -> int:
+    return sum(1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+
+
+@pytest.mark.parametrize("join", ["mean", "max", "concat"])
+def test_sub_fractal_equals_the_full_network_with_the_other_paths_dropped(join: str) -> None:
+    model = _moved(join)
+    sub = model.extract_paths(PATHS)
+    assert not sub.training and sub.paths == [sorted(p) for p in PATHS]
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(sub(x), _dropping_other_paths(model, x, PATHS))
+    # built by the registry from its arguments, so it is a timm model like any other
+    again = timm.create_model("fractalnet_c4", **model.paths_args(PATHS))
+    again.load_state_dict(model.paths_state_dict(PATHS))
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x), sub(x))
+    assert not any(a.data_ptr() == b.data_ptr() for a in sub.state_dict().values() for b in model.state_dict().values())
+
+
+def test_sub_fractal_builds_and_costs_only_its_kept_paths() -> None:
+    model = _moved()
+    sub = model.extract_paths(PATHS)
+    # column c has 2^(c-1) conv units per block; only kept columns' units exist
+    assert _conv_units(sub) == sum(2 ** (c - 1) for kept in PATHS for c in kept) < _conv_units(model)
+    params = sum(p.numel() for p in sub.parameters())
+    expected = (sum(p.numel() for p in model.head.parameters())
+                + sum(sum(p.numel() for p in step.conv_of(c - 1).parameters())
+                      for i, kept in enumerate(PATHS) for step in model.blocks[i].steps
+                      for c in kept if c - 1 in step.cols))
+    assert params == expected
+    x = _x(1)
+    with torch.no_grad():
+        assert _flops(lambda: sub(x)) == _flops(lambda: _dropping_other_paths(model, x, PATHS))
+    # one column kept everywhere is that column: the plain network's cost and outputs
+    for k in (1, 4):
+        single = model.extract_paths([[k]] * 5)
+        column = model.extract_column(k)
+        assert sum(p.numel() for p in single.parameters()) == sum(p.numel() for p in column.parameters())
+        assert single.anytime_columns() == [k]
+        with torch.no_grad():
+            torch.testing.assert_close(single(x), column(x))
+            torch.testing.assert_close(single.extract_column(k)(x), column(x))
+    assert sub.anytime_columns() == []
+    with pytest.raises(ValueError, match="column=1 is not kept in every block"):
+        sub(x, column=1)
+
+
+def test_extract_paths_reestimates_bn_statistics_through_the_sub_fractal() -> None:
+    model = _moved()
+    parent = {n: b.clone() for n, b in model.named_buffers()}
+    batches = [_x(16) for _ in range(2)]
+    sub = model.extract_paths(PATHS, bn_batches=batches)
+    assert all(torch.equal(b, parent[n]) for n, b in model.named_buffers())  # the supernet is untouched
+    stale = model.extract_paths(PATHS)
+    with torch.no_grad():
+        # block 0's column 3 reads the image at its first unit (step 2): its BN mean is the exact batch average
+        unit = sub.blocks[0].steps[1].conv_of(2)
+        expected = torch.stack([unit.conv(x).mean((0, 2, 3)) for x in batches]).mean(0)
+    torch.testing.assert_close(unit.bn.running_mean, expected)
+    changed = [n for n, b in sub.named_buffers() if "running_mean" in n and not torch.equal(b, stale.state_dict()[n])]
+    assert len(changed) == sum(1 for n in stale.state_dict() if n.endswith("running_mean"))  # every BN on the path
+    reestimate_bn_stats(stale, batches)
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(stale(x), sub(x))
+
+
+def test_sub_fractal_drop_path_and_uniform_sampling_stay_within_the_kept_columns() -> None:
+    """A sub-fractal trains with drop-path on its own joins; a supernet draws a uniform non-empty column subset per
+    block, over all 2^C - 1 of them, then drops paths within it."""
+    torch.manual_seed(0)
+    sub = timm.create_model("fractalnet_c4", drop_path_rate=0.3, paths=PATHS, path_sampling="uniform", **TINY).train()
+    supernet = timm.create_model("fractalnet_c4", path_sampling="uniform", **TINY).train()
+    seen: dict[tuple[bool, ...], int] = {}
+    for _ in range(600):
+        for block, keep in zip(sub.blocks, sub._sample_plan(torch.device("cpu")), strict=True):
+            active = {c for step in block.needed(keep) for c, on in enumerate(step) if on}
+            assert active and all(block.kept[c] for c in active)
+        plan = supernet._sample_plan(torch.device("cpu"))
+        block = supernet.blocks[0]
+        needed = block.needed(plan[0])
+        columns = tuple(any(step[c] for step in needed) for c in range(4))
+        seen[columns] = seen.get(columns, 0) + 1
+    assert len(seen) == 15 and min(seen.values()) > 600 / 15 / 2  # every non-empty subset, about uniformly
+    # without drop-path a sampled subset is exactly a sub-fractal: every kept column's units run
+    for columns in seen:
+        assert any(columns)
+    with pytest.raises(ValueError, match="path_sampling='spos'"):
+        supernet.set_regularization(path_sampling="spos")
+
+
+@pytest.mark.parametrize(("paths", "match"), [
+    ([[1]] * 4, r"paths=\[\[1\], \[1\], \[1\], \[1\]\] must give each of the 5 blocks"),
+    ([[1], [], [1], [1], [1]], r"block 1 keeps \[\]"),
+    ([[0]] * 5, r"block 0 keeps \[0\].*in 1..4"),
+    ([[5]] * 5, r"block 0 keeps \[5\]"),
+    ([[1, 1]] * 5, r"block 0 keeps \[1, 1\]"),
+    ("1234", "paths='1234'"),
+    ([[True]] * 5, r"block 0 keeps \[True\]"),
+])
+def test_bad_paths_are_one_line_errors_naming_the_value(paths, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        timm.create_model("fractalnet_c4", paths=paths, **TINY)
+    assert "\n" not in str(info.value)
+
+
+def test_extract_paths_of_a_sub_fractal_stays_within_it() -> None:
+    sub = _moved().extract_paths(PATHS)
+    inner = sub.extract_paths([[3], [2], [1, 4], [4], [2]])
+    assert _conv_units(inner) == 4 + 2 + 9 + 8 + 2
+    with pytest.raises(ValueError, match=r"block 0 keeps column\(s\) \[2\], which this sub-fractal does not have"):
+        sub.extract_paths([[2]] * 5)
+
+
 # ---- errors ---------------------------------------------------------------------------------------------------
 
 

@@ -33,6 +33,10 @@ SMALL_KWARGS = {
     **{n: dict(depths=(2, 1, 1)) for n in CONTRACT_MODELS if n.startswith("resnet") and n != "resnet20_cifar"},
     **{n: dict(block_depth=2) for n in CONTRACT_MODELS if n.startswith("densenet")},
 }
+# extra cases built from a registered model: a sub-fractal (FractalNet ``paths``), only its kept columns built, whose
+# joins merge fewer inputs than the step has columns (block 0 keeps columns 1 and 3, block 1 columns 2 and 3)
+SUB_FRACTAL = "fractalnet_c3[paths]"
+CASES = {SUB_FRACTAL: ("fractalnet_c3", dict(_TWO_BLOCKS, paths=[[1, 3], [2, 3]]))}
 # models without residual branches or joins take no drop_path_rate (timm's own DenseNet does not either)
 NO_DROP_PATH = {n for n in CONTRACT_MODELS if n.startswith("densenet")} | {"fractalnet_plain"}
 
@@ -41,8 +45,9 @@ torch.manual_seed(0)
 
 
 def _create(name: str, **kwargs) -> torch.nn.Module:
-    """The registered model, shrunk by ``SMALL_KWARGS`` where listed."""
-    return timm.create_model(name, **{**SMALL_KWARGS.get(name, {}), **kwargs})  # pretrained_cfg_overlay: kwargs win
+    """The registered model (or extra case), shrunk by ``SMALL_KWARGS`` where listed."""
+    model, small = CASES.get(name, (name, SMALL_KWARGS.get(name, {})))
+    return timm.create_model(model, **{**small, **kwargs})  # pretrained_cfg_overlay: kwargs win
 
 
 def _input(model: torch.nn.Module) -> torch.Tensor:
@@ -60,7 +65,7 @@ def _assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.fixture(params=CONTRACT_MODELS)
+@pytest.fixture(params=CONTRACT_MODELS + list(CASES))
 def name(request: pytest.FixtureRequest) -> str:
     return request.param
 

@@ -39,6 +39,7 @@ from fractal_space.recipe import (
     GLOBAL_DROP_FRACTION,
     JOINS,
     MAX_COLUMNS,
+    PATH_SAMPLINGS,
     check_rate,
     paper_block_dropout,
 )
@@ -114,6 +115,34 @@ def _check_block_dropout(block_dropout: Sequence[float], num_blocks: int) -> tup
     return block_dropout
 
 
+def _true_at(flags: list[bool]) -> list[int]:
+    """Indices of the True entries (TorchScript compiles no comprehension with ``if``)."""
+    out: list[int] = []
+    for i, flag in enumerate(flags):
+        if flag:
+            out.append(i)
+    return out
+
+
+def _check_paths(paths: Optional[Sequence[Sequence[int]]], num_blocks: int,
+                 num_columns: int) -> Optional[list[list[int]]]:
+    """A sub-fractal's kept columns, one non-empty set of distinct columns in 1..C per block, sorted; None: all."""
+    if paths is None:
+        return None
+    rule = f"must give each of the {num_blocks} blocks a non-empty set of distinct columns in 1..{num_columns}"
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, Sequence) or len(paths) != num_blocks:
+        raise ValueError(f"paths={paths!r} {rule}")
+    out = []
+    for i, kept in enumerate(paths):
+        ok = (isinstance(kept, (Sequence, set, frozenset)) and not isinstance(kept, (str, bytes)) and len(kept) > 0
+              and all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= num_columns for c in kept)
+              and len(set(kept)) == len(kept))
+        if not ok:
+            raise ValueError(f"paths={paths!r}: block {i} keeps {kept!r}; paths {rule}")
+        out.append(sorted(kept))
+    return out
+
+
 class Join(nn.Module):
     """Flat join of the surviving inputs of one step: mean (paper), sum or element-wise max; no parameters."""
 
@@ -142,14 +171,16 @@ class ConcatJoin(nn.Module):
     """Concatenation followed by a 1x1 projection (+ BN) back to the block width.
 
     A dropped input contributes exactly what a zero tensor in its slot would: nothing. So only the surviving inputs
-    are concatenated and multiplied with the matching slices of the projection weight.
+    are concatenated and multiplied with the matching slices of the projection weight. ``columns`` are the columns
+    that feed the join, in slot order (a sub-fractal's join has only its kept columns' slots).
     """
+
+    columns: list[int]
 
     def __init__(
             self,
             width: int,
-            first_col: int,
-            num_inputs: int,
+            columns: Sequence[int],
             norm_layer: Any = nn.BatchNorm2d,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
@@ -157,28 +188,38 @@ class ConcatJoin(nn.Module):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.width = width
-        self.first_col = first_col
-        self.num_inputs = num_inputs
-        self.proj = nn.Conv2d(width * num_inputs, width, kernel_size=1, bias=False, **dd)
+        self.columns = list(columns)
+        self.num_inputs = len(self.columns)
+        self.proj = nn.Conv2d(width * self.num_inputs, width, kernel_size=1, bias=False, **dd)
         self.bn = norm_layer(width, apply_act=False, **dd)
+
+    def slot(self, column: int) -> int:
+        """Position of ``column``'s input in the concatenation (its slice of the projection weight)."""
+        for s, c in enumerate(self.columns):
+            if c == column:
+                return s
+        return -1
 
     def forward(self, xs: list[torch.Tensor], cols: list[int]) -> torch.Tensor:
         if len(xs) == self.num_inputs:
             return self.bn(self.proj(torch.cat(xs, dim=1)))
-        slices = [self.proj.weight[:, (c - self.first_col) * self.width:(c - self.first_col + 1) * self.width]
-                  for c in cols]
+        slices = [self.proj.weight[:, self.slot(c) * self.width:(self.slot(c) + 1) * self.width] for c in cols]
         weight = slices[0] if len(slices) == 1 else torch.cat(slices, dim=1)
         x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
         return self.bn(F.conv2d(x, weight))
 
 
 class FractalStep(nn.Module):
-    """One depth step of a block: a conv unit for each column in ``first_col..C-1``, then their join."""
+    """One depth step of a block: a conv unit for each column ``cols`` of ``first_col..C-1`` (all of them, except in
+    a sub-fractal), then their join. ``in_chs`` are those convs' input channels, in the same order."""
+
+    cols: list[int]
 
     def __init__(
             self,
             in_chs: list[int],
             out_chs: int,
+            cols: list[int],
             first_col: int,
             num_columns: int,
             join: str,
@@ -189,17 +230,23 @@ class FractalStep(nn.Module):
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
+        self.cols = list(cols)
         self.first_col = first_col
         self.num_columns = num_columns
         self.convs = nn.ModuleList([_conv_unit(c_in, out_chs, norm_layer, act_layer, dd) for c_in in in_chs])
-        self.join = (ConcatJoin(out_chs, first_col, len(in_chs), norm_layer=norm_layer, **dd) if join == "concat"
-                     else Join(join))
+        # A sub-fractal's step without a kept column computes nothing, and its join (no parameters) is never called.
+        self.join = (ConcatJoin(out_chs, cols, norm_layer=norm_layer, **dd) if join == "concat" and cols
+                     else Join("mean" if join == "concat" else join))
+
+    def conv_of(self, column: int) -> nn.Module:
+        """The conv unit of ``column`` (0-based) at this step."""
+        return self.convs[self.cols.index(column)]
 
     def forward(self, states: list[torch.Tensor], needed: list[bool]) -> list[torch.Tensor]:
         outs: list[torch.Tensor] = []
         cols: list[int] = []
         for j, conv in enumerate(self.convs):
-            c = self.first_col + j
+            c = self.cols[j]
             if needed[c]:
                 outs.append(conv(states[c]))
                 cols.append(c)
@@ -211,7 +258,12 @@ class FractalStep(nn.Module):
 
 
 class FractalBlock(nn.Module):
-    """``f_C`` unrolled into 2^(C-1) steps with flat joins, then 2x2 max-pool and optional dropout."""
+    """``f_C`` unrolled into 2^(C-1) steps with flat joins, then 2x2 max-pool and optional dropout.
+
+    ``columns`` (0-based; default all) keeps only those columns, a sub-fractal block: the other columns' conv units
+    are not built, and every join merges the kept columns that meet there. A kept column's convs read only joins of
+    kept columns, so this equals the full block with the other columns' join inputs always dropped.
+    """
 
     def __init__(
             self,
@@ -223,12 +275,14 @@ class FractalBlock(nn.Module):
             downsample: bool = True,
             norm_layer: Any = nn.BatchNorm2d,
             act_layer: Any = nn.ReLU,
+            columns: Optional[Sequence[int]] = None,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.num_columns = num_columns
+        self.kept: list[bool] = [columns is None or c in columns for c in range(num_columns)]
         depth = 2 ** (num_columns - 1)
         # Column c (0 = shallowest) applies one conv every span[c] steps; it joins whenever its conv ends.
         self.spans: list[int] = [2 ** (num_columns - 1 - c) for c in range(num_columns)]
@@ -239,17 +293,20 @@ class FractalBlock(nn.Module):
         n_inputs = 0
         for d in range(1, depth + 1):
             first = min(c for c in range(num_columns) if d % self.spans[c] == 0)
-            in_chs_step = [out_chs if seen[c] else in_chs for c in range(first, num_columns)]
-            for c in range(first, num_columns):
+            cols = [c for c in range(first, num_columns) if self.kept[c]]
+            in_chs_step = [out_chs if seen[c] else in_chs for c in cols]
+            for c in cols:
                 seen[c] = True
-            steps.append(FractalStep(in_chs_step, out_chs, first, num_columns, join, norm_layer, act_layer, **dd))
+            steps.append(FractalStep(in_chs_step, out_chs, cols, first, num_columns, join, norm_layer, act_layer,
+                                     **dd))
             self.first_cols.append(first)
             self.offsets.append(n_inputs)
             n_inputs += num_columns - first
         self.steps = nn.ModuleList(steps)
         self.pool = nn.MaxPool2d(2) if downsample else nn.Identity()
         self.drop = _dropout(dropout)
-        self.all_needed: list[list[bool]] = [[c >= first for c in range(num_columns)] for first in self.first_cols]
+        self.all_needed: list[list[bool]] = [[c >= first and self.kept[c] for c in range(num_columns)]
+                                             for first in self.first_cols]
         self.grad_checkpointing = False
         self.channels_last: Optional[bool] = None  # layout the block's input is brought to; None leaves it as is
 
@@ -326,6 +383,8 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
             global_drop_fraction: float = 0.5,
+            paths: Optional[Sequence[Sequence[int]]] = None,
+            path_sampling: str = "none",
             global_pool: str = "avg",
             stem: str = "none",
             stem_width: int = 64,
@@ -352,6 +411,12 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
             drop_path_rate: local drop-path rate p, the probability of dropping each join input (timm's
                 ``--drop-path``; the paper uses 0.15). 0 disables drop-path entirely.
             global_drop_fraction: share of mini-batches that use global drop-path when drop-path is on (paper 0.5).
+            paths: a sub-fractal: per block, the columns kept (1 = shallowest; each a non-empty set within 1..C).
+                Only the kept columns' conv units are built, and each join merges the kept inputs that meet there:
+                the network equals the full one with the other columns' join inputs always dropped. None: all.
+            path_sampling: 'uniform' trains this network as a one-shot supernet: each training mini-batch first
+                draws a sub-fractal (per block a uniform non-empty subset of its columns), then drop-path, if on,
+                acts within it. 'none' (default): drop-path alone.
             global_pool: timm global pool type ('avg', 'max', '' for none, ...).
             stem: 'none' (CIFAR: blocks see the image) or 'resnet' (ImageNet: 7x7/2 conv + 3x3/2 max-pool).
             stem_width: channels of the resnet stem.
@@ -370,6 +435,7 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         if join not in JOINS:
             raise ValueError(f"join={join!r} is not one of {JOINS}")
         widths = _check_layout(num_blocks, widths, stem, init, drop_rate)
+        self.paths = _check_paths(paths, num_blocks, num_columns)
 
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -391,8 +457,9 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         blocks = []
         for i, width in enumerate(widths):
             downsample = downsample_last or i < num_blocks - 1
+            columns = None if self.paths is None else [c - 1 for c in self.paths[i]]
             blocks.append(FractalBlock(prev_chs, width, num_columns, join=join, downsample=downsample,
-                                       norm_layer=norm_act_layer, act_layer=act_layer, **dd))
+                                       norm_layer=norm_act_layer, act_layer=act_layer, columns=columns, **dd))
             reduction *= 2 if downsample else 1
             prev_chs = width
             self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"blocks.{i}"))
@@ -411,7 +478,7 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         self.eval_bn_refresh_bytes = eval_bn_refresh_bytes
         self.bn_stats_stale = False  # training steps off the all-paths network since the last re-estimation
         self._bn_inputs = []  # the kept training inputs (no annotation: TorchScript would warn on an empty list)
-        self.set_regularization(drop_path_rate, global_drop_fraction, block_dropout)
+        self.set_regularization(drop_path_rate, global_drop_fraction, block_dropout, path_sampling)
         _init_weights(self, init)
 
     # ---- timm interface -------------------------------------------------------------------------------------
@@ -470,8 +537,10 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
             drop_path_rate: Optional[float] = None,
             global_drop_fraction: Optional[float] = None,
             block_dropout: Optional[Sequence[float]] = None,
+            path_sampling: Optional[str] = None,
     ) -> None:
-        """Set drop-path and per-block dropout on a built model (a training preset, a schedule); None keeps a value.
+        """Set drop-path, per-block dropout and supernet path sampling on a built model (a training preset, a
+        schedule); None keeps a value.
 
         Validated like the constructor, which calls it; parameters and their names do not change.
         """
@@ -485,16 +554,23 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
             block_dropout = _check_block_dropout(block_dropout, len(self.blocks))
             for block, p in zip(self.blocks, block_dropout, strict=True):
                 block.drop = _dropout(p)
+        if path_sampling is not None:
+            if path_sampling not in PATH_SAMPLINGS:
+                raise ValueError(f"path_sampling={path_sampling!r} is not one of {PATH_SAMPLINGS}")
+            self.path_sampling = path_sampling
 
     def _build_plan_tables(self) -> None:
         """Plain-list copies of each block's step layout, so sampling a plan touches no module (TorchScript)."""
         self.step_first_cols: list[list[int]] = [list(block.first_cols) for block in self.blocks]
+        self.block_kept: list[list[bool]] = [list(block.kept) for block in self.blocks]
         self.column_keeps: list[list[list[bool]]] = [
             [block.column_keep(c) for block in self.blocks] for c in range(self.num_columns)
         ]
+        # columns kept in every block: the plain networks (anytime columns) a sub-fractal contains
+        self.column_everywhere: list[bool] = [all(kept[c] for kept in self.block_kept) for c in range(self.num_columns)]
 
     def _plan(self, x: torch.Tensor, column: Optional[int]) -> Optional[list[list[bool]]]:
-        """Per-block keep lists for this forward pass; None means every path is active.
+        """Per-block keep lists for this forward pass; None means every (kept) path is active.
 
         ``isinstance`` rather than ``is not None``: FX turns an unused ``column`` argument into a proxy, which must
         select the full network. A training pass off the all-paths network keeps its input for the eval refresh.
@@ -502,8 +578,10 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         if isinstance(column, int):
             if column < 1 or column > self.num_columns:
                 raise ValueError(f"column={column} is outside 1..{self.num_columns}")
+            if not self.column_everywhere[column - 1]:
+                raise ValueError(f"column={column} is not kept in every block of this sub-fractal")
             plan = self.column_keeps[column - 1]
-        elif not self.training or self.drop_path_rate <= 0.0:
+        elif not self.training or (self.drop_path_rate <= 0.0 and self.path_sampling == "none"):
             return None
         else:
             plan = self._sample_plan(x.device)
@@ -512,31 +590,59 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         return plan
 
     def _sample_plan(self, device: torch.device) -> list[list[bool]]:
-        """Draw one mini-batch's drop-path sample: all random numbers in one call on ``device``, read back once."""
+        """Draw one mini-batch's sample: all random numbers in one call on ``device``, read back once.
+
+        With ``path_sampling='uniform'`` each block first draws a uniform non-empty subset of its (kept) columns.
+        Drop-path then acts within those columns: global keeps one of them per block (the one at the same rank in
+        every block: one column of a full network), local drops each of their join inputs with at least one
+        survivor per join that has any.
+        """
         num_inputs = 0
         num_joins = 0
         for firsts in self.step_first_cols:
             num_joins += len(firsts)
             for first in firsts:
                 num_inputs += self.num_columns - first
-        u: list[float] = torch.rand(2 + num_inputs + num_joins, device=device).tolist()
-        if u[0] < self.global_drop_fraction:
-            return self.column_keeps[min(int(u[1] * self.num_columns), self.num_columns - 1)]
+        uniform = self.path_sampling == "uniform"
+        subsets = 2 + num_inputs + num_joins
+        u: list[float] = torch.rand(subsets + (len(self.block_kept) if uniform else 0), device=device).tolist()
+        kept: list[list[bool]] = self.block_kept
+        if uniform:
+            kept = []
+            for i, own in enumerate(self.block_kept):
+                cols = _true_at(own)
+                choices = (1 << len(cols)) - 1
+                mask = min(int(u[subsets + i] * choices), choices - 1) + 1  # bit r: the r-th column is kept
+                sampled = [False] * self.num_columns
+                for r, c in enumerate(cols):
+                    sampled[c] = (mask >> r) & 1 == 1
+                kept.append(sampled)
+        drop_path = self.drop_path_rate > 0.0
+        if drop_path and u[0] < self.global_drop_fraction:
+            one: list[list[bool]] = []
+            for i, k in enumerate(kept):
+                cols = _true_at(k)
+                one.append(self.column_keeps[cols[min(int(u[1] * len(cols)), len(cols) - 1)]][i])
+            return one
         plan: list[list[bool]] = []
         pos = 2
         join_pos = 2 + num_inputs
-        for firsts in self.step_first_cols:
+        for i, firsts in enumerate(self.step_first_cols):
             keep: list[bool] = []
             for first in firsts:
                 n = self.num_columns - first
                 step_keep: list[bool] = []
                 survivors = 0
-                for i in range(n):
-                    k = u[pos + i] >= self.drop_path_rate
+                inputs: list[int] = []  # the join's inputs from kept columns
+                for j in range(n):
+                    on = kept[i][first + j]
+                    if on:
+                        inputs.append(j)
+                    k = on and (not drop_path or u[pos + j] >= self.drop_path_rate)
                     step_keep.append(k)
                     survivors += int(k)
-                if survivors == 0:  # at least one input of every join survives
-                    step_keep[min(int(u[join_pos] * n), n - 1)] = True
+                if survivors == 0 and len(inputs) > 0:  # at least one input of every join survives
+                    step_keep[inputs[min(int(u[join_pos] * len(inputs)), len(inputs) - 1)]] = True
                 keep.extend(step_keep)
                 pos += n
                 join_pos += 1
@@ -624,6 +730,8 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         prune_end = max_index < len(self.blocks) - 1
         self.blocks = self.blocks[:max_index + 1]
+        if self.paths is not None:
+            self.paths = self.paths[:max_index + 1]
         self._build_plan_tables()
         self.num_features = self.widths[max_index]
         if prune_head or prune_end:
@@ -645,10 +753,16 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
 
     # ---- anytime --------------------------------------------------------------------------------------------
     @torch.jit.ignore
+    def anytime_columns(self) -> list[int]:
+        """The columns (1 = shallowest) that ``forward(x, column=k)`` and :meth:`extract_column` accept: every column
+        of a full network, those kept in every block of a sub-fractal."""
+        return [c + 1 for c in range(self.num_columns) if self.column_everywhere[c]]
+
+    @torch.jit.ignore
     def column_args(self, column: int) -> dict[str, Any]:
         """The ``fractalnet_plain`` arguments that build column ``column`` (1 = shallowest) as a plain network."""
-        if not 1 <= column <= self.num_columns:
-            raise ValueError(f"column={column} is outside 1..{self.num_columns}")
+        if column not in self.anytime_columns():
+            raise ValueError(f"column={column} is not one of this network's columns {self.anytime_columns()}")
         return dict(num_classes=self.num_classes, in_chans=self.in_chans, num_blocks=len(self.blocks),
                     convs_per_block=2 ** (column - 1), widths=self.widths[:len(self.blocks)],
                     concat_join=self.join == "concat", block_dropout=self.block_dropout_rates(),
@@ -666,11 +780,11 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         for i, block in enumerate(self.blocks):
             layers: list[dict[str, torch.Tensor]] = []
             for step in block.steps:
-                if c < step.first_col:
+                if c not in step.cols:
                     continue
-                layers.append(step.convs[c - step.first_col].state_dict())
+                layers.append(step.conv_of(c).state_dict())
                 if isinstance(step.join, ConcatJoin):
-                    lo = (c - step.join.first_col) * step.join.width
+                    lo = step.join.slot(c) * step.join.width
                     layers.append({"proj.weight": step.join.proj.weight[:, lo:lo + step.join.width],
                                    **{f"bn.{k}": v for k, v in step.join.bn.state_dict().items()}})
             state.update({f"stages.{i}.{j}.{k}": v for j, layer in enumerate(layers) for k, v in layer.items()})
@@ -684,13 +798,76 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         It is built by ``timm.create_model("fractalnet_plain", **self.column_args(column))``, so it trains, exports
         and loads like any timm model; its outputs equal ``self(x, column=column)``.
         """
+        return self._extract("fractalnet_plain", self.column_args(column), self.column_state_dict(column))
+
+    @torch.jit.ignore
+    def paths_args(self, paths: Sequence[Sequence[int]]) -> dict[str, Any]:
+        """The FractalNet arguments that build sub-fractal ``paths`` (per block the kept columns, 1 = shallowest)
+        with this network's layout and regularisation; ``paths`` must lie within this network's own."""
+        checked = _check_paths(paths, len(self.blocks), self.num_columns)
+        assert checked is not None
+        for i, (kept, own) in enumerate(zip(checked, self.block_kept, strict=True)):
+            missing = [c for c in kept if not own[c - 1]]
+            if missing:
+                raise ValueError(f"paths={paths!r}: block {i} keeps column(s) {missing}, which this sub-fractal "
+                                 f"does not have (paths={self.paths!r})")
+        return dict(num_classes=self.num_classes, in_chans=self.in_chans, num_blocks=len(self.blocks),
+                    num_columns=self.num_columns, widths=self.widths[:len(self.blocks)], join=self.join,
+                    block_dropout=self.block_dropout_rates(), drop_rate=self.drop_rate,
+                    drop_path_rate=self.drop_path_rate, global_drop_fraction=self.global_drop_fraction,
+                    paths=checked, global_pool=self.head.global_pool.pool_type, eval_bn_refresh=self.eval_bn_refresh,
+                    eval_bn_refresh_bytes=self.eval_bn_refresh_bytes, **self.plain_args)
+
+    @torch.jit.ignore
+    def paths_state_dict(self, paths: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Sub-fractal ``paths``' weights under the names of the network ``paths_args(paths)`` builds: each kept
+        column's conv units, and of a concat join the projection slices of its kept inputs."""
+        kept = self.paths_args(paths)["paths"]
+        state = {f"stem.{k}": v for k, v in self.stem.state_dict().items()}
+        for i, block in enumerate(self.blocks):
+            for d, step in enumerate(block.steps):
+                cols = [c for c in step.cols if c + 1 in kept[i]]
+                prefix = f"blocks.{i}.steps.{d}"
+                for j, c in enumerate(cols):
+                    state.update({f"{prefix}.convs.{j}.{k}": v for k, v in step.conv_of(c).state_dict().items()})
+                if isinstance(step.join, ConcatJoin) and cols:
+                    w = step.join.width
+                    state[f"{prefix}.join.proj.weight"] = torch.cat(
+                        [step.join.proj.weight[:, step.join.slot(c) * w:(step.join.slot(c) + 1) * w] for c in cols], 1)
+                    state.update({f"{prefix}.join.bn.{k}": v for k, v in step.join.bn.state_dict().items()})
+        state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        return state
+
+    @torch.jit.ignore
+    def extract_paths(self, paths: Sequence[Sequence[int]],
+                      bn_batches: Optional[Sequence[torch.Tensor]] = None) -> "FractalNet":
+        """Sub-fractal ``paths`` (per block the kept columns, 1 = shallowest) as a standalone FractalNet that shares
+        no tensors with this one: the one-shot search's weight inheritance.
+
+        It is built by ``timm.create_model(<this variant>, **self.paths_args(paths))``, so it trains, exports and
+        loads like any timm model, with only its own weights and cost. Its batch-norm statistics come from this
+        network, gathered on other paths; ``bn_batches`` (input batches, e.g. a few training batches) re-estimates
+        them through the sub-fractal alone (:func:`fractal_space.anytime.reestimate_bn_stats`), the fair way to
+        evaluate it.
+        """
+        cfg = getattr(self, "pretrained_cfg", None) or {}
+        sub = self._extract(cfg.get("architecture") or "fractalnet_c4", self.paths_args(paths),
+                            self.paths_state_dict(paths))
+        if bn_batches is not None:
+            reestimate_bn_stats(sub, bn_batches)
+        return sub
+
+    @torch.jit.ignore
+    def _extract(self, name: str, args: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+        """``timm.create_model(name, **args)`` where this network's weights are, reading inputs like it, with
+        ``state`` loaded, in this network's training mode."""
         weight = next(self.parameters())
-        cfg = getattr(self, "pretrained_cfg", None) or {}  # the column reads inputs like its parent
+        cfg = getattr(self, "pretrained_cfg", None) or {}
         overlay = {k: cfg[k] for k in COLUMN_CFG_KEYS if k in cfg}
-        plain = timm.create_model("fractalnet_plain", pretrained_cfg_overlay=overlay, device=weight.device,
-                                  dtype=weight.dtype, **self.column_args(column))
-        plain.load_state_dict(self.column_state_dict(column))
-        return plain.train(self.training)
+        model = timm.create_model(name, pretrained_cfg_overlay=overlay, device=weight.device, dtype=weight.dtype,
+                                  **args)
+        model.load_state_dict(state)
+        return model.train(self.training)
 
 
 class _ConcatSlice(nn.Module):
@@ -770,8 +947,15 @@ class FractalColumn(CifarStageNet):
 
 
 def _create_fractalnet(variant: str, pretrained: bool = False, **kwargs: Any) -> FractalNet:
-    """Build a registered variant through timm; ``features_only`` taps every block (4 for the ImageNet layout)."""
+    """Build a registered variant through timm; ``features_only`` taps every block (4 for the ImageNet layout).
+
+    A sub-fractal's first convs are those of the columns its first block keeps.
+    """
     out_indices = kwargs.pop("out_indices", tuple(range(kwargs.get("num_blocks", 5))))
+    paths = _check_paths(kwargs.get("paths"), kwargs.get("num_blocks", 5), kwargs.get("num_columns", 4))
+    if paths is not None and kwargs.get("stem", "none") == "none":
+        first_conv = _first_convs(kwargs.get("num_columns", 4), paths[0])
+        kwargs["pretrained_cfg_overlay"] = {"first_conv": first_conv, **(kwargs.get("pretrained_cfg_overlay") or {})}
     return build_model_with_cfg(
         FractalNet,
         variant,
@@ -804,12 +988,14 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
                         "paper_name": "FractalNet: Ultra-Deep Neural Networks without Residuals", **kwargs})
 
 
-def _first_convs(num_columns: int) -> tuple[str, ...]:
-    """In the CIFAR layout every column's first conv reads the image; timm adapts all of them to ``in_chans``.
+def _first_convs(num_columns: int, columns: Optional[Sequence[int]] = None) -> tuple[str, ...]:
+    """In the CIFAR layout every (kept, 1-based ``columns``) column's first conv reads the image; timm adapts all of
+    them to ``in_chans``.
 
-    Column c (0 = shallowest) first acts at step 2^(C-1-c), where it is the shallowest column of the step.
+    Column c (0 = shallowest) first acts at step 2^(C-1-c), where it is the shallowest (kept) column of the step.
     """
-    return tuple(f"blocks.0.steps.{2 ** (num_columns - 1 - c) - 1}.convs.0.conv" for c in range(num_columns))
+    cols = range(num_columns) if columns is None else [c - 1 for c in columns]
+    return tuple(f"blocks.0.steps.{2 ** (num_columns - 1 - c) - 1}.convs.0.conv" for c in cols)
 
 
 default_cfgs = generate_default_cfgs({
