@@ -166,6 +166,50 @@ def test_drop_path_warmup_ramps_the_local_rate_per_step_and_resumes_mid_ramp(tmp
     assert first + _training_rates(Trainer(cfg)) == pytest.approx(straight)
 
 
+def _sampled_paths(trainer: Trainer, epochs: int | None = None) -> list[list[list[bool]]]:
+    """The join inputs each training step kept, per block (read by forward pre-hooks on the blocks)."""
+    steps: list[list[list[bool]]] = []
+
+    def record(block, args):
+        if block.training:
+            if block is trainer.model.blocks[0]:
+                steps.append([])
+            steps[-1].append(list(args[1]))
+
+    hooks = [block.register_forward_pre_hook(record) for block in trainer.model.blocks]
+    for report in trainer.epochs():
+        if report.epoch == epochs:
+            break
+    for hook in hooks:
+        hook.remove()
+    return steps
+
+
+def test_supernet_sampling_draws_sub_fractals_per_batch_and_resumes_the_same_draws(tmp_path):
+    """One-shot supernet training: a uniform column subset per block and batch, with the paper's drop-path warmed up
+    inside it; the draws come from the model's torch.rand, so an interrupted run resumes the same sequence."""
+    recipe = dict(model="fractalnet_c3", model_kwargs={"num_blocks": 2, "widths": [4, 4]}, epochs=2, train_subset=200,
+                  supernet_sampling="uniform", drop_path_warmup=0.5, eval_columns=False, bn_batches=1)
+    trainer = Trainer(_cfg(**recipe))
+    assert trainer.model.path_sampling == "uniform"
+    straight = _sampled_paths(trainer)
+    assert len(straight) == 8 and len({json.dumps(s) for s in straight}) > 1
+    assert sum(step != [[True] * len(k) for k in step] for step in straight) >= 6  # mostly sub-fractals
+
+    cfg = _cfg(**recipe, out_dir=str(tmp_path))
+    first = Trainer(cfg)
+    resumed_paths = _sampled_paths(first, epochs=1)
+    resumed = Trainer(cfg)
+    assert resumed.model.path_sampling == "uniform"
+    assert resumed_paths + _sampled_paths(resumed) == straight
+    for (name, a), b in zip(resumed.model.state_dict().items(), trainer.model.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    with pytest.raises(ValueError, match="supernet_sampling='uniform' needs a model with drop-path"):
+        Trainer(_cfg(supernet_sampling="uniform"))
+    with pytest.raises(ValueError, match="supernet_sampling must be one of"):
+        _cfg(supernet_sampling="spos")
+
+
 def test_drop_path_warmup_is_refused_for_a_model_without_drop_path():
     with pytest.raises(ValueError, match=r"drop_path_warmup must be in \[0, 1\], got 1.5"):
         _cfg(drop_path_warmup=1.5)

@@ -11,7 +11,7 @@ import timm
 
 from fractal_space.data import AUGMENTS, NAMED, check_dataset_spec
 from fractal_space.hardware import DEVICES, is_device_name
-from fractal_space.recipe import PAPER
+from fractal_space.recipe import PAPER, PATH_SAMPLINGS
 
 SCHEDULES = ("paper", "cosine", "constant")
 REGULARIZATIONS = ("paper", "none")
@@ -61,6 +61,9 @@ class TrainConfig:
     drop_path_warmup: float = _option(0.0, "share of the training steps over which FractalNet's local drop-path rate "
                                            "ramps linearly from 0 to its target (0: none); short budgets train "
                                            "better with one (docs/reproduction.md)")
+    supernet_sampling: str = _option("none", "one-shot supernet training of a FractalNet: uniform draws a sub-fractal "
+                                             "per batch (per block a uniform non-empty column subset), drop-path then "
+                                             "acting within it; none: drop-path only", choices=PATH_SAMPLINGS)
     augment: str = _option(PAPER.augment, "none; +: mirror and translate by up to 4 px, zero padding; ++: the same "
                                           "with reflect padding", choices=AUGMENTS)
     train_subset: int | None = _option(None, "train on the first N images left after the validation split (none: "
@@ -102,6 +105,7 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
             (self.regularization in REGULARIZATIONS, "regularization", f"must be one of {REGULARIZATIONS}"),
             (0 <= self.drop_path_warmup <= 1, "drop_path_warmup", "must be in [0, 1]"),
+            (self.supernet_sampling in PATH_SAMPLINGS, "supernet_sampling", f"must be one of {PATH_SAMPLINGS}"),
             (self.augment in AUGMENTS, "augment", f"must be one of {AUGMENTS}"),
             (self.train_subset is None or self.train_subset >= 1, "train_subset", "must be >= 1 or None"),
             (self.val_size is None or self.val_size >= 0, "val_size", "must be >= 0 or None (auto)"),

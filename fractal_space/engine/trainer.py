@@ -174,9 +174,10 @@ class Trainer:
         self.num_columns = int(getattr(self.model, "num_columns", 0))
         # The model's local drop-path rate is the target a warm-up ramps to (_ramp_drop_path, before each step).
         self.drop_path_target = float(getattr(self.model, "drop_path_rate", 0.0))
-        if cfg.drop_path_warmup > 0 and not hasattr(self.model, "set_regularization"):
-            raise ValueError(f"drop_path_warmup={cfg.drop_path_warmup} needs a model with drop-path (FractalNet); "
-                             f"{cfg.model} has none")
+        for name in ("drop_path_warmup", "supernet_sampling"):
+            if getattr(cfg, name) not in (0.0, "none") and not hasattr(self.model, "set_regularization"):
+                raise ValueError(f"{name}={getattr(cfg, name)!r} needs a model with drop-path (FractalNet); "
+                                 f"{cfg.model} has none")
 
         if cfg.epoch_images is not None and cfg.epoch_images > len(self.data.train):
             raise ValueError(f"epoch_images={cfg.epoch_images} is more than the {len(self.data.train)} training images")
@@ -216,6 +217,8 @@ class Trainer:
         if cfg.regularization == "paper" and hasattr(model, "set_regularization"):
             paper = PAPER.regularization(len(model.blocks))
             model.set_regularization(**{k: v for k, v in paper.items() if k not in cfg.model_kwargs})
+        if cfg.supernet_sampling != "none" and hasattr(model, "set_regularization"):
+            model.set_regularization(path_sampling=cfg.supernet_sampling)
         return model.to(self.device)
 
     def _set_memory_format(self) -> None:
@@ -367,7 +370,7 @@ class Trainer:
         loss, acc = self._accuracy(self.model, loader)
         report = EvalReport(loss, acc, measure_latency(self.model, self.input_size))
         if columns and self.num_columns:
-            for k in range(1, self.num_columns + 1):
+            for k in self.model.anytime_columns():  # a sub-fractal's: the columns it keeps in every block
                 column = self.model.extract_column(k).to(memory_format=self.memory_format)
                 reestimate_bn_stats(column, bn_inputs)
                 _, col_acc = self._accuracy(column, loader)
