@@ -51,7 +51,8 @@ def test_config_roundtrips_json_and_rejects_bad_values():
 def test_recipe_fields_come_from_field_metadata():
     assert RECIPE_FIELDS == ("model", "model_kwargs", "dataset", "epochs", "epoch_images", "batch_size", "lr",
                              "momentum", "weight_decay", "schedule", "label_smoothing", "regularization",
-                             "drop_path_warmup", "augment", "train_subset", "val_size", "val_seed", "seed")
+                             "drop_path_warmup", "supernet_sampling", "augment", "train_subset", "val_size",
+                             "val_seed", "seed")
     run_time = dataclasses.field(default="", metadata=RUN_TIME)
     extended = dataclasses.make_dataclass("Extended", [("new_knob", int, 0), ("new_path", str, run_time)],
                                           bases=(TrainConfig,))
