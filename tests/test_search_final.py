@@ -17,12 +17,12 @@ import fractal_space  # noqa: F401  (registers the timm models)
 from fractal_space.engine.checkpoint import read_checkpoint
 from fractal_space.search.budget import Budget
 from fractal_space.search.cli import main
-from fractal_space.search.final import distinct_architectures, plan
+from fractal_space.search.final import distinct_architectures, plan, spread_architectures
 from fractal_space.search.record import FRACTAL_MODEL
 from fractal_space.search.settings import FinalSettings, SearchSettings
 from fractal_space.space import JOIN_DIMS, SearchSpace
 
-FINAL = ("--final-top", "2", "--final-epochs", "1", "--final-baselines", "resnet20_cifar")
+FINAL = ("--final-top", "2", "--final-spread", "1", "--final-epochs", "1", "--final-baselines", "resnet20_cifar")
 
 
 def _results(runs, study) -> pd.DataFrame:
@@ -33,7 +33,7 @@ def _results(runs, study) -> pd.DataFrame:
 def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_sigkill(tmp_path):
     assert main(tiny_args(tmp_path, "final", "--trials", "4", rungs=2)) == 0  # the search alone
     study = load_study(tmp_path, "final")
-    architectures = distinct_architectures(study, 2)
+    architectures = distinct_architectures(study, 2) + spread_architectures(study, 2, 1)
     names = {t.user_attrs["model"] for t in architectures}
     assert len(names) == len(architectures)  # distinct, each named by its B, C, widths and join
 
@@ -50,6 +50,7 @@ def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_si
     assert main(tiny_args(tmp_path, "final", "--trials", "4", *FINAL, rungs=2)) == 0
     after = _results(tmp_path, "final")
     assert len(after) == len(architectures) + 1 and list(after.name).count("resnet20_cifar") == 1
+    assert list(after.role).count("spread") == len(architectures) - len(distinct_architectures(study, 2))
     kept = after.set_index("name").loc[before.name, "test_acc"]
     assert kept.tolist() == before.test_acc.tolist()  # a finished model is not trained again
     assert after.test_acc.between(0, 1).all() and (after.latency_ms_batch > 0).all() and (after.params > 0).all()
@@ -76,7 +77,8 @@ def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_si
     headline = report.split("## Budgets")[0]
     assert "## Final test results" in headline and "baseline resnet20_cifar" in headline
     assert all("local-dir:" in line for line in headline.splitlines() if line.startswith("| fractalnet"))
-    assert "Proxy fidelity: Spearman" in report and f"(n = {len(architectures)})" in report  # those with a search score
+    assert "Proxy fidelity:" in report and f"(n = {len(architectures)}," in report  # those with a search score
+    assert "Spearman rho" in report and "Kendall tau" in report and "90% bootstrap interval" in report
 
 
 def test_final_jobs_keep_each_trials_drop_path_warmup_and_baselines_get_none(tmp_path):
@@ -95,8 +97,50 @@ def test_final_jobs_keep_each_trials_drop_path_warmup_and_baselines_get_none(tmp
     assert [j.kind for j in jobs] == ["fractalnet"] * 3 + ["baseline"]
 
 
-@pytest.mark.parametrize("args", [["--final-top", "-1"], ["--final-epochs", "0"], ["--final-seeds", "0"],
-                                  ["--final-baselines", "resnet999_cifar"]])
+def _ranked_study(space: SearchSpace, scores: list[float]) -> optuna.Study:
+    """A study of COMPLETE search trials, trial i a distinct architecture (B, C vary) scoring ``scores[i]``."""
+    study = optuna.create_study(direction="maximize")
+    for number, score in enumerate(scores):
+        point = {**space.reference_point(), "num_blocks": 2 + number % 4, "num_columns": 1 + number // 4 % 3,
+                 "base_width": (4, 8, 16)[number // 12]}
+        point = {k: v for k, v in point.items() if point["num_columns"] > 1 or k not in JOIN_DIMS}
+        config = space.suggest(optuna.trial.FixedTrial(point))
+        study.add_trial(optuna.trial.create_trial(value=score, user_attrs={"config": config, "kind": "fractalnet"}))
+    return study
+
+
+def test_spread_architectures_are_distinct_below_the_top_and_evenly_spaced_by_rank(tmp_path):
+    space = SearchSpace.default(32, "cpu")
+    scores = [0.1 + 0.02 * i for i in range(12)]  # trial 11 is best, trial 0 worst
+    study = _ranked_study(space, scores)
+    config = study.trials[5].user_attrs["config"]  # trial 5's architecture again, scoring lower: not a new one
+    study.add_trial(optuna.trial.create_trial(value=0.0, user_attrs={"config": config, "kind": "fractalnet"}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={"config": config}))
+    top = [t.number for t in distinct_architectures(study, 3)]
+    spread = [t.number for t in spread_architectures(study, 3, 4)]
+    assert top == [11, 10, 9]
+    # the 9 architectures below the top, ranked 0..8 (trials 8..0): ranks 0, 3, 5, 8 (evenly spaced, ends included)
+    assert spread == [8, 5, 3, 0] and not set(spread) & set(top)
+    assert [t.number for t in spread_architectures(study, 3, 20)] == list(range(8, -1, -1))  # all of the rest
+    assert [t.number for t in spread_architectures(study, 3, 1)] == [4]  # the median one
+    settings = SearchSettings("s", tmp_path, None, "accuracy", 12, space, Budget.default("cpu"),
+                              final=FinalSettings(top=3, spread=4, baselines=("resnet20_cifar",)))
+    jobs = plan(settings, study)
+    assert [(j.trial, j.role) for j in jobs] == [(11, "top"), (10, "top"), (9, "top"), (None, "baseline"),
+                                                 (8, "spread"), (5, "spread"), (3, "spread"), (0, "spread")]
+    assert len({j.name for j in jobs}) == len(jobs) and plan(settings, study) == jobs  # the same names on a re-run
+
+
+def test_final_top_0_is_no_final_stage_not_even_the_baselines(tmp_path):
+    """--final-top 0 used to retrain and test the final baselines anyway."""
+    assert main(tiny_args(tmp_path, "nofinal", "--trials", "1", "--final-top", "0",
+                          "--final-baselines", "resnet20_cifar")) == 0
+    assert not (tmp_path / "nofinal" / "final").exists()
+    assert "## Final test results" not in (tmp_path / "nofinal" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("args", [["--final-top", "-1"], ["--final-spread", "-2"], ["--final-epochs", "0"],
+                                  ["--final-seeds", "0"], ["--final-baselines", "resnet999_cifar"]])
 def test_bad_final_stage_options_are_one_line(tmp_path, capsys, args):
     assert main(tiny_args(tmp_path, "bad", *args)) == 2
     err = capsys.readouterr().err

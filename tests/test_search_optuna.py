@@ -214,3 +214,44 @@ def test_resuming_a_finished_study_says_so_and_trains_nothing(tmp_path, capsys):
     assert "is already complete (1 finished trials and every baseline); nothing to search" in out
     assert len(load_study(tmp_path, "done").get_trials()) == len(before)  # no new trial
     assert "report: " in out  # the results are still (re)written
+
+
+def test_random_sampler_is_recorded_and_a_study_resumes_only_with_its_own_sampler(tmp_path, capsys):
+    assert run_search(tmp_path, "rand", "--trials", "2", "--sampler", "random") == 0
+    study = load_study(tmp_path, "rand")
+    assert study.user_attrs["sampler"] == "random" and len(finished(study)) == 2
+    assert "- Sampler: random." in (tmp_path / "rand" / "report.md").read_text()
+    capsys.readouterr()
+    assert run_search(tmp_path, "rand", "--trials", "3", "--sampler", "tpe") == 2
+    err = capsys.readouterr().err
+    assert err == ("error: study 'rand' was searched with --sampler random, not tpe; resume it with --sampler random "
+                   "or pick another --study\n")
+    assert len(load_study(tmp_path, "rand").get_trials()) == 2  # nothing ran
+
+
+def test_samplers_draw_per_trial_from_the_seed_and_random_shares_tpes_start_up_draws():
+    """Each trial's draw is seeded by (seed, trial number): a fresh study is reproducible from --seed, and the random
+    control draws exactly TPE's start-up configurations, so the two differ only where TPE models the results."""
+    import optuna
+
+    from fractal_space.search.lifecycle import make_sampler
+    from fractal_space.space import SearchSpace
+
+    space = SearchSpace.default(32, "cpu")
+
+    def draws(sampler: str, seed: int) -> list[dict]:
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(sampler, seed))
+        study.optimize(lambda t: float(len(json.dumps(space.suggest(t)))), n_trials=4)
+        return [t.params for t in study.trials]
+
+    random0 = draws("random", 0)
+    assert random0 == draws("random", 0) == draws("tpe", 0)  # 4 < TPE's 10 start-up trials
+    assert random0 != draws("random", 1) and len({json.dumps(p, sort_keys=True) for p in random0}) == 4
+    with pytest.raises(ValueError, match="unknown sampler 'gp'"):
+        make_sampler("gp", 0)
+
+
+def test_unknown_sampler_is_one_line(tmp_path, capsys):
+    assert run_search(tmp_path, "bad", "--sampler", "cmaes") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown sampler 'cmaes'; expected one of tpe, random") and err.count("\n") == 1

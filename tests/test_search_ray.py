@@ -9,13 +9,15 @@ from optuna.trial import TrialState
 from search_cli import finished, load_study, spawn_search, tiny_args, trials_table
 
 from fractal_space.search.cli import build_parser, settings_from_args
+from fractal_space.search.lifecycle import make_sampler
 from fractal_space.search.ray_backend import StudySearch
 from fractal_space.search.record import TrialRecord
 from fractal_space.search.storage import open_storage
 
 
 def test_ray_search_end_to_end_with_dashboard(tmp_path):
-    proc = spawn_search(tmp_path, "ray", "--backend", "ray", "--trials", "2", rungs=2)
+    """With the random-search control as sampler (TPE through the same searcher: test_asha_stopped_trials...)."""
+    proc = spawn_search(tmp_path, "ray", "--backend", "ray", "--trials", "2", "--sampler", "random", rungs=2)
     url, lines = None, []
     deadline = time.monotonic() + 120
     while url is None and time.monotonic() < deadline:
@@ -34,7 +36,8 @@ def test_ray_search_end_to_end_with_dashboard(tmp_path):
     for noise in ("tensorboard", "Configuration for experiment", "INFO", "WARNING", "worker process"):
         assert noise.lower() not in console.lower(), noise
     study = load_study(tmp_path, "ray")
-    assert len(finished(study)) == 2
+    assert len(finished(study)) == 2 and study.user_attrs["sampler"] == "random"
+    assert "- Sampler: random." in (tmp_path / "ray" / "report.md").read_text()
     df = trials_table(tmp_path, "ray")
     assert set(df.state) <= {"COMPLETE", "PRUNED"} and (df.state == "COMPLETE").any()
     # ASHA on the shared rungs (1 and 3 epochs): stopped trials stop at rung 0, the others reach the top rung
@@ -43,9 +46,10 @@ def test_ray_search_end_to_end_with_dashboard(tmp_path):
     assert (tmp_path / "ray" / "report.md").exists() and list((tmp_path / "ray" / "ray").glob("run-*"))
 
 
-@pytest.fixture
-def searcher(tmp_path):
-    settings = settings_from_args(build_parser().parse_args(tiny_args(tmp_path, "asha", rungs=2)))
+@pytest.fixture(params=["tpe", "random"])
+def searcher(tmp_path, request):
+    settings = settings_from_args(build_parser().parse_args(tiny_args(tmp_path, "asha", "--sampler", request.param,
+                                                                      rungs=2)))
     storage = open_storage(None, settings.study_dir, heartbeat_s=None)
     return StudySearch(settings, storage), settings
 
@@ -61,6 +65,7 @@ def _result(epoch, epochs=3, **extra):
 def test_asha_stopped_trials_reach_optuna_as_pruned_and_errors_as_fail(searcher):
     """Stock OptunaSearch tells an ASHA-stopped trial COMPLETE with its partial score; ours tells PRUNED."""
     search, settings = searcher
+    assert isinstance(search._sampler, make_sampler(settings.sampler, 0).__class__)  # noqa: SLF001
     for trial_id in ("stopped", "complete", "raised", "crashed"):
         assert "model_kwargs" in search.suggest(trial_id)
     search.on_trial_complete("stopped", result=_result(epoch=1))  # ASHA stopped it after epoch 1 of 3

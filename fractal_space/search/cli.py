@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fractal_space.search.console import Progress, quiet_optuna
+from fractal_space.search.lifecycle import SAMPLERS, check_sampler
 from fractal_space.search.record import OBJECTIVES, first_line
 from fractal_space.search.settings import FinalSettings, RaySettings, SearchSettings
 from fractal_space.search.storage import default_url
@@ -26,6 +27,12 @@ SEARCH_BASELINES = {"cpu": "resnet20_cifar", "cuda": FINAL_BASELINES}
 #: Final-stage passes over the training split: on CPU the top rung's length (~2 passes; the whole stage about an hour
 #: with DenseNet-BC-100 in it), on GPU a budget whose ranking is worth trusting (the paper trains 400).
 FINAL_EPOCHS = {"cpu": 2, "cuda": 100}
+#: Architectures retrained beyond the top K, spread over the search's ranking, so that the search score's fidelity to
+#: test accuracy rests on n >= 10 models (3 + 7 FractalNets, plus the search-stage baseline ResNet-20: n = 11 on CPU).
+#: Estimated, not measured: the CPU default's final stage took ~46 min, DenseNet-BC-100 30 of it and ResNet-20/56
+#: ~9, leaving ~2.5 min per (one-column) FractalNet; 7 more at 2.5-5 min (multi-column ones cost more) add 18-35 min,
+#: about an hour in all once DenseNet-BC-100 is faster.
+FINAL_SPREAD = 7
 #: Planning figure for the estimate printed at the start: training images/s of one single-threaded CPU worker on the
 #: default CPU space's networks, evaluation included. Measured: the default 200-trial search trained 2.19M images in
 #: 57 min with 2 workers on the shared 2-core machine (~320/s per worker); an idle machine is faster. The progress bar
@@ -69,13 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="Optuna worker processes against the storage (default: one per CPU core on CPU, 1 on GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per trial (default: cores / workers)")
+    p.add_argument("--sampler", default="tpe", metavar="{" + ",".join(SAMPLERS) + "}",
+                   help="tpe: Optuna's TPE; random: random search (the control TPE must beat). Recorded in the study; "
+                        "a study is resumed only with its own sampler")
     p.add_argument("--objective", default="accuracy", metavar="{" + ",".join(OBJECTIVES) + "}",
                    help="accuracy alone, or accuracy against params, flops or latency (multi-objective, no pruning)")
     p.add_argument("--baselines", default=None,
                    help=f"timm models trained to the top rung in the search, comma-separated, '' for none (default: "
                         f"{SEARCH_BASELINES['cpu']} on CPU, {SEARCH_BASELINES['cuda']} on GPU)")
     p.add_argument("--final-top", type=int, default=3,
-                   help="distinct FractalNet architectures retrained and tested after the search (0: no final stage)")
+                   help="distinct FractalNet architectures retrained and tested after the search (0: no final stage at "
+                        "all, neither spread architectures nor baselines)")
+    p.add_argument("--final-spread", type=int, default=FINAL_SPREAD,
+                   help="more top-rung architectures retrained beyond the top K, evenly spaced by rank over the rest, "
+                        "so the report's search-vs-test rank correlation has enough models")
     p.add_argument("--final-epochs", type=int, default=None,
                    help=f"passes over the training split in the final stage (default: {FINAL_EPOCHS['cpu']} on CPU, "
                         f"{FINAL_EPOCHS['cuda']} on GPU)")
@@ -152,6 +166,11 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     if args.final_top < 0 or args.final_seeds < 1 or (args.final_epochs is not None and args.final_epochs < 1):
         raise ValueError(f"--final-top {args.final_top}, --final-seeds {args.final_seeds} and --final-epochs "
                          f"{args.final_epochs} must be >= 0, >= 1 and >= 1")
+    if args.final_spread < 0:
+        raise ValueError(f"--final-spread {args.final_spread} must be >= 0")
+    if args.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {args.sampler!r}; expected one of {', '.join(SAMPLERS)} (Optuna's GP and "
+                         "CMA-ES samplers model only what every trial shares, not the conditional join dimensions)")
     input_size = _input_size(args.dataset, args.data_dir)
     base = SearchSpace.default(input_size, device)
     space = base if args.space is None else SearchSpace.from_file(args.space, input_size, base.to_dict())
@@ -182,9 +201,10 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
                       else args.gpus_per_trial)
     return SearchSettings(study=study, study_dir=study_dir.resolve(), storage_url=args.storage,
                           objective=args.objective, trials=args.trials, space=space,
-                          budget=budget, baselines=baselines, workers=workers, seed=args.seed,
+                          budget=budget, baselines=baselines, workers=workers, seed=args.seed, sampler=args.sampler,
                           dashboard=not args.no_dashboard, dashboard_port=args.dashboard_port,
-                          final=FinalSettings(top=args.final_top, seeds=args.final_seeds, baselines=final_baselines,
+                          final=FinalSettings(top=args.final_top, spread=args.final_spread, seeds=args.final_seeds,
+                                              baselines=final_baselines,
                                               epochs=args.final_epochs or FINAL_EPOCHS[device]),
                           heartbeat_s=args.heartbeat, ray=ray)
 
@@ -217,18 +237,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_optuna()
     try:
         settings = settings_from_args(args)
+        existing = _existing_study(settings)
+        if existing is not None:  # before anything is written: a study is resumed with its own sampler only
+            check_sampler(existing, settings.sampler)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
-    print(f"study {settings.study}: {settings.trials} trials, backend {args.backend}, objective {settings.objective},"
-          f" storage {storage_label(settings)}")
+    print(f"study {settings.study}: {settings.trials} trials, backend {args.backend}, sampler {settings.sampler}, "
+          f"objective {settings.objective}, storage {storage_label(settings)}")
     where = (f"{settings.workers} worker process(es)" if args.backend == "optuna" else
              f"{settings.ray.cpus_per_trial:g} CPU(s) and {settings.ray.gpus_per_trial:g} GPU(s) per Ray trial")
     print(f"per-trial budget: {settings.budget}; {where}")
     if OBJECTIVES[settings.objective] is not None:
         print("note: Optuna cannot prune multi-objective studies; every trial runs its full budget")
     print(_estimate(settings))
-    complete = _complete(settings)
+    complete = existing is not None and _complete(settings, existing)
     if complete:
         print(f"the search of study {settings.study} is already complete ({settings.trials} finished trials and every "
               "baseline); nothing to search. Raise --trials to search further.")
@@ -271,15 +294,15 @@ def _estimate(settings: SearchSettings) -> str:
         minutes = images / (CPU_IMAGES_PER_S * settings.workers) / 60
         line += f", estimated {minutes:.0f} min at ~{CPU_IMAGES_PER_S} images/s per worker (planning figure)"
     final = settings.final
-    if final.top or final.baselines:
-        line += (f"; then the final stage: {final.top} FractalNet(s) and {len(final.baselines)} baseline(s), "
-                 f"{final.epochs} epoch(s) each, {final.seeds} seed(s)")
+    if final.top:
+        line += (f"; then the final stage: {final.top} + {final.spread} FractalNet(s) (top, spread over the ranking) "
+                 f"and {len(final.baselines)} baseline(s), {final.epochs} epoch(s) each, {final.seeds} seed(s)")
     return line
 
 
 def _final(settings: SearchSettings, no_progress: bool) -> int:
-    """Run (or resume) the final stage; 130 after Ctrl-C, else 0."""
-    if not (settings.final.top or settings.final.baselines):
+    """Run (or resume) the final stage (none with ``--final-top 0``); 130 after Ctrl-C, else 0."""
+    if not settings.final.top:
         return 0
     from tqdm import tqdm
 
@@ -305,20 +328,25 @@ def _final(settings: SearchSettings, no_progress: bool) -> int:
     return 0
 
 
-def _complete(settings: SearchSettings) -> bool:
-    """Whether the study already has its ``--trials`` and every baseline (without creating a study that is absent)."""
+def _existing_study(settings: SearchSettings) -> Any:
+    """The study of ``settings`` if it exists already (an ``optuna.Study``), else None; creates nothing."""
     import optuna
 
-    from fractal_space.search.accounting import tally
     from fractal_space.search.storage import open_storage
 
     if settings.storage_url is None and not (settings.study_dir / "study.db").exists():
-        return False
+        return None
     try:
-        study = optuna.load_study(study_name=settings.study, storage=open_storage(
+        return optuna.load_study(study_name=settings.study, storage=open_storage(
             settings.storage_url, settings.study_dir, heartbeat_s=None))
     except KeyError:  # no such study yet
-        return False
+        return None
+
+
+def _complete(settings: SearchSettings, study: Any) -> bool:
+    """Whether the existing ``study`` already has its ``--trials`` and every baseline."""
+    from fractal_space.search.accounting import tally
+
     baselines = {t.user_attrs.get("model") for t in study.get_trials(deepcopy=False)
                  if t.user_attrs.get("kind") == "baseline" and not t.user_attrs.get("interrupted")}
     return tally(study)[0] >= settings.trials and set(settings.baselines) <= baselines

@@ -56,37 +56,67 @@ class FinalJob:
     seed: int
     trial: int | None
     search_val_acc: float | None
+    role: str = "top"  # "top" (the answer), "spread" (proxy fidelity) or "baseline"
+
+
+def ranked_architectures(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The best completed (top-rung) search trial of every distinct architecture, best first (validation accuracy;
+    ties in trial order, so the ranking of a finished study is the same on every call)."""
+    done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if is_search_trial(t) and t.values and "config" in t.user_attrs),
+                  key=lambda t: (-t.values[0], t.number))
+    chosen: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in done:
+        chosen.setdefault(architecture_name(t.user_attrs["config"]["model_kwargs"]), t)
+    return list(chosen.values())
 
 
 def distinct_architectures(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
     """The best completed search trial of each of the ``top`` best distinct architectures (by validation accuracy)."""
-    done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                   if is_search_trial(t) and t.values and "config" in t.user_attrs),
-                  key=lambda t: -t.values[0])
-    chosen: dict[str, optuna.trial.FrozenTrial] = {}
-    for t in done:
-        chosen.setdefault(architecture_name(t.user_attrs["config"]["model_kwargs"]), t)
-    return list(chosen.values())[:top]
+    return ranked_architectures(study)[:top]
+
+
+def spread_architectures(study: optuna.Study, top: int, spread: int) -> list[optuna.trial.FrozenTrial]:
+    """``spread`` more distinct architectures below the top ``top``, evenly spaced by rank from the next best to the
+    worst, so the search-vs-test correlation covers the search's whole score range, not only its winners (all of the
+    rest when there are no more than ``spread``)."""
+    rest = ranked_architectures(study)[top:]
+    if spread >= len(rest):
+        return rest
+    if spread <= 1:
+        return rest[(len(rest) - 1) // 2:][:spread]  # the median one
+    return [rest[(i * (len(rest) - 1) + (spread - 1) // 2) // (spread - 1)] for i in range(spread)]
 
 
 def plan(settings: SearchSettings, study: optuna.Study) -> list[FinalJob]:
-    """Every model of the final stage, FractalNets first, one job per seed."""
+    """Every model of the final stage, one job per seed: the top FractalNets, the baselines, then the spread ones
+    (the answer first; the fidelity measurement after it). None with ``top`` 0: that is no final stage."""
+    final = settings.final
+    if not final.top:
+        return []
     jobs = []
     baselines = {t.user_attrs.get("model"): t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if t.user_attrs.get("kind") == "baseline"}
-    for seed in range(settings.final.seeds):
-        suffix = f"_s{seed}" if settings.final.seeds > 1 else ""
-        for t in distinct_architectures(study, settings.final.top):
-            config = t.user_attrs["config"]
-            kwargs = config["model_kwargs"]
-            kept = {k: v for k, v in config["train"].items() if k in REGULARIZATION_FIELDS}
-            jobs.append(FinalJob(f"{architecture_name(kwargs)}_t{t.number:04d}{suffix}", "fractalnet", FRACTAL_MODEL,
-                                 kwargs, kept, seed, t.number, t.values[0]))
-        for model in settings.final.baselines:
+    top, spread = distinct_architectures(study, final.top), spread_architectures(study, final.top, final.spread)
+    for seed in range(final.seeds):
+        suffix = f"_s{seed}" if final.seeds > 1 else ""
+        jobs += [_fractal_job(t, seed, suffix, "top") for t in top]
+        for model in final.baselines:
             searched = baselines.get(model)
             jobs.append(FinalJob(f"{model}{suffix}", "baseline", model, {}, {}, seed,
-                                 searched.number if searched else None, searched.values[0] if searched else None))
+                                 searched.number if searched else None, searched.values[0] if searched else None,
+                                 "baseline"))
+        jobs += [_fractal_job(t, seed, suffix, "spread") for t in spread]
     return jobs
+
+
+def _fractal_job(t: optuna.trial.FrozenTrial, seed: int, suffix: str, role: str) -> FinalJob:
+    """A search trial's architecture retrained with its own searched regularisation."""
+    config = t.user_attrs["config"]
+    kwargs = config["model_kwargs"]
+    kept = {k: v for k, v in config["train"].items() if k in REGULARIZATION_FIELDS}
+    return FinalJob(f"{architecture_name(kwargs)}_t{t.number:04d}{suffix}", "fractalnet", FRACTAL_MODEL, kwargs, kept,
+                    seed, t.number, t.values[0], role)
 
 
 def read_results(final_dir: Path) -> pd.DataFrame:
@@ -109,7 +139,7 @@ def run_final(settings: SearchSettings, study: optuna.Study,
         if job.name in done:
             continue
         log.info("final stage: %s (%d/%d)", job.name, i + 1, len(jobs))
-        row = _train_and_export(settings, job, train, final_dir / job.name)
+        row = {**_train_and_export(settings, job, train, final_dir / job.name), "role": job.role}
         table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
         with atomic_path(final_dir / RESULTS) as tmp:
             table.to_parquet(tmp, index=False)

@@ -1,5 +1,5 @@
-"""The study lifecycle both backends share: open the study with its sampler and pruner, reap what dead workers left,
-train the baselines, queue the paper's reference point.
+"""The study lifecycle both backends share: open the study with its sampler (TPE or random search) and pruner, reap
+what dead workers left, train the baselines, queue the paper's reference point.
 """
 
 from __future__ import annotations
@@ -20,6 +20,19 @@ from fractal_space.search.storage import open_storage
 log = logging.getLogger("fractal_space.search")
 
 
+#: The samplers ``--sampler`` offers: both handle the conditional space (a C=1 trial samples no join dimensions).
+#: Optuna's GPSampler and CmaEsSampler model only the intersection of the trials' spaces and hand every conditional
+#: dimension (and, CMA-ES, every categorical one) to a random fallback; GPSampler also needs scipy and CmaEsSampler
+#: the ``cmaes`` package, neither a dependency.
+SAMPLERS = ("tpe", "random")
+
+
+def trial_seeds(seed: int, number: int) -> tuple[int, int]:
+    """Two seeds for trial ``number`` of a study seeded ``seed``: the model-based draw's and the random draw's."""
+    model, rand = np.random.SeedSequence([seed, number]).generate_state(2)
+    return int(model), int(rand)
+
+
 class TrialSeededTPE(optuna.samplers.TPESampler):
     """TPE whose random streams restart before each trial from ``(seed, trial number)``.
 
@@ -34,27 +47,58 @@ class TrialSeededTPE(optuna.samplers.TPESampler):
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self._base_seed is not None:
-            tpe, rand = np.random.SeedSequence([self._base_seed, trial.number]).generate_state(2)
-            self._rng.rng.seed(int(tpe))
-            self._random_sampler._rng.rng.seed(int(rand))  # noqa: SLF001 - its start-up (random) trials
+            tpe, rand = trial_seeds(self._base_seed, trial.number)
+            self._rng.rng.seed(tpe)
+            self._random_sampler._rng.rng.seed(rand)  # noqa: SLF001 - its start-up (random) trials
         super().before_trial(study, trial)
 
 
-def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
-    """The search's sampler, for the Optuna workers and Ray's searcher alike."""
-    return TrialSeededTPE(seed=seed)
+class TrialSeededRandom(optuna.samplers.RandomSampler):
+    """Random search seeded per trial like :class:`TrialSeededTPE`, from the same stream as TPE's start-up trials: with
+    one seed, the random and the TPE study draw the same first configurations and differ once TPE models the results.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__(seed=seed)
+        self._base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self._base_seed is not None:
+            self._rng.rng.seed(trial_seeds(self._base_seed, trial.number)[1])
+        super().before_trial(study, trial)
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The search's sampler (one of :data:`SAMPLERS`), for the Optuna workers and Ray's searcher alike."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+    return (TrialSeededTPE if name == "tpe" else TrialSeededRandom)(seed=seed)
+
+
+def check_sampler(study: optuna.Study, sampler: str) -> None:
+    """Record ``sampler`` in a new study (user attribute ``sampler``); refuse to go on with another one.
+
+    A study that predates the attribute was searched with TPE, the only sampler then.
+    """
+    recorded = study.user_attrs.get("sampler", "tpe" if study.get_trials(deepcopy=False) else None)
+    if recorded is None:
+        study.set_user_attr("sampler", sampler)
+    elif recorded != sampler:
+        raise ValueError(f"study {study.study_name!r} was searched with --sampler {recorded}, not {sampler}; resume it "
+                         f"with --sampler {recorded} or pick another --study")
 
 
 def create_study(name: str, storage: optuna.storages.BaseStorage, objective: str, seed: int | None,
-                 rungs: Rungs | None = None) -> optuna.Study:
-    """Create or load the study: TPE sampler; single-objective with ``rungs``: successive halving on their epochs."""
+                 rungs: Rungs | None = None, sampler: str = "tpe") -> optuna.Study:
+    """Create or load the study with ``sampler``; single-objective with ``rungs``: successive halving on them."""
     dirs = directions(objective)
     pruner = rungs.optuna_pruner() if rungs is not None and len(dirs) == 1 else optuna.pruners.NopPruner()
     study = optuna.create_study(study_name=name, storage=storage, directions=dirs, load_if_exists=True,
-                                sampler=make_sampler(seed), pruner=pruner)
+                                sampler=make_sampler(sampler, seed), pruner=pruner)
     if [d.name.lower() for d in study.directions] != dirs:
         raise ValueError(f"study {name!r} exists with directions {[d.name.lower() for d in study.directions]}, "
                          f"not {dirs} (objective {objective!r}); pick another --study")
+    check_sampler(study, sampler)
     study.set_metric_names(["val_acc"] + ([OBJECTIVES[objective]] if len(dirs) == 2 else []))
     return study
 
@@ -62,7 +106,8 @@ def create_study(name: str, storage: optuna.storages.BaseStorage, objective: str
 def load(settings: SearchSettings, heartbeat: bool = True) -> optuna.Study:
     """Open the storage and create or load the study of ``settings`` (``heartbeat=False`` for ask/tell users)."""
     storage = open_storage(settings.storage_url, settings.study_dir, settings.heartbeat_s if heartbeat else None)
-    return create_study(settings.study, storage, settings.objective, settings.seed, settings.budget.rungs)
+    return create_study(settings.study, storage, settings.objective, settings.seed, settings.budget.rungs,
+                        settings.sampler)
 
 
 def objective(settings: SearchSettings) -> Objective:

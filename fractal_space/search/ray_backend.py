@@ -84,7 +84,8 @@ class StudySearch(OptunaSearch):
         super().__init__(functools.partial(define_by_run, settings.space),
                          metric=["val_acc", metric] if metric else "val_acc",
                          mode=["max", "min"] if metric else "max",
-                         sampler=lifecycle.make_sampler(settings.seed), study_name=settings.study, storage=storage)
+                         sampler=lifecycle.make_sampler(settings.sampler, settings.seed), study_name=settings.study,
+                         storage=storage)
         self._objective = settings.objective
         self._study_dir = settings.study_dir
 

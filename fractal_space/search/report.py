@@ -22,12 +22,15 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from fractal_space.hardware import describe  # noqa: E402
+from fractal_space.search.fidelity import bootstrap_interval, kendall_tau, spearman  # noqa: E402
 from fractal_space.search.final import read_results  # noqa: E402
 from fractal_space.search.record import OBJECTIVES  # noqa: E402
 from fractal_space.search.retention import pareto  # noqa: E402
 from fractal_space.search.settings import SearchSettings  # noqa: E402
 
 MULTI_NOTE = "Optuna cannot prune multi-objective studies: every trial of this study ran its full budget."
+#: What benchmarks/search_efficiency.py measured (its scale, its finding), next to docs/search-efficiency.md.
+EFFICIENCY = Path(__file__).resolve().parents[2] / "docs" / "search-efficiency.json"
 COST_LABELS = {"latency_ms": "latency (ms / image, batch 1)", "params": "parameters", "flops": "FLOPs / image"}
 
 
@@ -154,9 +157,42 @@ def _final_section(final: pd.DataFrame, out_dir: Path) -> list[str]:
     return lines
 
 
-def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    rx, ry = pd.Series(x).rank(), pd.Series(y).rank()
-    return float(rx.corr(ry)) if len(rx) > 1 else math.nan
+def study_scale(settings: SearchSettings) -> dict[str, Any]:
+    """What makes two studies the same experiment for the sampler comparison: data, space, budget, trials, objective
+    (``benchmarks/search_efficiency.py`` stores its own next to its document; a study that matches may quote it)."""
+    rungs = settings.budget.rungs
+    return json.loads(json.dumps({
+        "dataset": settings.budget["dataset"], "objective": settings.objective, "trials": settings.trials,
+        "rungs": [rungs.min_images, rungs.levels, rungs.factor], "val_size": settings.budget["val_size"],
+        "train_subset": settings.budget["train_subset"], "space": settings.space.to_dict()}))
+
+
+def _sampler_evidence(settings: SearchSettings) -> str:
+    """The sampler's measured advantage over random search, if ``docs/search-efficiency.json`` measured this scale."""
+    measured = json.loads(EFFICIENCY.read_text()) if EFFICIENCY.exists() else None
+    if measured is not None and measured["scale"] == study_scale(settings):
+        return f"measured at this study's scale in docs/search-efficiency.md: {measured['finding']}"
+    where = (f"docs/search-efficiency.md measured it on a smaller study ({measured['summary']})" if measured else
+             "docs/search-efficiency.md has not been written here")
+    return f"not measured at this study's scale ({where})"
+
+
+def _fidelity(final: pd.DataFrame) -> str:
+    """Spearman and Kendall tau between search score and test accuracy (mean over seeds), with n and 90% intervals."""
+    ranked = final.dropna(subset=["search_val_acc"]).groupby(["architecture", "trial"], sort=False).agg(
+        search=("search_val_acc", "first"), test=("test_acc", "mean"))
+    x, y = list(ranked.search), list(ranked.test)
+    stats = []
+    for name, statistic in (("Spearman rho", spearman), ("Kendall tau", kendall_tau)):
+        low, high = bootstrap_interval(x, y, statistic)
+        stats.append(f"{name} {_fmt(statistic(x, y), '.2f')} (90% bootstrap interval {_fmt(low, '.2f')} .. "
+                     f"{_fmt(high, '.2f')})")
+    spread = int((final.get("role", pd.Series(dtype=object)) == "spread").sum())
+    note = (" With fewer than 10 models this says little; --final-spread adds architectures across the ranking."
+            if len(ranked) < 10 else "")
+    return (f"- Proxy fidelity: between the search's validation score and the final test accuracy of the retrained "
+            f"models with a search score (n = {len(ranked)}, {spread} of them spread over the ranking below the top): "
+            f"{'; '.join(stats)}.{note}")
 
 
 def _trust_section(df: pd.DataFrame, final: pd.DataFrame, settings: SearchSettings) -> list[str]:
@@ -177,13 +213,9 @@ def _trust_section(df: pd.DataFrame, final: pd.DataFrame, settings: SearchSettin
                      f"{train['lr']:g}, batch {train['batch_size']}, weight decay {train['weight_decay']:g}, cosine "
                      f"schedule, {settings.final.seeds} seed(s); FractalNets keep their searched regularisation. "
                      f"Training time summed: {final.train_seconds.sum() / 60:.1f} min.")
-        ranked = final.dropna(subset=["search_val_acc"]).groupby("name", sort=False).agg(
-            search=("search_val_acc", "first"), test=("test_acc", "mean"))
-        rho = _spearman(list(ranked.search), list(ranked.test))
-        lines.append(f"- Proxy fidelity: Spearman rank correlation between the search's validation score and the "
-                     f"final test accuracy of the retrained models: {_fmt(rho, '.2f')} (n = {len(ranked)}). "
-                     + ("With so few models this says little; more --final-top gives a firmer answer."
-                        if len(ranked) < 6 else ""))
+        lines.append(_fidelity(final))
+    lines.append(f"- Sampler: {settings.sampler}. Its advantage over random search for this space: "
+                 f"{_sampler_evidence(settings)}.")
     return [*lines, ""]
 
 

@@ -21,9 +21,12 @@ class RaySettings:
 
 @dataclass(frozen=True)
 class FinalSettings:
-    """The final stage: the ``top`` distinct FractalNet architectures and ``baselines``, ``epochs`` passes each."""
+    """The final stage: the ``top`` distinct FractalNet architectures, ``spread`` more across the search's ranking, and
+    ``baselines``, ``epochs`` passes each."""
 
     top: int = 3
+    #: Architectures beyond the top ``top``, spread evenly by rank over the rest, retrained to measure proxy fidelity.
+    spread: int = 0
     epochs: int = 2
     seeds: int = 1
     baselines: tuple[str, ...] = ()
@@ -43,6 +46,8 @@ class SearchSettings:
     baselines: tuple[str, ...] = ()
     workers: int = 1
     seed: int | None = 0
+    #: ``tpe`` or ``random`` (:data:`fractal_space.search.lifecycle.SAMPLERS`), recorded in the study.
+    sampler: str = "tpe"
     heartbeat_s: int = 30
     ray: RaySettings = field(default_factory=RaySettings)
     final: FinalSettings = field(default_factory=FinalSettings)
