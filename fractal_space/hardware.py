@@ -56,3 +56,23 @@ def _cpuinfo() -> list[str]:
             return f.read().splitlines()
     except OSError:
         return []
+
+
+def device_label(device: torch.device) -> str:
+    """The device a run trained on as records name it: ``cpu``, or ``cuda:<index> (<GPU name>)``."""
+    if device.type != "cuda":
+        return device.type
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Count the GPU memory peak from now on (see :func:`peak_memory_mb`); nothing to do on CPU."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The most GPU memory torch's tensors held since the last reset, in MiB (``torch.cuda.max_memory_allocated``);
+    None on CPU, where torch keeps no such count."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fractal_space.engine import Trainer
+from fractal_space.hardware import device_label, peak_memory_mb, reset_peak_memory, resolve_device
 from fractal_space.search.budget import Budget
 from fractal_space.search.record import TrialRecord
 
@@ -29,9 +30,10 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
     record; exceptions (TrainingDiverged, out of memory, ...) propagate so the backend can
     mark the trial FAIL with the reason.
     """
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     cfg = budget.config(model=model, model_kwargs=dict(config["model_kwargs"]),
                         out_dir=None if out_dir is None else str(out_dir), **config["train"])
+    reset_peak_memory(resolve_device(cfg.device))  # this trial's peak, not an earlier one's in the same worker
     trainer = Trainer(cfg)
     record: TrialRecord | None = None
     history: list[float] = []
@@ -46,7 +48,8 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
             epoch_seconds=float(report.epoch_seconds), wall_seconds=time.perf_counter() - started,
             params=int(trainer.num_params), flops=int(trainer.flops), num_columns=trainer.num_columns or None,
             column_val_acc=[float(c.acc) for c in report.columns],
-            column_latency_ms=[float(c.latency_ms) for c in report.columns], val_acc_history=list(history))
+            column_latency_ms=[float(c.latency_ms) for c in report.columns], val_acc_history=list(history),
+            device=device_label(trainer.device), started_at=started_at, peak_memory_mb=peak_memory_mb(trainer.device))
         on_epoch(record)
     if record is None:
         raise RuntimeError("the trainer yielded no epoch")

@@ -55,6 +55,12 @@ class TrialRecord:
     column_val_acc: list[float] = _col(pa.list_(pa.float64()), default_factory=list)
     column_latency_ms: list[float] = _col(pa.list_(pa.float64()), default_factory=list)
     val_acc_history: list[float] = _col(pa.list_(pa.float64()), default_factory=list)
+    #: Where the trial trained (``cpu``, ``cuda:0 (<GPU name>)``), when it started (Unix time, as its own process saw
+    #: it: with ``wall_seconds`` its interval, which shows how many trials ran at once) and its GPU memory peak in MiB
+    #: (``torch.cuda.max_memory_allocated``; None on CPU).
+    device: str = _col(pa.string(), default="")
+    started_at: float = _col(pa.float64(), default=math.nan)
+    peak_memory_mb: float | None = _col(pa.float64(), default=None)
 
     @property
     def finished_budget(self) -> bool:
