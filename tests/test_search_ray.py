@@ -128,3 +128,15 @@ def test_ray_search_ctrl_c_exits_130_and_leaves_nothing_running(tmp_path):
     assert proc.returncode == 130 and "re-run the same command to resume" in out
     trials = load_study(tmp_path, "ray-int").get_trials()
     assert finished(load_study(tmp_path, "ray-int")) and not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_gpu_trials_get_the_cores_shared_among_the_trials_the_gpus_fit():
+    """Every core for each trial (the old GPU default) let Ray run one quarter-GPU trial at a time."""
+    from fractal_space.search.cli import gpu_trial_cpus
+    from fractal_space.search.ray_backend import trials_at_once
+
+    assert gpu_trial_cpus(cores=16, gpus_per_trial=0.25, gpus=1) == 4.0
+    assert trials_at_once({"CPU": 16.0, "GPU": 1.0}, 4.0, 0.25) == 4
+    assert gpu_trial_cpus(16, 1.0, 1) == 16.0 and gpu_trial_cpus(16, 0.5, 2) == 4.0 and gpu_trial_cpus(2, 0.1, 1) == 1
+    assert gpu_trial_cpus(16, 0.0, 1) == 1.0  # a CPU-only trial on a GPU machine
+    assert trials_at_once({"CPU": 16.0, "GPU": 1.0}, 16.0, 0.25) == 1 and trials_at_once({"CPU": 2.0}, 1.0, 0.0) == 2

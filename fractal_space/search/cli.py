@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=int, default=30, help="RDB heartbeat seconds (dead workers' trials fail)")
     p.add_argument("--address", default=None, help="Ray: address of an existing cluster (default: start one)")
     p.add_argument("--cpus-per-trial", type=float, default=None,
-                   help="Ray: CPUs per trial (default: 1 on CPU, cores / workers with GPUs)")
+                   help="Ray: CPUs per trial (default: 1 on CPU; with GPUs --threads if given, else the cores shared "
+                        "among the trials the GPUs fit at once: 16 cores, 1 GPU, --gpus-per-trial 0.25 give 4)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="Ray: GPUs per trial, fractions allowed (default: 1 with --device cuda, else 0)")
     p.add_argument("--dashboard-port", type=int, default=None,
@@ -137,6 +139,7 @@ def _input_size(dataset: str, data_dir: str | None) -> int:
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     """Validate every argument and build the settings, before any trial (ValueError with one line otherwise)."""
     import timm
+    import torch
 
     import fractal_space  # noqa: F401  (registers the timm models)
     from fractal_space.data import resolve_data_root
@@ -195,10 +198,10 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     study_dir = Path(args.runs_dir) / study
     if args.storage is not None:  # fail now, not in a worker (the default SQLite file is only made by the search)
         open_storage(args.storage, study_dir, args.heartbeat)
-    ray = RaySettings(address=args.address,
-                      cpus_per_trial=args.cpus_per_trial or (1.0 if device == "cpu" else float(threads)),
-                      gpus_per_trial=(0.0 if device == "cpu" else 1.0) if args.gpus_per_trial is None
-                      else args.gpus_per_trial)
+    gpus_per_trial = (0.0 if device == "cpu" else 1.0) if args.gpus_per_trial is None else args.gpus_per_trial
+    cpus_per_trial = args.cpus_per_trial or (1.0 if device == "cpu" else float(args.threads) if args.threads else
+                                             gpu_trial_cpus(cores, gpus_per_trial, torch.cuda.device_count()))
+    ray = RaySettings(address=args.address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
     return SearchSettings(study=study, study_dir=study_dir.resolve(), storage_url=args.storage,
                           objective=args.objective, trials=args.trials, space=space,
                           budget=budget, baselines=baselines, workers=workers, seed=args.seed, sampler=args.sampler,
@@ -207,6 +210,18 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
                                               baselines=final_baselines,
                                               epochs=args.final_epochs or FINAL_EPOCHS[device]),
                           heartbeat_s=args.heartbeat, ray=ray)
+
+
+def gpu_trial_cpus(cores: int, gpus_per_trial: float, gpus: int) -> float:
+    """Ray's default CPUs per trial on a GPU machine: its cores shared among the trials its GPUs fit at once.
+
+    16 cores, 1 GPU, ``--gpus-per-trial 0.25``: 4 trials of 4 CPUs. Asking every core for each trial, as the default
+    did, let Ray start one trial at a time whatever the GPU fraction. A CPU-only trial (0 GPUs) gets 1 CPU.
+    """
+    if gpus_per_trial <= 0 or gpus < 1:
+        return 1.0
+    at_once = max(1, math.floor(gpus / gpus_per_trial + 1e-9))
+    return float(max(1, cores // at_once))
 
 
 def _models(text: str) -> tuple[str, ...]:

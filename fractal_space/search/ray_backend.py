@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -194,6 +195,17 @@ def _quiet_ray() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def trials_at_once(resources: dict[str, float], cpus: float, gpus: float) -> int:
+    """How many trials of ``cpus`` CPUs and ``gpus`` GPUs the cluster's ``resources`` fit at once.
+
+    Passed to Tune as ``max_concurrent_trials``: with a searcher of its own (ours), Ray 2.60 otherwise keeps one trial
+    pending at a time, so trials start one actor start-up after another and four quarter-GPU trials of a few seconds
+    never run together (``TUNE_MAX_PENDING_TRIALS_PG``, ``tune_controller._get_max_pending_trials``).
+    """
+    fits = [resources.get(name, 0.0) / want for name, want in (("CPU", cpus), ("GPU", gpus)) if want > 0]
+    return max(1, math.floor(min(fits) + 1e-9)) if fits else 1
+
+
 def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Study:
     """Run (or resume) the Ray search until the study has ``settings.trials`` finished search trials."""
     import ray
@@ -222,7 +234,8 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
             searcher = StudySearch(settings, open_storage(settings.storage_url, settings.study_dir, heartbeat_s=None))
             tuner = tune.Tuner(
                 fn,
-                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining),
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+                                            max_concurrent_trials=trials_at_once(ray.cluster_resources(), cpus, gpus)),
                 run_config=tune.RunConfig(name=f"run-{len(previous):03d}", storage_path=str(root), verbose=0,
                                           log_to_file=True),
             )

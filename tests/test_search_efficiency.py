@@ -1,0 +1,75 @@
+"""benchmarks/search_efficiency.py: how a run's trials become a best-so-far curve over training images, the common
+budget's comparison and the verdict; the --quick run end to end (slow) through the real CLI, resumed."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("search_efficiency", REPO_ROOT / "benchmarks" / "search_efficiency.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules["search_efficiency"] = bench
+spec.loader.exec_module(bench)
+
+
+def _trials(rows):
+    """trials.parquet rows (state, epochs_run, val_acc) in finishing order, plus a baseline that must not count."""
+    t0 = pd.Timestamp("2026-01-01")
+    df = pd.DataFrame([{"number": i, "kind": "fractalnet", "state": s, "epochs_run": e, "val_acc": a,
+                        "datetime_complete": t0 + pd.Timedelta(seconds=i)} for i, (s, e, a) in enumerate(rows)])
+    baseline = {"number": 99, "kind": "baseline", "state": "COMPLETE", "epochs_run": 27, "val_acc": 0.99,
+                "datetime_complete": t0}
+    return pd.concat([df, pd.DataFrame([baseline])], ignore_index=True).sample(frac=1, random_state=0)
+
+
+def test_curve_counts_every_trials_images_and_only_top_rung_scores():
+    run = bench.curve(_trials([("COMPLETE", 9, 0.30), ("PRUNED", 1, 0.90), ("FAIL", None, math.nan),
+                               ("PRUNED", 3, 0.50), ("COMPLETE", 9, 0.40), ("COMPLETE", 9, 0.35)]), 100)
+    assert run.images.tolist() == [900, 1000, 1000, 1300, 2200, 3100]
+    assert run.best.tolist() == [0.30, 0.30, 0.30, 0.30, 0.40, 0.40]  # a pruned trial's 0.90 is a lower rung's
+    assert bench.best_at(run, 999) == 0.30 and bench.best_at(run, 2200) == 0.40 and math.isnan(bench.best_at(run, 5))
+    assert bench.images_to_reach(run, 0.38) == 2200 and math.isnan(bench.images_to_reach(run, 0.5))
+    other = bench.curve(_trials([("PRUNED", 1, 0.2), ("COMPLETE", 9, 0.2)]), 100)
+    median, low, high = bench.band([run, other], np.array([50.0, 1000.0, 3000.0]))
+    assert math.isnan(median[0]) and (low[1], high[1]) == (0.2, 0.3) and median[2] == pytest.approx(0.3)
+
+
+def test_verdict_names_the_winner_only_when_the_seeds_separate_it_even_if_it_is_random_search():
+    clear = bench.verdict({"tpe-sh": [0.40, 0.41, 0.42], "random-sh": [0.45, 0.46, 0.47], "random-full": [0.3] * 3})
+    assert clear.startswith("Random + successive halving wins at this scale") and "5.0 points" in clear
+    overlap = bench.verdict({"tpe-sh": [0.40, 0.45, 0.50], "random-sh": [0.41, 0.44, 0.46],
+                             "random-full": [0.3, 0.4, 0.42]})
+    assert overlap.startswith("No method wins at this scale: TPE + successive halving leads") and "overlap" in overlap
+
+
+def test_the_cpu_scale_keeps_the_default_rungs_shape_and_equal_images_for_the_no_early_stopping_control(tmp_path):
+    cpu = bench.SCALES["cpu"]
+    assert (cpu.rungs, cpu.top, cpu.full_trials, cpu.seeds) == (4, 8_100, 3, 3)  # 27 x 900 = 3 x 8,100 images
+    full = bench.cli_args("random-full", 2, cpu, tmp_path, "cifar10")
+    sh = bench.cli_args("tpe-sh", 2, cpu, tmp_path, "cifar10")
+    arg = lambda args, flag: args[args.index(flag) + 1]  # noqa: E731
+    assert [arg(full, f) for f in ("--sampler", "--trials", "--rung-images", "--rungs", "--seed")] == \
+        ["random", "3", "8100", "1", "2"]
+    assert [arg(sh, f) for f in ("--sampler", "--trials", "--rung-images", "--rungs")] == ["tpe", "27", "300", "4"]
+    assert arg(sh, "--final-top") == "1" and arg(sh, "--final-spread") == "0"
+
+
+@pytest.mark.slow
+def test_quick_run_writes_the_document_and_a_rerun_reuses_every_run(tmp_path, capsys):
+    argv = ["--quick", "--out-dir", str(tmp_path / "out"), "--doc", str(tmp_path / "doc" / "search-efficiency.md")]
+    assert bench.main(argv) == 0
+    text = (tmp_path / "doc" / "search-efficiency.md").read_text()
+    for heading in ("Smoke test (`--quick`), not a result", "**Finding.**", "## Results", "## Every run",
+                    "Images TPE needed", "## Wall time", "search-efficiency.png"):
+        assert heading in text
+    assert (tmp_path / "doc" / "search-efficiency.png").stat().st_size > 1000
+    capsys.readouterr()
+    before = (tmp_path / "out" / "runs" / "tpe-sh-s0" / "trials.parquet").read_bytes()
+    assert bench.main(argv) == 0
+    assert "3 runs (3 finished before, reused)" in capsys.readouterr().out
+    assert (tmp_path / "out" / "runs" / "tpe-sh-s0" / "trials.parquet").read_bytes() == before
