@@ -2,17 +2,20 @@
 
 Same architecture, widths and FLOPs as ``fractal_space``'s FractalNet (flat mean joins, correct local and global
 drop-path), but every column is always computed, joins stack their inputs, and drop masks are built on the host
-for each join and then applied to the stacked outputs. Only the benchmark uses it.
+for each join and then applied to the stacked outputs. Only the benchmarks use it: ``bench_model.py`` builds it
+directly, ``gpu_check.py`` trains it through the engine as the timm model ``public_fractalnet`` (registered when this
+module is imported, never by ``import fractal_space``).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
+from timm.models import register_model
 
 
 def _conv_unit(in_chs: int, out_chs: int) -> nn.Sequential:
@@ -65,10 +68,10 @@ class PublicFractalBlock(nn.Module):
 class PublicFractalNet(nn.Module):
     def __init__(self, num_classes: int = 10, num_columns: int = 4, widths: Sequence[int] = (16, 32, 64, 128, 128),
                  drop_path_rate: float = 0.15, global_drop_fraction: float = 0.5,
-                 block_dropout: Optional[Sequence[float]] = None):
+                 block_dropout: Optional[Sequence[float]] = None, in_chans: int = 3):
         super().__init__()
         block_dropout = block_dropout or [0.0] * len(widths)
-        chans = [3, *widths]
+        chans = [in_chans, *widths]
         self.blocks = nn.ModuleList([PublicFractalBlock(chans[i], chans[i + 1], num_columns, block_dropout[i])
                                      for i in range(len(widths))])
         self.num_columns = num_columns
@@ -83,3 +86,13 @@ class PublicFractalNet(nn.Module):
         for block in self.blocks:
             x = block(x, global_col, self.drop_path_rate)
         return self.fc(x.mean((2, 3)))
+
+
+@register_model
+def public_fractalnet(pretrained: bool = False, **kwargs: Any) -> PublicFractalNet:
+    """The public-style FractalNet as a timm model, so the engine's ``Trainer`` trains it like any other."""
+    if pretrained:
+        raise ValueError("public_fractalnet has no pretrained weights")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    return PublicFractalNet(**kwargs)
