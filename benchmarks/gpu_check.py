@@ -48,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 STEPS = ("families", "throughput", "ray", "optuna", "final")
 SIDE = 224  # fractalnet34's input side
+SMALL_BLOCKS = 2  # FractalNet blocks in the dry run
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def _nan(value: Any) -> bool:
 
 
 def small_kwargs(model: str) -> dict[str, Any]:
-    """Widths of a few channels for any registered family (built on the meta device to read its shape)."""
+    """The dry run's size of any registered family: 4-channel widths, 2 FractalNet blocks, 2 layers per dense block
+    (each variant keeps what defines it: its columns, its stem; built on the meta device to read its shape)."""
     import timm
     import torch
 
@@ -157,11 +159,9 @@ def small_kwargs(model: str) -> dict[str, Any]:
     if isinstance(net, ResNetCifar):
         return {"channels": (4,) * len(net.stages)}
     if isinstance(net, DenseNetCifar):
-        return {"growth_rate": 2}
-    if hasattr(net, "num_blocks"):  # FractalNet, its plain column network, the public-style FractalNet
-        return {"widths": (4,) * net.num_blocks, "stem_width": 8}
-    if hasattr(net, "blocks"):
-        return {"widths": (4,) * len(net.blocks)}
+        return {"growth_rate": 2, "block_depth": 2}
+    if hasattr(net, "num_blocks"):  # FractalNet and its plain column network
+        return {"num_blocks": SMALL_BLOCKS, "widths": (4,) * SMALL_BLOCKS, "stem_width": 8}
     raise ValueError(f"no small size known for {model!r}")
 
 
@@ -197,9 +197,11 @@ def _train_config(ctx: Context, model: str, **fields: Any) -> Any:
     """The check's recipe: bf16 autocast and channels_last on the check's device, no bars, no downloads."""
     from fractal_space.engine import TrainConfig
 
-    base = dict(model=model, model_kwargs=ctx.model_kwargs(model), dataset=ctx.dataset, data_dir=ctx.data_dir,
-                device=ctx.sizes.device, amp="bf16", channels_last=True, val_size=ctx.sizes.val_size,
-                bn_batches=ctx.sizes.bn_batches, progress=False, download=False)
+    base = dict(model=model, dataset=ctx.dataset, data_dir=ctx.data_dir, device=ctx.sizes.device, amp="bf16",
+                channels_last=True, val_size=ctx.sizes.val_size, bn_batches=ctx.sizes.bn_batches, progress=False,
+                download=False)
+    if "model_kwargs" not in fields:
+        base["model_kwargs"] = ctx.model_kwargs(model)
     return TrainConfig(**{**base, **fields})
 
 
@@ -252,12 +254,13 @@ def throughput_variants(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
 
     widths = {"c4": REDUCED_WIDTHS, "20layer": PAPER_WIDTHS}
     if ctx.sizes.small_models:
-        widths = {k: (4,) * len(v) for k, v in widths.items()}
-    public = dict(PAPER.regularization(len(REDUCED_WIDTHS)))  # the drop-path the engine gives fractal_space's nets
+        widths = {k: (4,) * SMALL_BLOCKS for k in widths}
+    blocks = len(widths["c4"])
+    public = dict(PAPER.regularization(blocks))  # the drop-path the engine gives fractal_space's nets
     return [
-        ("fractalnet_c4", "fractalnet_c4", {"widths": widths["c4"]}),
+        ("fractalnet_c4", "fractalnet_c4", {"num_blocks": blocks, "widths": widths["c4"]}),
         ("public C=4", "public_fractalnet", {"num_columns": 4, "widths": widths["c4"], **public}),
-        ("fractalnet20_cifar", "fractalnet20_cifar", {"widths": widths["20layer"]}),
+        ("fractalnet20_cifar", "fractalnet20_cifar", {"num_blocks": blocks, "widths": widths["20layer"]}),
         ("public 20-layer", "public_fractalnet", {"num_columns": 3, "widths": widths["20layer"], **public}),
         ("resnet56_cifar", "resnet56_cifar", ctx.model_kwargs("resnet56_cifar")),
         ("densenet_bc100_cifar", "densenet_bc100_cifar", ctx.model_kwargs("densenet_bc100_cifar")),
