@@ -1,7 +1,8 @@
 """Is the search worth running? TPE against random search at the same training images; writes docs/search-efficiency.md.
 
 Three methods, each a real ``search/run.py`` study (Optuna backend, one single-threaded worker) over the default CPU
-search space, at a CPU-feasible scale (the default's rungs shape, 4 rungs x3, at 200 images instead of 3,500):
+search space, at a CPU-feasible scale (successive halving x3 like the default, on 3 rungs of 300 images x3^k
+instead of 4 of 3,500):
 
 - ``tpe-sh``: TPE with successive halving (the search's default),
 - ``random-sh``: random search with the same successive halving,
@@ -70,6 +71,8 @@ class Scale:
     val_size: int
     seeds: int
     final_epochs: int = 1
+    #: The final stage tests on the first ``test_images`` of the test split (None: all 10,000).
+    test_images: int | None = None
 
     @property
     def top(self) -> int:
@@ -85,12 +88,15 @@ class Scale:
 
 
 SCALES = {
-    # 27 trials: 27 -> 9 -> 3 -> 1 expected per rung; the top rung is 5,400 images, one pass over the subset. Every
-    # epoch also validates and, for a multi-column net, re-estimates batch norm (bn_batches training batches): on the
-    # shared machine the paper's reference net, trial 0 of every study, took ~27 s per 500-image epoch with the
-    # default 10 batches, mostly that fixed cost, so the benchmark re-estimates on 2 (BN_BATCHES).
-    "cpu": Scale(trials=27, rung_images=200, rungs=4, train_subset=5_400, val_size=300, seeds=3),
-    "quick": Scale(trials=4, rung_images=50, rungs=2, train_subset=150, val_size=100, seeds=1),
+    # 27 trials on 3 rungs: 27 -> 9 -> 3 expected per rung; the top rung is 2,700 images, one pass over the subset.
+    # Sized on the shared machine (load 10-16 on 2 cores from the other developers' jobs): every epoch validates
+    # and, for a multi-column net, re-estimates batch norm, a fixed cost near that of training the epoch's images.
+    # Measured there: at 4 rungs of 200 images a multi-column trial took ~300 s to the top rung (27 epochs) and one
+    # study ~30 min, so the 9 studies would have taken ~2 h; one rung fewer cuts a top-rung trial to 9 epochs. Batch
+    # norm is re-estimated on 2 batches (BN_BATCHES), and the final stage tests on 2,000 test images (its 10,000
+    # with every column evaluated cost minutes per model there).
+    "cpu": Scale(trials=27, rung_images=300, rungs=3, train_subset=2_700, val_size=300, seeds=3, test_images=2_000),
+    "quick": Scale(trials=4, rung_images=50, rungs=2, train_subset=150, val_size=100, seeds=1, test_images=500),
 }
 
 
@@ -110,6 +116,25 @@ def cli_args(method: str, seed: int, scale: Scale, runs_dir: Path, dataset: str)
             "--train-subset", str(scale.train_subset), "--val-size", str(scale.val_size), "--baselines", "",
             "--workers", "1", "--threads", "1", "--final-top", "1", "--final-spread", "0", "--final-baselines", "",
             "--final-epochs", str(scale.final_epochs), "--no-dashboard", "--no-progress"]
+
+
+def dataset_with_test_subset(dataset: str, test_images: int | None, out_dir: Path) -> str:
+    """``dataset`` itself, or a ``parquet:`` copy of it (CIFAR-10's Parquet files) whose test split is its first
+    ``test_images`` images; the training split is the same file, linked."""
+    if test_images is None:
+        return dataset
+    import pyarrow.parquet as pq
+
+    from fractal_space.data import resolve_data_root
+
+    source, folder = resolve_data_root() / dataset, out_dir / "data"
+    if not (folder / "test.parquet").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "train.parquet").unlink(missing_ok=True)
+        (folder / "train.parquet").symlink_to(source / "train.parquet")
+        pq.write_table(pq.read_table(source / "test.parquet").slice(0, test_images), folder / "test.tmp.parquet")
+        (folder / "test.tmp.parquet").rename(folder / "test.parquet")
+    return f"parquet:{folder}"
 
 
 def run_one(method: str, seed: int, scale: Scale, runs_dir: Path, dataset: str, core: int | None) -> float:
@@ -271,7 +296,8 @@ def write_doc(results: list[RunResult], scale: Scale, name: str, command: str, w
               "search's (both samplers seed each trial's draw by seed and trial number), so the methods differ only "
               "where TPE models the results.",
               f"- Each run's best architecture retrained by the CLI's final stage: {scale.final_epochs} pass(es) over "
-              "the training subset with the reference recipe, tested once on the 10,000 test images.",
+              "the training subset with the reference recipe, tested once on "
+              + (f"the first {scale.test_images:,} test images." if scale.test_images else "the 10,000 test images."),
               f"- Common budget for the comparison: {budget:,.0f} training images, the least any run saw (Optuna's "
               "asynchronous successive halving promotes more trials early on than the expected third, so runs differ "
               "a little in total images).", "",
@@ -347,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = (args.out_dir or Path("runs/search-efficiency") / name).resolve()
     doc = args.doc or (out_dir / "search-efficiency.md" if args.quick else REPO / "docs" / "search-efficiency.md")
     runs_dir = out_dir / "runs"
+    dataset = dataset_with_test_subset(args.dataset, scale.test_images, out_dir)
     runs = [(m, s) for s in range(scale.seeds) for m in METHODS]
     todo = [(m, s) for m, s in runs if not (runs_dir / f"{m}-s{s}" / "bench.json").exists()]
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [None]
@@ -363,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         core = free.get()  # one study per core: the final stage uses every core the process may run on
         try:
             print(f"  start {method} seed {seed} (core {core})", flush=True)
-            seconds = run_one(method, seed, scale, runs_dir, args.dataset, core)
+            seconds = run_one(method, seed, scale, runs_dir, dataset, core)
             write_atomic(runs_dir / f"{method}-s{seed}" / "bench.json", json.dumps({"wall_seconds": seconds}))
         finally:
             free.put(core)
@@ -386,8 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()] if ledger.exists() else []
     results = [collect(m, s, scale, runs_dir) for m, s in runs]
     command = " ".join(["python benchmarks/search_efficiency.py", *argv])
-    finding = write_doc(results, scale, name, command, wall, doc, study_scale_of("tpe-sh", scale, runs_dir,
-                                                                                 args.dataset))
+    finding = write_doc(results, scale, name, command, wall, doc, study_scale_of("tpe-sh", scale, runs_dir, dataset))
     print(f"{finding}\nwrote {doc}", flush=True)
     return 0
 

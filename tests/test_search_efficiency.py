@@ -49,13 +49,13 @@ def test_verdict_names_the_winner_only_when_the_seeds_separate_it_even_if_it_is_
 
 def test_the_cpu_scale_keeps_the_default_rungs_shape_and_equal_images_for_the_no_early_stopping_control(tmp_path):
     cpu = bench.SCALES["cpu"]
-    assert (cpu.rungs, cpu.top, cpu.full_trials, cpu.seeds) == (4, 5_400, 3, 3)  # 27 x 600 = 3 x 5,400 images
+    assert (cpu.rungs, cpu.top, cpu.full_trials, cpu.seeds) == (3, 2_700, 7, 3)  # 27 x 700 = 7 x 2,700 images
     full = bench.cli_args("random-full", 2, cpu, tmp_path, "cifar10")
     sh = bench.cli_args("tpe-sh", 2, cpu, tmp_path, "cifar10")
     arg = lambda args, flag: args[args.index(flag) + 1]  # noqa: E731
     assert [arg(full, f) for f in ("--sampler", "--trials", "--rung-images", "--rungs", "--seed")] == \
-        ["random", "3", "5400", "1", "2"]
-    assert [arg(sh, f) for f in ("--sampler", "--trials", "--rung-images", "--rungs")] == ["tpe", "27", "200", "4"]
+        ["random", "7", "2700", "1", "2"]
+    assert [arg(sh, f) for f in ("--sampler", "--trials", "--rung-images", "--rungs")] == ["tpe", "27", "300", "3"]
     assert arg(sh, "--final-top") == "1" and arg(sh, "--final-spread") == "0"
     assert (tmp_path / "space.yaml").read_text().startswith("bn_batches: 2")
     assert arg(sh, "--space") == arg(full, "--space") == str(tmp_path / "space.yaml")

@@ -359,9 +359,7 @@ class Trainer:
         network (``model.extract_column(k)``, no shared tensors), its statistics re-estimated through that column
         alone, and its accuracy and batch-1 latency measured as deployed.
         """
-        loader = {"val": self.val_loader, "test": self.test_loader}.get(split)
-        if loader is None:
-            raise ValueError(f"no {split!r} split for dataset {self.cfg.dataset!r}")
+        loader = self._loader(split)
         if self.num_columns:
             from fractal_space.anytime import reestimate_bn_stats
 
@@ -377,6 +375,17 @@ class Trainer:
                 report.columns.append(ColumnReport(k, col_acc, measure_latency(column, self.input_size)))
         self.model.train()
         return report
+
+    def _loader(self, split: str) -> BatchLoader:
+        loader = {"val": self.val_loader, "test": self.test_loader}.get(split)
+        if loader is None:
+            raise ValueError(f"no {split!r} split for dataset {self.cfg.dataset!r}")
+        return loader
+
+    def accuracy(self, model: nn.Module, split: str = "val") -> tuple[float, float]:
+        """Loss and accuracy on ``split`` of another model on this run's data (a sub-fractal extracted from this run's
+        supernet), measured as :meth:`evaluate` measures this run's model."""
+        return self._accuracy(model, self._loader(split))
 
     def test(self) -> EvalReport:
         """Test-set accuracy (+ per-column for FractalNet); for final reporting only, never for selection."""

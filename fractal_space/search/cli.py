@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from fractal_space.search.console import Progress, quiet_optuna
-from fractal_space.search.lifecycle import SAMPLERS, check_sampler
+from fractal_space.search.lifecycle import SAMPLERS, check_sampler, check_strategy
 from fractal_space.search.record import OBJECTIVES, first_line
-from fractal_space.search.settings import FinalSettings, RaySettings, SearchSettings
+from fractal_space.search.settings import STRATEGIES, FinalSettings, RaySettings, SearchSettings
 from fractal_space.search.storage import default_url
 
 #: Baselines of the final stage (retrained with the winners, tested). The search stage trains them to its top rung too,
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="data root (default: $FRACTAL_SPACE_DATA or ~/.cache)")
     p.add_argument("--backend", default="optuna", metavar="{" + ",".join(BACKENDS) + "}",
                    help="optuna: --workers processes sharing the storage; ray: Ray Tune with ASHA")
+    p.add_argument("--strategy", default="multitrial", metavar="{" + ",".join(STRATEGIES) + "}",
+                   help="multitrial: every trial trained from scratch; oneshot: one FractalNet supernet trained on the "
+                        "multi-trial search's image budget, then --trials sub-fractals scored on its weights (Optuna "
+                        "backend only)")
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL (postgresql://..., sqlite:///..., journal:<file>); "
                         "default: SQLite at runs/<study>/study.db")
@@ -153,6 +157,11 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         raise ValueError(f"unknown backend {args.backend!r}; expected one of {', '.join(BACKENDS)}")
     if args.objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {args.objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    if args.strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {args.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    if args.strategy == "oneshot" and args.backend == "ray":
+        raise ValueError("--strategy oneshot runs on the Optuna backend only (one supernet run, then evaluations of "
+                         "seconds each: nothing for Ray to schedule); drop --backend ray")
     ray_only = [flag for flag, value in (("--address", args.address), ("--cpus-per-trial", args.cpus_per_trial),
                                          ("--gpus-per-trial", args.gpus_per_trial)) if value is not None]
     if ray_only and args.backend != "ray":
@@ -177,7 +186,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     input_size = _input_size(args.dataset, args.data_dir)
     base = SearchSpace.default(input_size, device)
     space = base if args.space is None else SearchSpace.from_file(args.space, input_size, base.to_dict())
-    study = args.study or f"fractal-{re.sub(r'[^A-Za-z0-9_.-]+', '-', args.dataset)}-{args.objective}"
+    study = args.study or (f"fractal-{re.sub(r'[^A-Za-z0-9_.-]+', '-', args.dataset)}-{args.objective}"
+                           + ("-oneshot" if args.strategy == "oneshot" else ""))
     data_dir = str(resolve_data_root(args.data_dir))  # absolute, so Ray workers and other processes agree
     # On CPU, one single-threaded trial per core: small convolutions scale badly over threads, and on a shared
     # machine two threads per op measured 10-20x slower (and latencies 70x noisier) than one.
@@ -209,7 +219,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
                           final=FinalSettings(top=args.final_top, spread=args.final_spread, seeds=args.final_seeds,
                                               baselines=final_baselines,
                                               epochs=args.final_epochs or FINAL_EPOCHS[device]),
-                          heartbeat_s=args.heartbeat, ray=ray)
+                          heartbeat_s=args.heartbeat, ray=ray, strategy=args.strategy)
 
 
 def gpu_trial_cpus(cores: int, gpus_per_trial: float, gpus: int) -> float:
@@ -255,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         existing = _existing_study(settings)
         if existing is not None:  # before anything is written: a study is resumed with its own sampler only
             check_sampler(existing, settings.sampler)
+            check_strategy(existing, settings.strategy)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
@@ -283,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if backend.TOKEN_FILE.exists():
             print(f"Ray uses token authentication: the dashboard's API wants the token in {backend.TOKEN_FILE}, and "
                   f"`ray status` needs it too: RAY_AUTH_MODE=token ray status --address {address}", flush=True)
+    elif settings.strategy == "oneshot":
+        from fractal_space.search import oneshot as backend
     else:
         from fractal_space.search import optuna_backend as backend
     if not complete:
@@ -305,6 +318,10 @@ def _estimate(settings: SearchSettings) -> str:
     images = rungs.expected_images(settings.trials) + len(settings.baselines) * rungs.images[-1]
     line = (f"search stage: about {images:,} training images ({settings.trials} trials under successive halving, "
             f"{len(settings.baselines)} baseline(s) to the top rung)")
+    if settings.strategy == "oneshot":
+        line = (f"search stage: about {images:,} training images (one supernet on the budget of {settings.trials} "
+                f"multi-trial trials, {len(settings.baselines)} baseline(s) to the top rung), then {settings.trials} "
+                "sub-fractals scored on its weights")
     if settings.budget["device"] == "cpu":
         minutes = images / (CPU_IMAGES_PER_S * settings.workers) / 60
         line += f", estimated {minutes:.0f} min at ~{CPU_IMAGES_PER_S} images/s per worker (planning figure)"

@@ -161,9 +161,10 @@ def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, 
     latency_batch = measure_latency(model, trainer.input_size, batch_size=cfg.batch_size)
     export_model(model, folder, data=trainer.data)
     column_load = []
-    if trainer.num_columns > 1:  # each column alone, with batch-norm statistics re-estimated for it
+    columns = model.anytime_columns() if trainer.num_columns else []  # a sub-fractal's: kept in every block
+    if len(columns) > 1:  # each column alone, with batch-norm statistics re-estimated for it
         bn_batches = trainer.bn_inputs()
-        for k in range(1, trainer.num_columns + 1):
+        for k in columns:
             column_load.append(load_line(export_column(model, k, folder / "columns" / f"column{k}", bn_batches,
                                                        data=trainer.data)))
     history = trainer.history

@@ -88,6 +88,20 @@ def check_sampler(study: optuna.Study, sampler: str) -> None:
                          f"with --sampler {recorded} or pick another --study")
 
 
+def check_strategy(study: optuna.Study, strategy: str) -> None:
+    """Record ``strategy`` (multitrial or oneshot) in a new study; refuse to go on with another one.
+
+    A study with search trials and no record was searched multi-trial, the only strategy then.
+    """
+    searched = any(t.user_attrs.get("kind") == "fractalnet" for t in study.get_trials(deepcopy=False))
+    recorded = study.user_attrs.get("strategy", "multitrial" if searched else None)
+    if recorded is None:
+        study.set_user_attr("strategy", strategy)
+    elif recorded != strategy:
+        raise ValueError(f"study {study.study_name!r} was searched with --strategy {recorded}, not {strategy}; resume "
+                         f"it with --strategy {recorded} or pick another --study")
+
+
 def create_study(name: str, storage: optuna.storages.BaseStorage, objective: str, seed: int | None,
                  rungs: Rungs | None = None, sampler: str = "tpe") -> optuna.Study:
     """Create or load the study with ``sampler``; single-objective with ``rungs``: successive halving on them."""

@@ -9,6 +9,10 @@ from typing import Any
 from fractal_space.search.budget import Budget
 from fractal_space.space import SearchSpace
 
+#: How a search spends its budget: multitrial trains every trial from scratch; oneshot trains one FractalNet supernet
+#: and scores sub-fractals on its weights (:mod:`fractal_space.search.oneshot`).
+STRATEGIES = ("multitrial", "oneshot")
+
 
 @dataclass(frozen=True)
 class RaySettings:
@@ -46,6 +50,8 @@ class SearchSettings:
     baselines: tuple[str, ...] = ()
     workers: int = 1
     seed: int | None = 0
+    #: multitrial (every trial trained from scratch) or oneshot (one supernet, sub-fractals scored on its weights)
+    strategy: str = "multitrial"
     #: ``tpe`` or ``random`` (:data:`fractal_space.search.lifecycle.SAMPLERS`), recorded in the study.
     sampler: str = "tpe"
     heartbeat_s: int = 30

@@ -1,0 +1,168 @@
+"""One-shot search (``--strategy oneshot``): one FractalNet supernet trained once, then its sub-fractals searched.
+
+FractalNet trained with drop-path already trains the sub-networks it can drop to, which is weight-sharing one-shot
+architecture search (Bender et al. 2018; uniform single-path sampling as in SPOS, Guo et al. 2019). Here:
+
+1. **Supernet.** The space's reference recipe at its largest B and C (widths from the reference base and growth) is
+   trained as one engine run in ``<study>/supernet/`` (checkpointed every epoch, so a killed run resumes) with
+   ``supernet_sampling='uniform'``: each batch draws per block a uniform non-empty column subset, and the recipe's
+   drop-path (and warm-up) acts inside it. Its budget is the training images the multi-trial search of the same
+   ``--trials`` would spend (``Rungs.expected_images``), in epochs of the lowest rung's size.
+2. **Sub-fractal search.** The study's sampler picks per block a column subset (``paths_<i>``, 2^C - 1 choices
+   each: 15^5 sub-fractals for C=4, B=5); each trial inherits the supernet's weights
+   (:meth:`FractalNet.extract_paths`), re-estimates batch norm on ``bn_batches`` training batches through the
+   sub-fractal alone and is scored on the validation split with the study's objective. Trials are ordinary search
+   trials of the study (same record, ``trials.parquet``, report), so the final stage retrains the top K distinct
+   sub-fractals from scratch beside the baselines.
+
+Only the Optuna backend runs it (the CLI refuses ``--backend ray``): the supernet is one run, and evaluations take
+seconds each, so there is nothing for a Ray cluster to schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from itertools import combinations
+from typing import Any
+
+import optuna
+
+from fractal_space.engine import TrainConfig, Trainer
+from fractal_space.hardware import usable_cpus
+from fractal_space.metrics import count_flops, count_params, measure_latency
+from fractal_space.search import interrupt, lifecycle
+from fractal_space.search.accounting import reap_stale, tally
+from fractal_space.search.faults import fault_point
+from fractal_space.search.record import FRACTAL_MODEL, TrialRecord, architecture_name, fail_reason, tag
+from fractal_space.search.settings import SearchSettings
+
+SUPERNET_DIR = "supernet"
+
+
+def subset_labels(num_columns: int) -> list[str]:
+    """Every non-empty column subset as a label: '1', '2', ..., '12', ..., '1234' ('.' between columns if C >= 10)."""
+    sep = "" if num_columns < 10 else "."
+    return [sep.join(str(c) for c in cols) for k in range(1, num_columns + 1)
+            for cols in combinations(range(1, num_columns + 1), k)]
+
+
+def parse_label(label: str, num_columns: int) -> list[int]:
+    """The columns of a :func:`subset_labels` label."""
+    return [int(c) for c in (label.split(".") if num_columns >= 10 else label)]
+
+
+def _largest(spec: Any) -> Any:
+    """The largest value a space spec (fixed value, ``{low, high}`` or ``{choices}``) allows."""
+    if isinstance(spec, dict):
+        return max(spec["choices"]) if "choices" in spec else spec["high"]
+    return spec
+
+
+def supernet_config(settings: SearchSettings) -> dict[str, Any]:
+    """The supernet's ``{"model_kwargs", "train"}``: the reference point at the space's largest B and C, as JSON
+    values (lists, not tuples), like the config a resumed run reads back from its checkpoint."""
+    specs = settings.space.to_dict()
+    point = {**settings.space.reference_point(),
+             **{name: _largest(specs[name]) for name in ("num_blocks", "num_columns") if isinstance(specs[name], dict)}}
+    config = settings.space.suggest(optuna.trial.FixedTrial(point))
+    if config["model_kwargs"]["num_columns"] < 2:
+        raise ValueError("--strategy oneshot needs a space with num_columns >= 2 (one column has no sub-fractals)")
+    return json.loads(json.dumps(config))
+
+
+def supernet_train_config(settings: SearchSettings, progress: bool = False) -> TrainConfig:
+    """The supernet's engine run: the multi-trial search's image budget, every core, checkpointed in the study."""
+    config = supernet_config(settings)
+    rungs = settings.budget.rungs
+    epochs = max(1, math.ceil(rungs.expected_images(settings.trials) / rungs.min_images))
+    return settings.budget.config(model=FRACTAL_MODEL, model_kwargs=dict(config["model_kwargs"]), epochs=epochs,
+                                  supernet_sampling="uniform", num_threads=usable_cpus(), progress=progress,
+                                  out_dir=str(settings.study_dir / SUPERNET_DIR), **config["train"])
+
+
+def train_supernet(settings: SearchSettings, progress: bool = False) -> Trainer:
+    """Train (or resume, or just load) the supernet; returns its trainer with the trained model."""
+    trainer = Trainer(supernet_train_config(settings, progress))
+    for report in trainer.epochs():
+        fault_point("epoch-recorded")
+        interrupt.check()
+        print(f"supernet epoch {report.epoch}/{trainer.cfg.epochs}: val_acc {report.val_acc:.3f} (all paths)",
+              flush=True)
+    return trainer
+
+
+class SubFractalObjective:
+    """Scores one sub-fractal of a trained supernet: inherit weights, re-estimate batch norm, validate."""
+
+    def __init__(self, settings: SearchSettings, trainer: Trainer):
+        self.settings = settings
+        self.trainer = trainer
+        self.supernet = trainer.model
+        self.kwargs = dict(supernet_config(settings)["model_kwargs"])
+        self.train = dict(supernet_config(settings)["train"])
+        self.labels = subset_labels(self.kwargs["num_columns"])
+        self.bn_batches = trainer.bn_inputs()
+
+    def sample(self, trial: optuna.Trial) -> list[list[int]]:
+        """Per block a column subset: the space the sampler searches."""
+        c = self.kwargs["num_columns"]
+        return [parse_label(trial.suggest_categorical(f"paths_{i}", self.labels), c)
+                for i in range(self.kwargs["num_blocks"])]
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        started = time.perf_counter()
+        fault_point("trial-running")
+        tag(trial, "fractalnet", FRACTAL_MODEL)
+        fault_point("trial-tagged")
+        trial.set_user_attr("strategy", "oneshot")
+        try:
+            paths = self.sample(trial)
+            config = {"model_kwargs": {**self.kwargs, "paths": paths}, "train": self.train}
+            trial.set_user_attr("config", json.loads(json.dumps(config)))
+            trial.set_user_attr("model", architecture_name(config["model_kwargs"]))
+            sub = self.supernet.extract_paths(paths, bn_batches=self.bn_batches).eval()
+            loss, acc = self.trainer.accuracy(sub, "val")
+            size = self.trainer.input_size
+            record = TrialRecord(
+                epoch=1, epochs=1, val_acc=float(acc), val_loss=float(loss), train_loss=math.nan, train_acc=math.nan,
+                latency_ms=measure_latency(sub, size), train_images_per_s=math.nan, epoch_seconds=math.nan,
+                wall_seconds=time.perf_counter() - started, params=count_params(sub), flops=count_flops(sub, size),
+                num_columns=self.kwargs["num_columns"])
+            trial.set_user_attr("record", record.to_dict())
+            return record.objective_values(self.settings.objective)
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted: KeyboardInterrupt")
+            trial.set_user_attr("interrupted", True)
+            raise
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", fail_reason(exc))
+            raise
+
+
+def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Study:
+    """The whole one-shot search (resumable): baselines, supernet, then sub-fractal trials up to ``--trials``."""
+    previous = interrupt.install()
+    try:
+        study = lifecycle.load(settings)
+        lifecycle.check_strategy(study, "oneshot")
+        reap_stale(study, settings.unclaimed_after_s)
+        lifecycle.run_baselines(settings, study)
+        progress(tally(study)[0])
+        objective = SubFractalObjective(settings, train_supernet(settings))
+        while tally(study)[0] < settings.trials:
+            interrupt.check()
+            reap_stale(study, settings.unclaimed_after_s)  # a trial killed before it was tagged ages into reaping
+            try:
+                study.optimize(objective, n_trials=1, catch=())
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the trial is FAIL with its reason; go on
+                print(f"sub-fractal trial failed: {exc}", flush=True)
+            fault_point("trial-finished")
+            progress(tally(study)[0])
+        return study
+    finally:
+        interrupt.restore(previous)

@@ -1,0 +1,108 @@
+"""``--strategy oneshot``: one supernet, sub-fractals scored on its weights in the study, the final stage retraining
+them; resumable after SIGKILL in the supernet and in the sub-fractal search; refused on the Ray backend."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import timm
+import torch
+from optuna.trial import TrialState
+from search_cli import REPO, finished, load_study, run_search, tiny_args
+
+import fractal_space  # noqa: F401  (registers the timm models)
+from fractal_space.search.cli import build_parser, main, settings_from_args
+from fractal_space.search.faults import ENV as KILL_AT
+from fractal_space.search.oneshot import SUPERNET_DIR, subset_labels, supernet_config
+
+ONESHOT = ("--strategy", "oneshot")
+
+
+def _supernet_epochs(runs, study) -> list[int]:
+    lines = (runs / study / SUPERNET_DIR / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["epoch"] for line in lines]
+
+
+def test_the_sub_fractal_space_and_the_supernet_come_from_the_search_space(tmp_path):
+    assert subset_labels(4)[:5] == ["1", "2", "3", "4", "12"] and len(subset_labels(4)) == 15  # 15^5 for B=5
+    settings = settings_from_args(build_parser().parse_args(tiny_args(tmp_path, "space", *ONESHOT)))
+    assert settings.study == "space" and settings.strategy == "oneshot"
+    kwargs = supernet_config(settings)["model_kwargs"]  # the tiny space's largest B and C, its fixed base width
+    assert (kwargs["num_blocks"], kwargs["num_columns"], kwargs["widths"][0]) == (3, 3, 4)
+    default = settings_from_args(build_parser().parse_args(["--strategy", "oneshot", "--device", "cpu"]))
+    assert default.study == "fractal-cifar10-accuracy-oneshot"  # never mixed into a multi-trial study
+
+
+def test_oneshot_search_trains_one_supernet_and_scores_sub_fractals_as_trials_of_the_study(tmp_path):
+    assert run_search(tmp_path, "os", "--trials", "2", *ONESHOT) == 0
+    study = load_study(tmp_path, "os")
+    trials = finished(study)
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert study.user_attrs["strategy"] == "oneshot"
+    for t in trials:
+        paths = t.user_attrs["config"]["model_kwargs"]["paths"]
+        assert paths == [[int(c) for c in t.params[f"paths_{i}"]] for i in range(3)]  # B=3 blocks, C=3 columns
+        assert t.user_attrs["model"].endswith("_p" + "-".join(t.params[f"paths_{i}"] for i in range(3)))
+        record = t.user_attrs["record"]
+        assert 0 <= record["val_acc"] <= 1 and record["params"] > 0 and record["flops"] > 0
+    assert _supernet_epochs(tmp_path, "os") == [1, 2]  # the budget of 2 one-epoch trials, trained once
+    table = pd.read_parquet(tmp_path / "os" / "trials.parquet")
+    assert sorted(table.number) == [t.number for t in trials] and "param_paths_0" in table
+    assert (tmp_path / "os" / "report.md").exists()
+
+
+def _killed(runs, study, point: str, *extra: str) -> None:
+    env = {**os.environ, KILL_AT: point}
+    proc = subprocess.run([sys.executable, str(REPO / "search" / "run.py"), *tiny_args(runs, study, *extra)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_oneshot_resumes_after_sigkill_and_its_final_stage_exports_the_sub_fractals(tmp_path):
+    args = ("--trials", "3", *ONESHOT)
+    _killed(tmp_path, "kill", "epoch-recorded:1", *args)  # after the supernet's first checkpointed epoch
+    assert _supernet_epochs(tmp_path, "kill") == [1]
+    _killed(tmp_path, "kill", "trial-tagged:2", *args)  # in the second sub-fractal trial
+    assert _supernet_epochs(tmp_path, "kill") == [1, 2, 3]  # resumed at epoch 2, not retrained
+    study = load_study(tmp_path, "kill")
+    assert len(finished(study)) == 1 and [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    first = study.trials[0].values
+
+    assert run_search(tmp_path, "kill", *args, "--final-top", "1", "--final-epochs", "1") == 0
+    study = load_study(tmp_path, "kill")
+    assert len(finished(study)) == 3 and study.trials[0].values == first
+    assert study.trials[1].state == TrialState.FAIL and study.trials[1].user_attrs["interrupted"]
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert _supernet_epochs(tmp_path, "kill") == [1, 2, 3]
+
+    final = pd.read_parquet(tmp_path / "kill" / "final" / "results.parquet")
+    assert len(final) >= 1
+    row = final.iloc[0]
+    kwargs = json.loads(row.model_kwargs)
+    assert kwargs["paths"] and row["name"].startswith(study.best_trial.user_attrs["model"])
+    model = timm.create_model(f"local-dir:{tmp_path / 'kill' / 'final' / row['name']}", pretrained=True).eval()
+    assert model.paths == kwargs["paths"] and sum(p.numel() for p in model.parameters()) == row.params
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_oneshot_on_the_ray_backend_is_refused_in_one_line(tmp_path, capsys):
+    assert main(tiny_args(tmp_path, "ray", *ONESHOT, "--backend", "ray")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --strategy oneshot runs on the Optuna backend only (one supernet run, then evaluations of "
+                   "seconds each: nothing for Ray to schedule); drop --backend ray"]
+    assert not (tmp_path / "ray").exists()
+
+
+def test_a_study_resumes_only_with_its_own_strategy(tmp_path, capsys):
+    assert run_search(tmp_path, "mixed", "--trials", "1") == 0
+    capsys.readouterr()
+    assert main(tiny_args(tmp_path, "mixed", "--trials", "2", *ONESHOT)) == 2
+    assert capsys.readouterr().err.strip() == ("error: study 'mixed' was searched with --strategy multitrial, not "
+                                               "oneshot; resume it with --strategy multitrial or pick another --study")
+    assert not (tmp_path / "mixed" / SUPERNET_DIR).exists() and len(finished(load_study(tmp_path, "mixed"))) == 1
