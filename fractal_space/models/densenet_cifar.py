@@ -7,25 +7,76 @@ Depth L = 6n + 4: a 3x3 conv stem with 2k channels (no norm, no pooling: the fir
 the channels by 0.5 and halve the resolution, a final BN-ReLU, global average pooling and a linear classifier.
 DenseNet-BC-100 (k=12) has 0.8M parameters, DenseNet-BC-250 (k=24) 15.3M.
 
-The dense layers, blocks and transitions are timm's own (``timm.models.densenet``); only the stem and the
-configuration differ from timm's ImageNet DenseNet. There are no residual branches, so there is no drop-path; the
+The dense layers, blocks and transitions are timm's own (``timm.models.densenet``; the dense layers fold their second
+batch norm into the 1x1 conv for eval-mode inference, ``models/fold.py``); only the stem and the configuration differ
+from timm's ImageNet DenseNet. There are no residual branches, so there is no drop-path; the
 paper's dropout after each dense layer is ``proj_drop_rate`` (timm's name). Gradient checkpointing recomputes each
 dense block (see ``CifarStageNet``).
 """
 
 import math
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import LayerType, create_conv2d, get_norm_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.densenet import DenseBlock, DenseTransition
+from timm.models.densenet import DenseBlock, DenseLayer, DenseTransition
 
 from fractal_space.models.cifar import CifarStageNet, cifar_cfg
+from fractal_space.models.fold import FoldCache, FoldingModule, folded_conv, folds, reparameterized_conv
 
 __all__ = ["DenseNetCifar"]
+
+
+class FoldedDenseLayer(FoldingModule, DenseLayer):
+    """timm's ``DenseLayer`` (same parameters and names) whose eager inference folds ``norm2`` into the 1x1 conv
+    before it (``models/fold.py``); ``norm1`` normalises the concatenated features before a ReLU and cannot fold."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fold_cache = FoldCache()
+
+    def forward(self, x: Union[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:
+        prev_features = [x] if isinstance(x, torch.Tensor) else x
+        if not torch.jit.is_scripting():
+            if folds(self.norm2, prev_features[0]):  # eval mode: no dropout
+                y = folded_conv(self.conv1, self.norm2, self.fold_cache, self.norm1(torch.cat(prev_features, 1)))
+                return self.conv2(self.norm2.act(y))
+        if self.grad_checkpointing and self.any_requires_grad(prev_features):  # timm's DenseLayer.forward from here
+            if torch.jit.is_scripting():
+                raise Exception("Memory Efficient not supported in JIT")
+            bottleneck_output = self.call_checkpoint_bottleneck(prev_features)
+        else:
+            bottleneck_output = self.bottleneck_fn(prev_features)
+        new_features = self.conv2(self.norm2(bottleneck_output))
+        if self.drop_rate > 0:
+            new_features = F.dropout(new_features, p=self.drop_rate, training=self.training)
+        return new_features
+
+    @torch.jit.ignore
+    def reparameterize(self) -> None:
+        """``conv1`` + ``norm2`` as one biased conv followed by norm2's activation, in place (``timm.utils
+        .reparameterize_model``)."""
+        if getattr(self.norm2, "running_var", None) is not None:
+            self.conv1 = reparameterized_conv(self.conv1, self.norm2)
+            self.norm2 = self.norm2.act
+        self.fold_cache.clear()
+
+
+class FoldedDenseBlock(DenseBlock):
+    """timm's ``DenseBlock`` (same names and forward) built of :class:`FoldedDenseLayer`."""
+
+    def __init__(self, num_layers: int, num_input_features: int, bn_size: int, growth_rate: int,
+                 norm_layer: type[nn.Module], drop_rate: float = 0.0, device: Optional[torch.device] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        nn.ModuleDict.__init__(self)
+        for i in range(num_layers):
+            self.add_module(f"denselayer{i + 1}", FoldedDenseLayer(
+                num_input_features + i * growth_rate, growth_rate=growth_rate, bn_size=bn_size,
+                norm_layer=norm_layer, drop_rate=drop_rate, device=device, dtype=dtype))
 
 
 class DenseNetCifar(CifarStageNet):
@@ -59,7 +110,7 @@ class DenseNetCifar(CifarStageNet):
                 out_chs = math.floor(num_chs * compression)
                 layers["transition"] = DenseTransition(num_chs, out_chs, norm_layer=norm_act_layer, **dd)
                 num_chs, reduction = out_chs, reduction * 2
-            layers["block"] = DenseBlock(
+            layers["block"] = FoldedDenseBlock(
                 block_depth, num_chs, bn_size, growth_rate, norm_layer=norm_act_layer, drop_rate=proj_drop_rate, **dd)
             num_chs += block_depth * growth_rate
             stages.append(nn.Sequential(layers))

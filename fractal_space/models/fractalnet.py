@@ -26,13 +26,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, ConvNormAct, get_norm_act_layer
+from timm.layers import ClassifierHead, get_norm_act_layer
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from fractal_space.anytime import reestimate_bn_stats
 from fractal_space.models.cifar import CifarStageNet, ClassifierHeadMixin, cifar_cfg
 from fractal_space.models.cpu_conv import SmallMapConv2d, cpu_prefers_channels_last
+from fractal_space.models.fold import FoldedConvNormAct
 from fractal_space.recipe import (
     BLOCK_DROPOUT,
     DROP_PATH_RATE,
@@ -54,9 +55,10 @@ COLUMN_CFG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "po
 EVAL_BN_REFRESH_BYTES = 12 * 2 ** 20  # training inputs kept for the eval-mode BN refresh: 1024 CIFAR images in fp32
 
 
-def _conv_unit(in_chs: int, out_chs: int, norm_layer: Any, act_layer: Any, dd: dict[str, Any]) -> ConvNormAct:
-    """conv 3x3 -> BN -> ReLU; the conv trains faster on small wide maps on CPU (``cpu_conv.SmallMapConv2d``)."""
-    unit = ConvNormAct(in_chs, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer, **dd)
+def _conv_unit(in_chs: int, out_chs: int, norm_layer: Any, act_layer: Any, dd: dict[str, Any]) -> FoldedConvNormAct:
+    """conv 3x3 -> BN -> ReLU; the conv trains faster on small wide maps on CPU (``cpu_conv.SmallMapConv2d``), and
+    eager eval-mode inference runs it with the BN folded in (``fold.FoldedConvNormAct``)."""
+    unit = FoldedConvNormAct(in_chs, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer, **dd)
     unit.conv = SmallMapConv2d(in_chs, out_chs, **dd)
     return unit
 
@@ -70,7 +72,7 @@ def _stem(stem: str, in_chans: int, stem_width: int, norm_act_layer: Any,
     """The stem, its output channels and stride: none (CIFAR) or ResNet's 7x7/2 conv + 3x3/2 max-pool (ImageNet)."""
     if stem == "resnet":
         return nn.Sequential(
-            ConvNormAct(in_chans, stem_width, 7, stride=2, norm_layer=norm_act_layer, **dd),
+            FoldedConvNormAct(in_chans, stem_width, 7, stride=2, norm_layer=norm_act_layer, **dd),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         ), stem_width, 4
     return nn.Identity(), in_chans, 1
@@ -369,6 +371,10 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
     TorchScript or FX-traced copy neither keeps inputs nor refreshes itself. It shares this model's tensors, so
     ``eval()`` on the eager model refreshes the copy too; a copy trained on its own needs
     :func:`fractal_space.anytime.reestimate_bn_stats`.
+
+    Eval-mode inference without autograd runs every conv unit as one conv with its BN folded in (``models/fold.py``;
+    refolded after the refresh or any weight change, dropped by ``train()``); ``timm.utils.reparameterize_model``
+    makes that permanent for deployment.
     """
 
     def __init__(

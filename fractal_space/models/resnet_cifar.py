@@ -10,7 +10,8 @@ Depth 6n+2: a 3x3 conv stem with 16 channels, then 3 stages of n basic blocks wi
   ResNet-20 0.27M, ResNet-32 0.46M, ResNet-44 0.66M, ResNet-56 0.85M, ResNet-110 1.7M.
 * ``'B'``: a 1x1 conv + BN projection where the shape changes, identity elsewhere (slightly more parameters).
 
-The blocks are timm's own ``BasicBlock``; ``drop_path_rate`` is stochastic depth on the residual branches with
+The blocks are timm's own ``BasicBlock`` (``FoldedBasicBlock`` runs eval-mode inference with each batch norm folded
+into its conv, ``models/fold.py``); ``drop_path_rate`` is stochastic depth on the residual branches with
 timm's linear decay rule. ``models/cifar.py``'s ``CifarStageNet`` holds the timm model contract (features,
 intermediates, pruning, head reset, grad checkpointing) shared with the CIFAR DenseNet-BC in ``densenet_cifar.py``.
 """
@@ -37,6 +38,7 @@ from timm.models import (
 from timm.models.resnet import BasicBlock, downsample_conv
 
 from fractal_space.models.cifar import CifarStageNet, cifar_cfg
+from fractal_space.models.fold import FoldCache, FoldingModule, folded_conv, folds, reparameterized_conv
 
 __all__ = ["ResNetCifar"]
 
@@ -53,6 +55,45 @@ class ZeroPadShortcut(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, 0, self.pad_chs))
+
+
+class FoldedBasicBlock(FoldingModule, BasicBlock):
+    """timm's ``BasicBlock`` (same parameters and names) whose eager inference runs both convs with their batch
+    norms folded in (``models/fold.py``); training, scripting and tracing run timm's conv -> BN order."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fold1, self.fold2 = FoldCache(), FoldCache()
+
+    def _convs(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1 -> bn1 -> (drop_block) -> act1 -> aa -> conv2 -> bn2, each conv + BN as one conv in inference."""
+        if not torch.jit.is_scripting():
+            if folds(self.bn1, x):  # drop_block is the identity in eval mode
+                x = self.act1(folded_conv(self.conv1, self.bn1, self.fold1, x))
+                return folded_conv(self.conv2, self.bn2, self.fold2, self.aa(x))
+        x = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
+        return self.bn2(self.conv2(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self._convs(x)
+        if self.se is not None:
+            x = self.se(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        x += shortcut
+        return self.act2(x)
+
+    @torch.jit.ignore
+    def reparameterize(self) -> None:
+        """Each conv + BN as one biased conv, in place (``timm.utils.reparameterize_model``)."""
+        for conv, bn, cache in (("conv1", "bn1", self.fold1), ("conv2", "bn2", self.fold2)):
+            if getattr(getattr(self, bn), "running_var", None) is not None:
+                setattr(self, conv, reparameterized_conv(getattr(self, conv), getattr(self, bn)))
+                setattr(self, bn, nn.Identity())
+            cache.clear()
 
 
 def make_shortcut(
@@ -84,10 +125,10 @@ def make_stage(
         norm_layer: type[nn.Module],
         dd: dict[str, Any],
 ) -> nn.Sequential:
-    """One stage: ``depth`` timm basic blocks, the first one carrying the stride and the widening shortcut."""
+    """One stage: ``depth`` basic blocks, the first one carrying the stride and the widening shortcut."""
     blocks = []
     for i in range(depth):
-        blocks.append(BasicBlock(
+        blocks.append(FoldedBasicBlock(
             in_chs if i == 0 else out_chs,
             out_chs,
             stride=stride if i == 0 else 1,
