@@ -131,8 +131,12 @@ def _open_after(barrier, url: str) -> None:
 
 
 def test_workers_opening_a_fresh_sqlite_storage_together_all_succeed(tmp_path):
-    """Workers that start together on a new database race to create Optuna's schema; none may fail for it."""
-    ctx = multiprocessing.get_context("spawn")
+    """Workers that start together on a new database race to create Optuna's schema; none may fail for it.
+
+    Separate processes as in a real search, forked from a server that imported the storage module once (spawning
+    each worker re-imported torch, timm and this module: 12 of those took most of this test's minute or more)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["fractal_space.search.storage", __name__])
     for round_ in range(3):
         url = f"sqlite:///{tmp_path / f'fresh{round_}.db'}"
         barrier = ctx.Barrier(4)
