@@ -1,4 +1,5 @@
-"""Atomic file replacement, shared by checkpoints, the decoded-data cache and the search's result tables.
+"""Atomic file replacement, shared by checkpoints, the decoded-data cache and the search's result tables; and how
+printed lines name files.
 
 Every writer goes through a temporary file with a unique name in the target's folder and an ``os.replace``: a reader
 sees the old or the new content, never a part, and concurrent writers of one path never share a temporary file.
@@ -46,3 +47,12 @@ def remove_stale_temps(folder: str | Path) -> int:
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def display_path(path: str | Path) -> Path:
+    """``path`` relative to the working directory when it lies inside it (how a printed line names a file)."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path

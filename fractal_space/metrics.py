@@ -1,6 +1,6 @@
 """Model size, compute and speed measures shared by the engine, the search and the baselines.
 
-All three measure the model as it is deployed: eval mode, no gradients, drop-path off; forward keyword arguments
+All of them measure the model as it is deployed: eval mode, no gradients, drop-path off; forward keyword arguments
 (e.g. ``column=k`` for a FractalNet column) select the sub-network being measured.
 """
 
@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from fractal_space.deploy import OrtModel, onnx_graph, providers
 
 
 def count_params(model: nn.Module) -> int:
@@ -49,25 +54,94 @@ def count_flops(model: nn.Module, input_size: Sequence[int], **forward_kwargs: A
     return int(counter.get_total_flops())
 
 
-def measure_latency(model: nn.Module, input_size: Sequence[int], batch_size: int = 1, repeats: int = 20,
-                    warmup: int = 3, **forward_kwargs: Any) -> float:
-    """Milliseconds per image: median over ``repeats`` timed forwards of a ``batch_size`` batch, after warm-up.
+def _median_ms(run: Callable[[], Any], repeats: int, warmup: int, sync: Callable[[], None] | None = None) -> float:
+    """Median wall milliseconds of ``run()`` over ``repeats`` calls after ``warmup`` (``sync`` waits for a device).
 
     The median resists the interference of other processes on a shared machine.
     """
-    if batch_size < 1 or repeats < 1:
-        raise ValueError(f"batch_size and repeats must be >= 1, got {batch_size} and {repeats}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    times = []
+    for i in range(warmup + repeats):
+        if sync is not None:
+            sync()
+        start = time.perf_counter()
+        run()
+        if sync is not None:
+            sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def measure_latency(model: nn.Module, input_size: Sequence[int], batch_size: int = 1, repeats: int = 20,
+                    warmup: int = 3, **forward_kwargs: Any) -> float:
+    """Eager PyTorch milliseconds per image: the median of ``repeats`` timed forwards of a ``batch_size`` batch.
+
+    On CPU at batch 1 this is mostly Python's per-module overhead; :func:`deployment_latency` is what a deployed
+    model costs.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x = _input(model, input_size, batch_size)
-    cuda = x.device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(x.device)) if x.device.type == "cuda" else None
+    with _eval_mode(model):
+        return _median_ms(lambda: model(x, **forward_kwargs), repeats, warmup, sync) / batch_size
+
+
+#: What :func:`deployment_latency` ran a model with, as the report says it.
+RUNTIMES = {"onnxruntime-cpu": "ONNX Runtime, CPU provider",
+            "onnxruntime-cuda": "ONNX Runtime, CUDA provider",
+            "eager-cuda": "eager PyTorch on CUDA timed with CUDA events (no ONNX Runtime CUDA provider installed)"}
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds per image of one model at each batch size it was timed at, and the runtime (``RUNTIMES``)."""
+
+    runtime: str
+    ms: dict[int, float]
+
+
+def deployment_latency(model: nn.Module, input_size: Sequence[int], batch_sizes: Sequence[int] = (1,),
+                       repeats: int = 20, warmup: int = 3, graph: bytes | str | Path | None = None,
+                       **forward_kwargs: Any) -> Latency:
+    """What ``model`` costs deployed on its own device, per image at each of ``batch_sizes``, one model at a time.
+
+    CPU: its ONNX graph (``graph``, e.g. an exported ``model.onnx``, or exported here and checked against PyTorch) in
+    ONNX Runtime's CPU provider with torch's thread count. CUDA: ONNX Runtime's CUDA provider where it is installed,
+    else the eager model timed with CUDA events. ``Latency.runtime`` says which.
+    """
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {list(batch_sizes)}")
+    device = _input(model, input_size, 1).device
+    runtime = "onnxruntime-cpu" if device.type != "cuda" else (
+        "onnxruntime-cuda" if "CUDAExecutionProvider" in providers(device) else "eager-cuda")
+    ms = {}
+    if runtime == "eager-cuda":
+        for b in batch_sizes:
+            ms[b] = _cuda_event_ms(model, _input(model, input_size, b), repeats, warmup, forward_kwargs) / b
+        return Latency(runtime, ms)
+    if graph is None:
+        graph = onnx_graph(model, _input(model, input_size, 2), **forward_kwargs)
+    session = OrtModel(graph, device=device)
+    for b in batch_sizes:
+        x = np.random.default_rng(0).standard_normal((b, *input_size), dtype=np.float32)
+        ms[b] = _median_ms(lambda x=x: session(x), repeats, warmup) / b
+    return Latency(runtime, ms)
+
+
+def _cuda_event_ms(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int, forward_kwargs: dict[str, Any]
+                   ) -> float:
+    """Median milliseconds of one eager forward of ``x`` on CUDA, timed on the GPU by CUDA events."""
     times = []
     with _eval_mode(model):
         for i in range(warmup + repeats):
-            if cuda:
-                torch.cuda.synchronize(x.device)
-            start = time.perf_counter()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
             model(x, **forward_kwargs)
-            if cuda:
-                torch.cuda.synchronize(x.device)
+            end.record()
+            torch.cuda.synchronize(x.device)
             if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000 / batch_size
+                times.append(start.elapsed_time(end))
+    return statistics.median(times)

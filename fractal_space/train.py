@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         shown = "none" if default is None else default if isinstance(default, str) else json.dumps(default)
         parser.add_argument(flag, type=_optional(parse) if optional else parse, default=default, choices=choices,
                             metavar=None if choices else f.name.upper(), help=f"{help_text} (default: {shown})")
+    parser.add_argument("--export", metavar="DIR", default=None,
+                        help="after training, export the model to DIR as a timm model folder with its model.onnx "
+                             "(checked in ONNX Runtime) and a FractalNet's columns each alone in DIR/columns/, as the "
+                             "search's final stage does; the summary gains their deployment latencies")
     return parser
 
 
@@ -97,14 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     data that is not found, a damaged checkpoint or a diverged run.
     """
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns = vars(parser.parse_args(argv))
+    export = ns.pop("export")
     try:
-        cfg = TrainConfig.from_dict(vars(ns))
+        cfg = TrainConfig.from_dict(ns)
     except ValueError as err:
         parser.error(str(err))
     _log_to_stderr()
     try:
-        summary = train(cfg, callbacks=[_print_epoch])
+        summary = train(cfg, callbacks=[_print_epoch], export=export)
     except ValueError as err:  # bad arguments found once the model and data are known; DataError is one too
         print(f"fractal-train: error: {err}", file=sys.stderr)
         return 2

@@ -102,3 +102,8 @@ def test_the_shared_search_modules_import_only_what_the_architecture_table_lists
     for i, name in enumerate(shared):
         later = (GRAPH[name] & set(order)) - set(shared[:i])
         assert not later, f"{name} imports {later}, listed after it in docs/architecture.md"
+
+
+def test_deploy_imports_only_the_bottom_layer_and_metrics_reaches_it():
+    assert GRAPH["fractal_space.deploy"] <= {"fractal_space.io", "fractal_space.recipe", "fractal_space.hardware"}
+    assert "fractal_space.deploy" in GRAPH["fractal_space.metrics"]

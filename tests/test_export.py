@@ -1,4 +1,5 @@
-"""Exported models and columns load back through timm's ``local-dir:`` source with the outputs they were saved with."""
+"""Exported models and columns load back through timm's ``local-dir:`` source, and run from their ``model.onnx`` in
+ONNX Runtime, with the outputs they were saved with."""
 
 import json
 
@@ -8,6 +9,7 @@ import torch
 
 import fractal_space  # noqa: F401  (registers the models)
 from fractal_space.anytime import reestimate_bn_stats
+from fractal_space.deploy import OrtModel
 from fractal_space.export import export_column, export_model, load_line
 
 WIDTHS = (4, 4, 8, 8, 8)
@@ -29,15 +31,26 @@ def _load(folder) -> torch.nn.Module:
     return timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
 
 
+def _assert_runs_in_onnx_runtime(folder, x: torch.Tensor, expected: torch.Tensor) -> None:
+    """The folder's model.onnx gives ``expected`` in ONNX Runtime on a new batch ``x``.
+
+    The export checked 1e-4 on its own batch; on another batch, these untrained deep columns (BN statistics from four
+    random images) differ between the two runtimes' float32 rounding by up to 2e-4 of the output's scale, so 5e-4.
+    """
+    got = torch.from_numpy(OrtModel(folder / "model.onnx")(x))
+    torch.testing.assert_close(got, expected, atol=5e-4 * max(1.0, float(expected.abs().max())), rtol=0)
+
+
 @pytest.mark.parametrize("join", ["mean", "concat"])
 def test_model_and_every_column_load_with_equal_outputs(join: str, tmp_path) -> None:
     model = _trained(join)
     x = torch.randn(2, 3, 32, 32)
     bn_batches = [torch.randn(4, 3, 32, 32)]
-    export_model(model, tmp_path / "net")
+    export_model(model, tmp_path / "net", bn_batches[0])
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(_load(tmp_path / "net")(x), model(x))
+        _assert_runs_in_onnx_runtime(tmp_path / "net", x, model(x))
     config = json.loads((tmp_path / "net" / "config.json").read_text())
     assert config["architecture"] == "fractalnet_c3"
     assert config["model_args"]["join"] == join and config["model_args"]["drop_path_rate"] == 0.15
@@ -49,6 +62,7 @@ def test_model_and_every_column_load_with_equal_outputs(join: str, tmp_path) -> 
         with torch.no_grad():
             out = _load(folder)(x)
             torch.testing.assert_close(out, expected.eval()(x))
+            _assert_runs_in_onnx_runtime(folder, x, out)
             # the column's own statistics, not those it had inside the full network
             assert not torch.allclose(out, model(x, column=k))
         config = json.loads((folder / "config.json").read_text())
@@ -72,7 +86,7 @@ def test_plain_network_trains_and_exports_like_any_timm_model(tmp_path) -> None:
     assert sum(isinstance(m, torch.nn.Conv2d) for m in plain.modules()) == 40
     loss = plain.train()(torch.randn(8, 3, 32, 32)).logsumexp(1).mean()
     loss.backward()
-    export_model(plain, tmp_path / "plain")
+    export_model(plain, tmp_path / "plain", torch.randn(4, 3, 32, 32))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(_load(tmp_path / "plain")(x), plain.eval()(x))

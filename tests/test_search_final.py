@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+import onnxruntime
 import optuna
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ import torch
 from search_cli import load_study, spawn_search, tiny_args
 
 import fractal_space  # noqa: F401  (registers the timm models)
+from fractal_space.deploy import OrtModel
 from fractal_space.engine.checkpoint import read_checkpoint
 from fractal_space.search.budget import Budget
 from fractal_space.search.cli import main
@@ -67,16 +69,25 @@ def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_si
         trained.load_state_dict(weights)
         torch.testing.assert_close(loaded(x), trained(x))  # the same network with the same trained weights
         torch.testing.assert_close(eval(row.load, {"timm": timm}).eval()(x), trained(x))  # the report's one line
+        # ... and its ONNX Runtime line runs the folder's model.onnx with the same outputs
+        deployed = eval(row.onnx, {"onnxruntime": onnxruntime, "x": x.numpy()})
+        torch.testing.assert_close(torch.from_numpy(deployed), trained(x), atol=1e-4, rtol=1e-4)
+        assert row.latency_runtime == "onnxruntime-cpu" and row.latency_ms > 0 and row.eager_latency_ms > 0
         if row.kind == "fractalnet":
             assert row.model == FRACTAL_MODEL and len(row.column_test_acc) == kwargs["num_columns"]
             columns = [eval(line, {"timm": timm}).eval() for line in row.column_load]  # each column alone
-            assert len(columns) == (kwargs["num_columns"] if kwargs["num_columns"] > 1 else 0)
-            assert all(c(x).shape == (3, 10) for c in columns)
+            assert len(columns) == len(row.column_latency_ms) == (kwargs["num_columns"] if kwargs["num_columns"] > 1
+                                                                  else 0)
+            for k, column in enumerate(columns, 1):
+                onnx = OrtModel(folder / "columns" / f"column{k}" / "model.onnx")(x)
+                torch.testing.assert_close(torch.from_numpy(onnx), column(x), atol=1e-4, rtol=1e-4)
 
     report = (tmp_path / "final" / "report.md").read_text()
     headline = report.split("## Budgets")[0]
     assert "## Final test results" in headline and "baseline resnet20_cifar" in headline
-    assert all("local-dir:" in line for line in headline.splitlines() if line.startswith("| fractalnet"))
+    assert all("local-dir:" in line and "onnxruntime.InferenceSession(" in line
+               for line in headline.splitlines() if line.startswith("| fractalnet"))
+    assert "Latencies: deployed on ONNX Runtime, CPU provider" in headline
     assert "Proxy fidelity:" in report and f"(n = {len(architectures)}," in report  # those with a search score
     assert "Spearman rho" in report and "Kendall tau" in report and "90% bootstrap interval" in report
 

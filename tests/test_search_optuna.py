@@ -79,8 +79,14 @@ def test_multi_objective_accuracy_vs_latency(tmp_path, capsys):
     df = trials_table(tmp_path, "multi")
     assert set(df.state) == {"COMPLETE"} and all(len(v) == 2 for v in df["values"])
     assert all(v[1] == lat for v, lat in zip(df["values"], df.latency_ms, strict=True))
+    # the objective is the deployed latency (ONNX Runtime), eager PyTorch's is its own column
+    assert set(df.latency_runtime) == {"onnxruntime-cpu"} and (df.latency_ms > 0).all()
+    assert (df.eager_latency_ms > 0).all() and (df.latency_ms != df.eager_latency_ms).all()
+    assert all(len(c) == len(a) for c, a in zip(df.column_latency_ms, df.column_val_acc, strict=True))
     report = (tmp_path / "multi" / "report.md").read_text()
     assert "Optuna cannot prune multi-objective studies" in report and "Pareto front" in report
+    assert "deployed on ONNX Runtime, CPU provider" in report and "eager PyTorch b=1 (ms)" in report
+    assert "Ranked by eager PyTorch latency instead, the full networks' Pareto front would" in report
     # each trial contributes its C columns to the accuracy-latency front
     assert "column" in report
 

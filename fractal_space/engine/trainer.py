@@ -67,7 +67,8 @@ class ColumnReport:
 @dataclass
 class EpochReport:
     """What one epoch produced; accuracies are fractions in [0, 1], ``lr`` the epoch's last step's learning rate,
-    ``latency_ms`` the full model's per-image latency at batch 1."""
+    ``latency_ms`` the full model's eager PyTorch per-image latency at batch 1 (cheap enough for every epoch; the
+    deployment latency, ONNX Runtime's, is :func:`fractal_space.metrics.deployment_latency`, measured once)."""
 
     epoch: int
     train_loss: float
@@ -357,7 +358,7 @@ class Trainer:
         re-estimated through all paths from ``bn_batches`` un-augmented training batches before evaluating; this only
         changes running statistics, which training itself never uses. Each column is extracted as a standalone plain
         network (``model.extract_column(k)``, no shared tensors), its statistics re-estimated through that column
-        alone, and its accuracy and batch-1 latency measured as deployed.
+        alone, and its accuracy and eager batch-1 latency measured.
         """
         loader = self._loader(split)
         if self.num_columns:
@@ -392,12 +393,15 @@ class Trainer:
         return self.evaluate("test", columns=self.cfg.eval_columns)
 
 
-def train(cfg: TrainConfig, callbacks: Sequence[Callable[[EpochReport], None]] = ()) -> dict[str, Any]:
+def train(cfg: TrainConfig, callbacks: Sequence[Callable[[EpochReport], None]] = (),
+          export: str | Path | None = None) -> dict[str, Any]:
     """Train to the end (resuming if possible), evaluate on the test set and return a JSON-ready summary.
 
     ``train_seconds`` sums every epoch's seconds (training + validation), resumed invocations included, so it is the
     cost of the whole run; ``wall_seconds`` is this invocation's wall time (with setup and the test pass). With
-    ``cfg.out_dir`` the summary is also written to ``summary.json`` there.
+    ``cfg.out_dir`` the summary is also written to ``summary.json`` there. With ``export`` the trained model goes to
+    that folder as the search's final stage exports its models (timm folder + ``model.onnx``, a FractalNet's columns
+    each alone), and the summary gains its deployment latencies and load lines.
     """
     start = time.perf_counter()
     trainer = Trainer(cfg)
@@ -424,6 +428,23 @@ def train(cfg: TrainConfig, callbacks: Sequence[Callable[[EpochReport], None]] =
         "train_seconds": sum(r.epoch_seconds for r in trainer.history),
         "wall_seconds": time.perf_counter() - start,
     }
+    if export is not None:
+        summary["export"] = _export(trainer, Path(export))
+        summary["wall_seconds"] = time.perf_counter() - start
     if trainer.out_dir is not None:
         write_atomic(trainer.out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _export(trainer: Trainer, folder: Path) -> dict[str, Any]:
+    """Export ``trainer``'s model (:func:`fractal_space.export.export_trained`); what the summary says of it."""
+    from fractal_space.deploy import run_line
+    from fractal_space.export import export_trained, load_line
+
+    batch = trainer.cfg.batch_size
+    done = export_trained(trainer.model, folder, trainer.bn_inputs(), data=trainer.data, batch_sizes=(1, batch))
+    return {"folder": str(folder), "load": load_line(folder), "onnx": run_line(folder),
+            "latency_runtime": done.latency.runtime, "latency_ms": done.latency.ms[1],
+            "latency_ms_batch": done.latency.ms[batch], "batch_size": batch,
+            "columns": [{"column": k, "load": load_line(f), "latency_ms": lat.ms[1]}
+                        for k, (f, lat) in enumerate(zip(done.column_folders, done.column_latency, strict=True), 1)]}

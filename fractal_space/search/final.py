@@ -5,12 +5,14 @@ top ``top`` distinct FractalNet architectures (B, C, widths, join) and every bas
 recipe (the reference point's lr, batch size and weight decay, a cosine schedule over ``epochs`` passes of the whole
 training split) and evaluated once on the test split, which the search never saw. Each FractalNet keeps its own
 searched regularisation (drop-path, global fraction, dropout, drop-path warm-up). Models run one after another with
-every core, so their latencies (batch 1 and the training batch) are measured with nothing else running.
+every core, so their latencies (batch 1 and the training batch; deployed in ONNX Runtime from the exported
+``model.onnx``, and eager PyTorch's beside them) are measured with nothing else running.
 
 Each model trains through the engine into ``final/<name>/run/`` (checkpointed, resumable) and is exported to
-``final/<name>/`` as a timm model (:mod:`fractal_space.export`), a multi-column FractalNet's columns each alone to
-``final/<name>/columns/column<k>/`` with their own batch-norm statistics; ``final/results.parquet`` gains its row
-when the export is complete, so a re-run skips finished models and a SIGKILL loses none.
+``final/<name>/`` as a timm model with its ONNX graph (:mod:`fractal_space.export`), a multi-column FractalNet's
+columns each alone to ``final/<name>/columns/column<k>/`` with their own batch-norm statistics;
+``final/results.parquet`` gains its row when the export is complete, so a re-run skips finished models and a SIGKILL
+loses none.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from fractal_space.deploy import run_line
 from fractal_space.engine import Trainer
-from fractal_space.export import export_column, export_model, load_line
+from fractal_space.export import export_trained, load_line
 from fractal_space.hardware import usable_cpus
 from fractal_space.io import atomic_path
 from fractal_space.metrics import measure_latency
@@ -158,15 +161,8 @@ def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, 
         pass
     test = trainer.test()
     model = trainer.model.eval()
-    latency_batch = measure_latency(model, trainer.input_size, batch_size=cfg.batch_size)
-    export_model(model, folder, data=trainer.data)
-    column_load = []
-    columns = model.anytime_columns() if trainer.num_columns else []  # a sub-fractal's: kept in every block
-    if len(columns) > 1:  # each column alone, with batch-norm statistics re-estimated for it
-        bn_batches = trainer.bn_inputs()
-        for k in columns:
-            column_load.append(load_line(export_column(model, k, folder / "columns" / f"column{k}", bn_batches,
-                                                       data=trainer.data)))
+    eager_batch = measure_latency(model, trainer.input_size, batch_size=cfg.batch_size)
+    exported = export_trained(model, folder, trainer.bn_inputs(), data=trainer.data, batch_sizes=(1, cfg.batch_size))
     history = trainer.history
     return {
         "name": job.name, "kind": job.kind, "model": job.model, "architecture": (
@@ -174,11 +170,14 @@ def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, 
         "model_kwargs": json.dumps(job.model_kwargs), "drop_path_warmup": cfg.drop_path_warmup, "seed": job.seed,
         "trial": job.trial, "search_val_acc": job.search_val_acc, "test_acc": test.acc, "test_loss": test.loss,
         "val_acc": history[-1].val_acc if history else math.nan,
-        "params": trainer.num_params, "flops": trainer.flops, "latency_ms": test.latency_ms,
-        "latency_ms_batch": latency_batch, "batch_size": cfg.batch_size,
-        "column_test_acc": [c.acc for c in test.columns], "column_latency_ms": [c.latency_ms for c in test.columns],
+        "params": trainer.num_params, "flops": trainer.flops, "latency_ms": exported.latency.ms[1],
+        "latency_ms_batch": exported.latency.ms[cfg.batch_size], "latency_runtime": exported.latency.runtime,
+        "eager_latency_ms": test.latency_ms, "eager_latency_ms_batch": eager_batch, "batch_size": cfg.batch_size,
+        "column_test_acc": [c.acc for c in test.columns],
+        "column_latency_ms": [lat.ms[1] for lat in exported.column_latency],
         "epochs": cfg.epochs, "train_images": cfg.epochs * len(trainer.train_loader) * cfg.batch_size,
         "train_images_per_s": (sum(r.train_images_per_s for r in history) / len(history)) if history else math.nan,
         "train_seconds": sum(r.epoch_seconds for r in history), "stage_seconds": time.perf_counter() - started,
-        "load": load_line(folder), "column_load": column_load,
+        "load": load_line(folder), "onnx": run_line(folder),
+        "column_load": [load_line(column) for column in exported.column_folders],
     }

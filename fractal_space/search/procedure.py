@@ -6,6 +6,7 @@ Both backends call :func:`run_trial`; they differ only in what ``on_epoch`` does
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from fractal_space.engine import Trainer
 from fractal_space.hardware import device_label, peak_memory_mb, reset_peak_memory, resolve_device
+from fractal_space.metrics import Latency, deployment_latency
 from fractal_space.search.budget import Budget
 from fractal_space.search.record import TrialRecord
 
@@ -26,9 +28,10 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
     """Train ``model`` with ``config`` (``{"model_kwargs", "train"}``, as ``SearchSpace.suggest`` returns) under
     ``budget``; ``on_epoch`` sees each epoch's record and may raise :class:`Pruned`.
 
-    Every FractalNet column is evaluated after the last epoch only (a pruned trial has none). Returns the last epoch's
-    record; exceptions (TrainingDiverged, out of memory, ...) propagate so the backend can
-    mark the trial FAIL with the reason.
+    Every FractalNet column is evaluated, and the deployment latencies (ONNX Runtime, the network and each column at
+    batch 1: one export each) are measured, after the last epoch only: a pruned trial has neither, and no epoch pays
+    for an export. Returns the last epoch's record; exceptions (TrainingDiverged, out of memory, ...) propagate so
+    the backend can mark the trial FAIL with the reason.
     """
     started, started_at = time.perf_counter(), time.time()
     cfg = budget.config(model=model, model_kwargs=dict(config["model_kwargs"]),
@@ -39,18 +42,30 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
     history: list[float] = []
     for report in trainer.epochs():
         history.append(float(report.val_acc))
-        if report.epoch == cfg.epochs and trainer.num_columns:  # the anytime metrics, once the budget is spent
-            report.columns = trainer.evaluate("val", columns=True).columns
+        deployed: list[Latency] = []
+        if report.epoch == cfg.epochs:  # the anytime and deployment metrics, once the budget is spent
+            if trainer.num_columns:
+                report.columns = trainer.evaluate("val", columns=True).columns
+            deployed = [deployment_latency(trainer.model, trainer.input_size, **kw) for kw in _deployed(trainer)]
         record = TrialRecord(
             epoch=report.epoch, epochs=cfg.epochs, val_acc=float(report.val_acc), val_loss=float(report.val_loss),
             train_loss=float(report.train_loss), train_acc=float(report.train_acc),
-            latency_ms=float(report.latency_ms), train_images_per_s=float(report.train_images_per_s),
+            latency_ms=deployed[0].ms[1] if deployed else math.nan,
+            latency_runtime=deployed[0].runtime if deployed else None, eager_latency_ms=float(report.latency_ms),
+            train_images_per_s=float(report.train_images_per_s),
             epoch_seconds=float(report.epoch_seconds), wall_seconds=time.perf_counter() - started,
             params=int(trainer.num_params), flops=int(trainer.flops), num_columns=trainer.num_columns or None,
             column_val_acc=[float(c.acc) for c in report.columns],
-            column_latency_ms=[float(c.latency_ms) for c in report.columns], val_acc_history=list(history),
+            column_latency_ms=[d.ms[1] for d in deployed[1:]], val_acc_history=list(history),
             device=device_label(trainer.device), started_at=started_at, peak_memory_mb=peak_memory_mb(trainer.device))
         on_epoch(record)
     if record is None:
         raise RuntimeError("the trainer yielded no epoch")
     return record
+
+
+def _deployed(trainer: Trainer) -> list[dict[str, Any]]:
+    """What a finished trial times deployed: the whole network, then each FractalNet column alone (a sub-fractal's:
+    those it keeps in every block, as ``Trainer.evaluate`` reports them)."""
+    columns = trainer.model.anytime_columns() if trainer.num_columns else []
+    return [{}] + [{"column": k} for k in columns]

@@ -43,6 +43,8 @@ class TrialRecord:
     val_loss: float = _col(pa.float64())
     train_loss: float = _col(pa.float64())
     train_acc: float = _col(pa.float64())
+    #: Deployment latency (ms / image, batch 1; ``latency_runtime`` says what ran it: ONNX Runtime on CPU), measured
+    #: once the budget is spent (NaN for a pruned trial); ``eager_latency_ms`` is eager PyTorch's, every epoch.
     latency_ms: float = _col(pa.float64())
     train_images_per_s: float = _col(pa.float64())
     epoch_seconds: float = _col(pa.float64())
@@ -53,8 +55,10 @@ class TrialRecord:
     #: FractalNet columns (None for other models); ``column_val_acc[k-1]`` is column k alone.
     num_columns: int | None = _col(pa.int64())
     column_val_acc: list[float] = _col(pa.list_(pa.float64()), default_factory=list)
-    column_latency_ms: list[float] = _col(pa.list_(pa.float64()), default_factory=list)
+    column_latency_ms: list[float] = _col(pa.list_(pa.float64()), default_factory=list)  # deployed, like latency_ms
     val_acc_history: list[float] = _col(pa.list_(pa.float64()), default_factory=list)
+    latency_runtime: str | None = _col(pa.string(), default=None)
+    eager_latency_ms: float = _col(pa.float64(), default=math.nan)
     #: Where the trial trained (``cpu``, ``cuda:0 (<GPU name>)``), when it started (Unix time, as its own process saw
     #: it: with ``wall_seconds`` its interval, which shows how many trials ran at once) and its GPU memory peak in MiB
     #: (``torch.cuda.max_memory_allocated``; None on CPU).

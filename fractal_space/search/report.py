@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from fractal_space.hardware import describe  # noqa: E402
+from fractal_space.metrics import RUNTIMES  # noqa: E402
 from fractal_space.search.fidelity import bootstrap_interval, kendall_tau, spearman  # noqa: E402
 from fractal_space.search.final import read_results  # noqa: E402
 from fractal_space.search.record import OBJECTIVES  # noqa: E402
@@ -31,7 +32,8 @@ from fractal_space.search.settings import SearchSettings  # noqa: E402
 MULTI_NOTE = "Optuna cannot prune multi-objective studies: every trial of this study ran its full budget."
 #: What benchmarks/search_efficiency.py measured (its scale, its finding), next to docs/search-efficiency.md.
 EFFICIENCY = Path(__file__).resolve().parents[2] / "docs" / "search-efficiency.json"
-COST_LABELS = {"latency_ms": "latency (ms / image, batch 1)", "params": "parameters", "flops": "FLOPs / image"}
+COST_LABELS = {"latency_ms": "deployed latency (ms / image, batch 1)", "params": "parameters",
+               "flops": "FLOPs / image"}
 
 
 def _fmt(value: object, spec: str = "") -> str:
@@ -129,8 +131,8 @@ def _anytime(rows: Sequence[dict[str, Any]], path: Path) -> None:
 def _final_section(final: pd.DataFrame, out_dir: Path) -> list[str]:
     """The headline: test accuracy of every retrained model (mean ± std over seeds), best columns, load lines."""
     lines = ["## Final test results (retrained from scratch, one recipe, test split unseen by the search)", "",
-             "| model | test acc | params | FLOPs / image | latency b=1 (ms) | latency b=train (ms / image) | load |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | test acc | params | FLOPs / image | latency b=1 (ms) | latency b=train (ms / image) | "
+             "eager PyTorch b=1 (ms) | load (timm) | run (ONNX Runtime) |", "|---|---|---|---|---|---|---|---|---|"]
     multi_column = []
     for (kind, architecture), group in final.groupby(["kind", "architecture"], sort=False):
         acc = group.test_acc
@@ -139,22 +141,53 @@ def _final_section(final: pd.DataFrame, out_dir: Path) -> list[str]:
         seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
         label = f"{architecture}{seeds}" if kind == "fractalnet" else f"baseline {architecture}{seeds}"
         lines.append(f"| {label} | {acc.mean():.2%}{spread} | {first.params:,} | {first.flops:,} | "
-                     f"{first.latency_ms:.3f} | {first.latency_ms_batch:.3f} | `{first.load}` |")
+                     f"{_fmt(first.latency_ms, '.3f')} | {_fmt(first.latency_ms_batch, '.3f')} | "
+                     f"{_fmt(first.get('eager_latency_ms'), '.3f')} | `{first.load}` | {_code(first.get('onnx'))} |")
         columns = [list(c) for c in group.column_test_acc]
         if kind == "fractalnet" and columns and len(columns[0]) > 1:
             mean = [sum(c[k] for c in columns) / len(columns) for k in range(len(columns[0]))]
             k = max(range(len(mean)), key=mean.__getitem__)
             load = f"`{first.column_load[k]}`" if len(first.column_load) > k else ""
             lines.append(f"| ↳ its best column alone (column {k + 1} of {len(mean)}) | {mean[k]:.2%} | | | "
-                         f"{first.column_latency_ms[k]:.3f} | | {load} |")
+                         f"{first.column_latency_ms[k]:.3f} | | | {load} | |")
             multi_column.append({"label": architecture, "column_latency_ms": first.column_latency_ms,
                                  "column_acc": mean, "latency_ms": first.latency_ms, "acc": acc.mean(),
                                  "metric": "test accuracy"})
-    lines.append("")
+    lines += ["", f"Latencies: {_runtimes(final)}, one model at a time with every core; eager PyTorch's batch-1 "
+              "latency, mostly Python's per-module overhead on CPU, for comparison. `x` in the ONNX Runtime line is a "
+              "float32 (N, C, H, W) batch normalised as the folder's `config.json` says.", ""]
     if multi_column:
         _anytime(multi_column, out_dir / "anytime.png")
         lines += ["![anytime prediction of the retrained FractalNets](anytime.png)", ""]
     return lines
+
+
+def _eager_front_note(df: pd.DataFrame) -> str:
+    """Whether ranking the full networks by eager PyTorch latency instead of the deployed one changes their front."""
+    done = df[df.state == "COMPLETE"]
+    if "eager_latency_ms" not in done or done.eager_latency_ms.isna().any() or done.latency_ms.isna().any():
+        return "The front by eager PyTorch latency cannot be compared: some trials have no eager or deployed latency."
+    fronts = [{int(done.number.iloc[i]) for i in pareto(list(zip(done.val_acc, done[col], strict=True)))}
+              for col in ("latency_ms", "eager_latency_ms")]
+    if fronts[0] == fronts[1]:
+        return (f"Ranked by eager PyTorch latency instead, the full networks' Pareto front would be the same "
+                f"{len(fronts[0])} trial(s).")
+    def named(numbers: set[int]) -> str:
+        return "trial(s) " + ", ".join(str(n) for n in sorted(numbers)) if numbers else "no trial"
+
+    return (f"Ranked by eager PyTorch latency instead, the full networks' Pareto front would change: "
+            f"{named(fronts[0] - fronts[1])} would leave it, {named(fronts[1] - fronts[0])} would join it "
+            f"({len(fronts[0])} vs {len(fronts[1])} trials on it).")
+
+
+def _code(value: object) -> str:
+    return f"`{value}`" if isinstance(value, str) and value else "-"
+
+
+def _runtimes(table: pd.DataFrame) -> str:
+    """What ran the models whose latencies ``table`` holds (its ``latency_runtime`` column), as the report says it."""
+    names = [RUNTIMES.get(r, r) for r in table.get("latency_runtime", pd.Series(dtype=object)).dropna().unique()]
+    return "deployed on " + " and ".join(names) if names else "eager PyTorch (measured before deployment latency)"
 
 
 def study_scale(settings: SearchSettings) -> dict[str, Any]:
@@ -249,16 +282,20 @@ def write_report(*, settings: SearchSettings, storage: str) -> Path:
                   "networks):", "", f"| point | val acc | {COST_LABELS.get(cost, cost)} |", "|---|---|---|"]
         lines += [f"| {name} | {acc:.2%} | {_fmt(c, '.4g')} |" for acc, c, name in front]
         lines.append("")
+    if cost == "latency_ms":
+        lines += [_eager_front_note(frac), ""]
     done = frac[frac.state == "COMPLETE"]
-    table = ["| network | val acc | params | FLOPs | latency (ms) |", "|---|---|---|---|---|"]
+    table = ["| network | val acc | params | FLOPs | latency b=1 (ms) | eager PyTorch b=1 (ms) |",
+             "|---|---|---|---|---|---|"]
     if len(done):
         best = done.loc[done.val_acc.idxmax()]
         table.append(f"| best FractalNet: {best.model} (trial {best.number}) | {best.val_acc:.2%} | "
-                     f"{_fmt(best.params, ',')} | {_fmt(best.flops, ',')} | {_fmt(best.latency_ms, '.3f')} |")
+                     f"{_fmt(best.params, ',')} | {_fmt(best.flops, ',')} | {_fmt(best.latency_ms, '.3f')} | "
+                     f"{_fmt(best.get('eager_latency_ms'), '.3f')} |")
         if best.column_val_acc is not None and len(best.column_val_acc) > 1:
             k = max(range(len(best.column_val_acc)), key=lambda i: best.column_val_acc[i])
             table.append(f"| its best column alone (column {k + 1}) | {best.column_val_acc[k]:.2%} | - | - | "
-                         f"{best.column_latency_ms[k]:.3f} |")
+                         f"{best.column_latency_ms[k]:.3f} | |")
             if not len(final):
                 _anytime([{"label": f"trial {best.number}", "column_latency_ms": best.column_latency_ms,
                            "column_acc": best.column_val_acc, "latency_ms": best.latency_ms, "acc": best.val_acc,
@@ -269,10 +306,12 @@ def write_report(*, settings: SearchSettings, storage: str) -> Path:
     for row in base.itertuples():
         if row.state == "COMPLETE":
             table.append(f"| {row.model} | {row.val_acc:.2%} | {_fmt(row.params, ',')} | {_fmt(row.flops, ',')} | "
-                         f"{_fmt(row.latency_ms, '.3f')} |")
+                         f"{_fmt(row.latency_ms, '.3f')} | {_fmt(getattr(row, 'eager_latency_ms', None), '.3f')} |")
         else:
-            table.append(f"| {row.model} | {row.state}: {row.fail_reason} | | | |")
-    lines += ["### FractalNet vs baselines in the search (validation, same data, budget and recipe)", "", *table, ""]
+            table.append(f"| {row.model} | {row.state}: {row.fail_reason} | | | | |")
+    lines += ["### FractalNet vs baselines in the search (validation, same data, budget and recipe)", "", *table,
+              "", f"Latencies: {_runtimes(df)}, measured once a trial has spent its budget; eager PyTorch's beside "
+              "them.", ""]
     failed = frac[frac.state == "FAIL"]
     if len(failed):
         lines += ["### Failed trials", "", *[f"- trial {r.number}: {r.fail_reason}" for r in failed.itertuples()], ""]
