@@ -469,6 +469,19 @@ def test_bad_paths_are_one_line_errors_naming_the_value(paths, match: str) -> No
     assert "\n" not in str(info.value)
 
 
+def test_sub_fractal_round_trips_through_a_timm_folder(tmp_path) -> None:
+    """``paths`` is a constructor argument timm records, so a saved sub-fractal rebuilds from its config.json."""
+    from timm.models import save_for_hf
+
+    sub = _moved().extract_paths(PATHS, bn_batches=[_x(8)])
+    save_for_hf(sub, tmp_path, safe_serialization=True)
+    loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    assert loaded.paths == sub.paths and _conv_units(loaded) == _conv_units(sub)
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), sub(x))
+
+
 def test_extract_paths_of_a_sub_fractal_stays_within_it() -> None:
     sub = _moved().extract_paths(PATHS)
     inner = sub.extract_paths([[3], [2], [1, 4], [4], [2]])
