@@ -82,6 +82,7 @@ def test_multi_objective_accuracy_vs_latency(tmp_path, capsys):
     # the objective is the deployed latency (ONNX Runtime), eager PyTorch's is its own column
     assert set(df.latency_runtime) == {"onnxruntime-cpu"} and (df.latency_ms > 0).all()
     assert (df.eager_latency_ms > 0).all() and (df.latency_ms != df.eager_latency_ms).all()
+    assert (df.deploy_seconds > 0).all() and (df.deploy_seconds < df.wall_seconds).all()
     assert all(len(c) == len(a) for c, a in zip(df.column_latency_ms, df.column_val_acc, strict=True))
     report = (tmp_path / "multi" / "report.md").read_text()
     assert "Optuna cannot prune multi-objective studies" in report and "Pareto front" in report

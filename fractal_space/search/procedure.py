@@ -43,15 +43,19 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
     for report in trainer.epochs():
         history.append(float(report.val_acc))
         deployed: list[Latency] = []
+        deploy_seconds = math.nan
         if report.epoch == cfg.epochs:  # the anytime and deployment metrics, once the budget is spent
             if trainer.num_columns:
                 report.columns = trainer.evaluate("val", columns=True).columns
+            start = time.perf_counter()
             deployed = [deployment_latency(trainer.model, trainer.input_size, **kw) for kw in _deployed(trainer)]
+            deploy_seconds = time.perf_counter() - start
         record = TrialRecord(
             epoch=report.epoch, epochs=cfg.epochs, val_acc=float(report.val_acc), val_loss=float(report.val_loss),
             train_loss=float(report.train_loss), train_acc=float(report.train_acc),
             latency_ms=deployed[0].ms[1] if deployed else math.nan,
             latency_runtime=deployed[0].runtime if deployed else None, eager_latency_ms=float(report.latency_ms),
+            deploy_seconds=deploy_seconds,
             train_images_per_s=float(report.train_images_per_s),
             epoch_seconds=float(report.epoch_seconds), wall_seconds=time.perf_counter() - started,
             params=int(trainer.num_params), flops=int(trainer.flops), num_columns=trainer.num_columns or None,

@@ -59,6 +59,8 @@ class TrialRecord:
     val_acc_history: list[float] = _col(pa.list_(pa.float64()), default_factory=list)
     latency_runtime: str | None = _col(pa.string(), default=None)
     eager_latency_ms: float = _col(pa.float64(), default=math.nan)
+    #: What measuring the deployment latencies cost the trial: the ONNX exports, their checks and the timing.
+    deploy_seconds: float = _col(pa.float64(), default=math.nan)
     #: Where the trial trained (``cpu``, ``cuda:0 (<GPU name>)``), when it started (Unix time, as its own process saw
     #: it: with ``wall_seconds`` its interval, which shows how many trials ran at once) and its GPU memory peak in MiB
     #: (``torch.cuda.max_memory_allocated``; None on CPU).
