@@ -1,8 +1,6 @@
 """Deployment: verified ONNX exports, ONNX Runtime latency, and ``fractal-train --export``."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +15,6 @@ from fractal_space.metrics import deployment_latency
 from fractal_space.train import main
 
 WIDTHS = (4, 4, 8, 8, 8)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Negated(torch.autograd.Function):
@@ -117,23 +114,6 @@ def test_fractal_train_export_writes_a_timm_folder_and_onnx_that_agree(tmp_path,
             expected = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()(x).numpy()
         np.testing.assert_allclose(OrtModel(folder / "model.onnx")(x), expected, atol=1e-4, rtol=0)
     assert 'run(None, {"input": x})' in export["onnx"] and "model.onnx" in export["onnx"]
-
-
-def test_the_deployment_benchmark_prints_eager_against_onnx_runtime(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_deploy", REPO_ROOT / "benchmarks" / "bench_deploy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    bench = module.main
-    out = tmp_path / "table.md"
-    threads = torch.get_num_threads()
-    assert bench(["--models", "resnet20_cifar", "--rounds", "1", "--repeats", "1", "--batch", "2", "--threads", "1",
-                  "--out", str(out)]) == 0
-    torch.set_num_threads(threads)  # the benchmark sets the process's thread count
-    row = next(line for line in out.read_text().splitlines() if line.startswith("| resnet20_cifar"))
-    assert len(row.split("|")) == 10 and row.count("x |") == 2
-    with pytest.raises(SystemExit) as exit_:
-        bench(["--models", "no_such_model"])
-    assert exit_.value.code == 2 and "no_such_model" in capsys.readouterr().err
 
 
 def test_the_report_says_whether_eager_latency_would_change_the_front():
