@@ -65,7 +65,8 @@ def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_si
         loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
         kwargs = json.loads(row.model_kwargs)
         trained = timm.create_model(row.model, num_classes=10, **kwargs).eval()
-        weights, _ = read_checkpoint(folder / "run")
+        weights, state = read_checkpoint(folder / "run")
+        assert state["config"]["num_threads"] == 1  # tiny_args' --threads 1 holds for the final stage too
         trained.load_state_dict(weights)
         torch.testing.assert_close(loaded(x), trained(x))  # the same network with the same trained weights
         torch.testing.assert_close(eval(row.load, {"timm": timm}).eval()(x), trained(x))  # the report's one line

@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: SQLite at runs/<study>/study.db")
     p.add_argument("--workers", type=int, default=None,
                    help="Optuna worker processes against the storage (default: one per CPU core on CPU, 1 on GPU)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per trial (default: cores / workers)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per trial and, when given, per final-stage model (default: cores / workers; "
+                        "the final stage, one model at a time, every core)")
     p.add_argument("--sampler", default="tpe", metavar="{" + ",".join(SAMPLERS) + "}",
                    help="tpe: Optuna's TPE; random: random search (the control TPE must beat). Recorded in the study; "
                         "a study is resumed only with its own sampler")
@@ -217,7 +219,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
                           budget=budget, baselines=baselines, workers=workers, seed=args.seed, sampler=args.sampler,
                           dashboard=not args.no_dashboard, dashboard_port=args.dashboard_port,
                           final=FinalSettings(top=args.final_top, spread=args.final_spread, seeds=args.final_seeds,
-                                              baselines=final_baselines,
+                                              baselines=final_baselines, threads=args.threads,
                                               epochs=args.final_epochs or FINAL_EPOCHS[device]),
                           heartbeat_s=args.heartbeat, ray=ray, strategy=args.strategy)
 

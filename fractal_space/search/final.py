@@ -155,7 +155,8 @@ def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, 
     started = time.perf_counter()
     cfg = settings.budget.config(model=job.model, model_kwargs=dict(job.model_kwargs), seed=job.seed,
                                  epochs=settings.final.epochs, epoch_images=None, eval_columns=True,
-                                 num_threads=usable_cpus(), out_dir=str(folder / "run"), **train, **job.regularization)
+                                 num_threads=settings.final.threads or usable_cpus(), out_dir=str(folder / "run"),
+                                 **train, **job.regularization)
     trainer = Trainer(cfg)
     for _ in trainer.epochs():
         pass

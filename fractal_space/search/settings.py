@@ -34,6 +34,8 @@ class FinalSettings:
     epochs: int = 2
     seeds: int = 1
     baselines: tuple[str, ...] = ()
+    #: torch threads per model (None: every usable core; models train one after another).
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
