@@ -38,6 +38,7 @@ def test_quick_run_writes_tables_and_plots_and_resumes(tiny_cifar, tmp_path, cap
         assert heading in text
     for variant in ("none", "paper", "no-dropout", "low-rate", "warmup"):
         assert f"| {variant} |" in text
+    assert "Latencies: ms per image at batch 1, ONNX Runtime." in text  # deployed, not eager
     for depth in (5, 10, 20, 40):
         assert f"\n| {depth} | " in text
     for png in ("anytime.png", "table4.png"):
