@@ -115,3 +115,19 @@ def test_timm_reparameterize_model_gives_equal_outputs(name: str) -> None:
     scripted = torch.jit.script(fused)
     with torch.no_grad():
         torch.testing.assert_close(scripted(X), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_weights_take_the_faster_cpu_layout_and_follow_conversions() -> None:
+    model = _trained("resnet20_cifar")
+    with torch.no_grad():
+        model(X)
+    weight, _ = model.stages[0][0].fold1.value
+    assert weight.is_contiguous(memory_format=torch.channels_last)  # 8 channels on 32x32: channels_last on CPU
+    model.double()  # replaces the tensors' data without a version bump
+    x = X.double()
+    with torch.no_grad():
+        out = model(x)
+    with torch.enable_grad():
+        expected = model(x).detach()
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, expected)

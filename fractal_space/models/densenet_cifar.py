@@ -26,7 +26,14 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.densenet import DenseBlock, DenseLayer, DenseTransition
 
 from fractal_space.models.cifar import CifarStageNet, cifar_cfg
-from fractal_space.models.fold import FoldCache, FoldingModule, folded_conv, folds, reparameterized_conv
+from fractal_space.models.fold import (
+    FoldCache,
+    FoldingModule,
+    activation,
+    folded_conv,
+    folds,
+    reparameterized_conv,
+)
 
 __all__ = ["DenseNetCifar"]
 
@@ -44,7 +51,7 @@ class FoldedDenseLayer(FoldingModule, DenseLayer):
         if not torch.jit.is_scripting():
             if folds(self.norm2, prev_features[0]):  # eval mode: no dropout
                 y = folded_conv(self.conv1, self.norm2, self.fold_cache, self.norm1(torch.cat(prev_features, 1)))
-                return self.conv2(self.norm2.act(y))
+                return self.conv2(activation(self.norm2.act, y))
         if self.grad_checkpointing and self.any_requires_grad(prev_features):  # timm's DenseLayer.forward from here
             if torch.jit.is_scripting():
                 raise Exception("Memory Efficient not supported in JIT")

@@ -6,8 +6,10 @@ The modules here keep their parameters, buffers and state-dict names; only eager
 (``model.eval()`` under ``torch.no_grad()`` / ``torch.inference_mode()``) runs folded weights. Those are computed
 on first use and again whenever one of the conv's or BN's tensors changed (an optimizer step, ``load_state_dict``,
 FractalNet's eval-mode BN refresh, ``.to()``: anything that bumps a tensor's version or replaces its data), and
-``train()`` drops them. Autograd, TorchScript, tracing (FX, ``torch.jit.trace``, ``torch.export`` / ONNX) and
-``torch.compile`` see the unfolded modules, so gradients and exported graphs are as before.
+``train()`` drops them. On CPU the folded weights take the layout oneDNN runs fastest for the conv's width and map
+size (channels_last for narrow convs), so eval runs the per-block layout without ``set_memory_format``.
+Autograd, TorchScript, tracing (FX, ``torch.jit.trace``, ``torch.export`` / ONNX) and ``torch.compile`` see the
+unfolded modules, so gradients and exported graphs are as before.
 
 ``reparameterize()`` is timm's deployment route (``timm.utils.reparameterize_model`` calls it): it replaces each
 conv + BN pair by one biased conv for good, which also changes the state dict's names.
@@ -22,12 +24,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ConvNormAct
 
-__all__ = ["FoldCache", "FoldedConvNormAct", "FoldingModule", "fold_conv_bn", "folded_conv", "folds",
+from fractal_space.models.cpu_conv import cpu_prefers_channels_last
+
+__all__ = ["FoldCache", "FoldedConvNormAct", "FoldingModule", "activation", "fold_conv_bn", "folded_conv", "folds",
            "reparameterized_conv"]
 
 
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of the conv equal to eval-mode ``bn(conv(x))``; the weight keeps ``conv.weight``'s layout."""
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module, channels_last: Optional[bool] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of the conv equal to eval-mode ``bn(conv(x))``; the weight in ``conv.weight``'s layout, or
+    channels_last / NCHW as asked."""
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors even when first used in inference mode
         scale = torch.rsqrt(bn.running_var + bn.eps)
         if bn.weight is not None:
@@ -37,50 +43,54 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> tuple[torch.Tensor, torch.Te
             bias = bias + bn.bias
         if conv.bias is not None:
             bias = bias + conv.bias * scale
-        weight = torch.empty_like(conv.weight)  # preserve_format: channels_last stays channels_last
+        layout = torch.preserve_format if channels_last is None else (
+            torch.channels_last if channels_last else torch.contiguous_format)
+        weight = torch.empty_like(conv.weight, memory_format=layout)
         torch.mul(conv.weight, scale.to(conv.weight.dtype).reshape(-1, 1, 1, 1), out=weight)
     return weight, bias.to(conv.weight.dtype)
 
 
 def folds(bn: nn.Module, x: Any) -> bool:
-    """Whether this call may run folded weights: ``bn`` in eval mode with running statistics, no autograd, and eager
+    """Whether this call may run folded weights: no autograd, ``bn`` in eval mode with running statistics, and eager
     (not an FX proxy, not ``torch.jit.trace``, not ``torch.compile`` / ``torch.export``)."""
-    return (not bn.training and getattr(bn, "running_var", None) is not None and not torch.is_grad_enabled()
+    return (not torch.is_grad_enabled() and not bn.training and bn._buffers.get("running_var") is not None
             and not isinstance(x, torch.fx.Proxy) and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
 
-class FoldCache:
-    """The folded (weight, bias) of one conv + BN pair, and the tensors (identity, storage, version) it came from."""
+def _sources(conv: nn.Conv2d, bn: nn.Module) -> tuple[Optional[torch.Tensor], ...]:
+    """The tensors a fold reads, from the modules' dicts (``nn.Module.__getattr__`` is a Python call per name)."""
+    p, q, b = conv._parameters, bn._parameters, bn._buffers
+    return p["weight"], p.get("bias"), q.get("weight"), q.get("bias"), b["running_mean"], b["running_var"]
 
-    __slots__ = ("key", "value")
+
+class FoldCache:
+    """The folded (weight, bias) of one conv + BN pair, valid while its source tensors are the same objects at the
+    same versions (in-place updates bump a tensor's version) and the input asks for the same layout.
+
+    On CPU the folded weight is channels_last where oneDNN runs the conv faster that way
+    (:func:`cpu_conv.cpu_prefers_channels_last`, from the input's map size): eval then runs the per-block layout
+    without ``set_memory_format``. Elsewhere it keeps the conv weight's layout.
+    """
+
+    __slots__ = ("key", "sources", "value")
 
     def __init__(self) -> None:
-        self.key: Optional[list[tuple[torch.Tensor, int, int]]] = None
+        self.key: Optional[tuple] = None
+        self.sources: tuple = ()  # held so that their ids in the key cannot be reused by new tensors
         self.value: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
-    @staticmethod
-    def _tensors(conv: nn.Conv2d, bn: nn.Module) -> list[torch.Tensor]:
-        tensors = [conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var]
-        return [t for t in tensors if t is not None]
-
-    def _valid(self, tensors: list[torch.Tensor]) -> bool:
-        if self.key is None or len(self.key) != len(tensors):
-            return False
-        for t, (k, ptr, version) in zip(tensors, self.key, strict=True):
-            if t is not k or t.data_ptr() != ptr or t._version != version:
-                return False
-        return True
-
-    def get(self, conv: nn.Conv2d, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """The folded pair, recomputed if any source tensor changed since it was computed."""
-        tensors = self._tensors(conv, bn)
-        if self.value is None or not self._valid(tensors):
-            self.value = fold_conv_bn(conv, bn)
-            self.key = [(t, t.data_ptr(), t._version) for t in tensors]
+    def get(self, conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The folded pair for input ``x``, recomputed if a source tensor or the wanted layout changed."""
+        sources = _sources(conv, bn)
+        layout = cpu_prefers_channels_last(conv.out_channels, x.shape[-2:]) if x.device.type == "cpu" else None
+        key = (layout, *map(id, sources), *[t._version for t in sources if t is not None])
+        if key != self.key:
+            self.value = fold_conv_bn(conv, bn, layout)
+            self.key, self.sources = key, sources
         return self.value
 
     def clear(self) -> None:
-        self.key = self.value = None
+        self.key, self.sources, self.value = None, (), None
 
     def __deepcopy__(self, memo: dict) -> FoldCache:
         return FoldCache()  # a copy folds its own tensors
@@ -88,8 +98,13 @@ class FoldCache:
 
 def folded_conv(conv: nn.Conv2d, bn: nn.Module, cache: FoldCache, x: torch.Tensor) -> torch.Tensor:
     """``bn(conv(x))`` in eval mode as one conv with the folded weights (no activation)."""
-    weight, bias = cache.get(conv, bn)
+    weight, bias = cache.get(conv, bn, x)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def activation(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``, with ReLU (every family's default) applied in place without a module call."""
+    return torch.relu_(x) if type(act) is nn.ReLU else act(x)
 
 
 def reparameterized_conv(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
@@ -103,14 +118,23 @@ def reparameterized_conv(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
 
 
 class FoldingModule(nn.Module):
-    """A module holding :class:`FoldCache` attributes: ``train()`` drops them (they go stale with the first step)."""
+    """A module holding :class:`FoldCache` attributes: ``train()`` drops them (they go stale with the first step), as
+    do conversions (``.to()`` and the like)."""
+
+    def _clear_folds(self) -> None:
+        for value in vars(self).values():
+            if isinstance(value, FoldCache):
+                value.clear()
 
     def train(self, mode: bool = True) -> FoldingModule:
         if mode:
-            for value in vars(self).values():
-                if isinstance(value, FoldCache):
-                    value.clear()
+            self._clear_folds()
         return super().train(mode)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FoldingModule:
+        """``.to()``, ``.float()``, ``.cuda()``... replace tensor data without a version bump: fold again after."""
+        self._clear_folds()
+        return super()._apply(fn, recurse)
 
 
 class FoldedConvNormAct(FoldingModule, ConvNormAct):
@@ -125,8 +149,9 @@ class FoldedConvNormAct(FoldingModule, ConvNormAct):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            if folds(self.bn, x):
-                return self.bn.act(folded_conv(self.conv, self.bn, self.fold_cache, x))
+            bn = self.bn
+            if folds(bn, x):
+                return activation(bn.act, folded_conv(self.conv, bn, self.fold_cache, x))
         return self.bn(self.conv(x))
 
     @torch.jit.ignore

@@ -38,7 +38,14 @@ from timm.models import (
 from timm.models.resnet import BasicBlock, downsample_conv
 
 from fractal_space.models.cifar import CifarStageNet, cifar_cfg
-from fractal_space.models.fold import FoldCache, FoldingModule, folded_conv, folds, reparameterized_conv
+from fractal_space.models.fold import (
+    FoldCache,
+    FoldingModule,
+    activation,
+    folded_conv,
+    folds,
+    reparameterized_conv,
+)
 
 __all__ = ["ResNetCifar"]
 
@@ -69,7 +76,7 @@ class FoldedBasicBlock(FoldingModule, BasicBlock):
         """conv1 -> bn1 -> (drop_block) -> act1 -> aa -> conv2 -> bn2, each conv + BN as one conv in inference."""
         if not torch.jit.is_scripting():
             if folds(self.bn1, x):  # drop_block is the identity in eval mode
-                x = self.act1(folded_conv(self.conv1, self.bn1, self.fold1, x))
+                x = activation(self.act1, folded_conv(self.conv1, self.bn1, self.fold1, x))
                 return folded_conv(self.conv2, self.bn2, self.fold2, self.aa(x))
         x = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
         return self.bn2(self.conv2(x))
