@@ -11,8 +11,15 @@ layout (``FractalNet.set_memory_format``, the engine's CPU default), and in that
 engine's ``--amp bf16``), whose ratio to the fp32 'auto' row is printed after the table; ratios in the table divide by
 the faster public layout (fp32).
 
+khanrc/pt.fractalnet (the fastest public PyTorch FractalNet) runs side by side too: its own ``fractal.py``, read at run
+time from a local mirror of that repository (``--khanrc-git``, a bare git directory; nothing of it is copied here),
+built as its README's CIFAR-10 default with the same columns, widths and the paper's drop-path and dropout. Without
+the mirror its rows are skipped with a message. After the table, one line per configuration gives fractal_space's
+'auto' layout against each reference (the faster layout of each).
+
     python benchmarks/bench_model.py                # C=3, C=4 reduced and the 20-layer network, batch 100
     python benchmarks/bench_model.py --configs c4 --rounds 9
+    python benchmarks/bench_model.py --configs c4 --batch 64   # issue 21's goal 1: C=4 reduced, batch 64
 
 Set MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 for stable small-batch CPU timings.
 """
@@ -21,13 +28,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import random
+import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -47,6 +58,36 @@ CONFIGS = {
 }
 DROP = PAPER.regularization(num_blocks=5)
 FP32, BF16 = "fractal_space (auto layout)", "fractal_space (auto layout, bf16 autocast)"
+PUBLIC, KHANRC = "public", "khanrc"  # name prefixes of the two reference implementations' rows
+KHANRC_GIT = Path("/work/.mirror/khanrc+pt.fractalnet/repo/.git")
+
+
+def load_khanrc(git_dir: Path) -> types.ModuleType | None:
+    """khanrc/pt.fractalnet's ``fractal.py`` at the mirror's HEAD, executed as a module; None without the mirror."""
+    if not (git_dir / "HEAD").exists():
+        return None
+    source = subprocess.run(["git", f"--git-dir={git_dir}", "show", "HEAD:fractal.py"], check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType("khanrc_fractal")
+    exec(compile(source, f"{git_dir}:fractal.py", "exec"), module.__dict__)  # their public file, as they ship it
+    return module
+
+
+def khanrc_fractalnet(module: types.ModuleType, num_columns: int, widths: tuple[int, ...]) -> torch.nn.Module:
+    """Their FractalNet as their README's CIFAR-10 default (max-pool after every block, linear head, Xavier init,
+    conv -> dropout -> BN -> ReLU) at our widths, with the paper's local/global drop-path and per-block dropout."""
+    doubling = tuple(widths[0] * 2 ** min(i, len(widths) - 2) for i in range(len(widths)))
+    if tuple(widths) != doubling:
+        raise ValueError(f"khanrc's FractalNet doubles its width per block but the last; {widths} is not {doubling}")
+    had_int = hasattr(np, "int")
+    np.int = int  # their block counts steps with np.int, removed in NumPy 1.24; only construction reads it
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # they print each block's channels
+            return module.FractalNet((3, 32, 32, 10), num_columns, widths[0], DROP["drop_path_rate"],
+                                     list(DROP["block_dropout"]), DROP["global_drop_fraction"], gap=0, init="xavier")
+    finally:
+        if not had_int:
+            del np.int
 
 
 @dataclass
@@ -140,13 +181,17 @@ def _mean_seconds(step: Callable[[], None], n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def _variants(cfg: dict) -> list[Variant]:
+def _variants(cfg: dict, khanrc: types.ModuleType | None) -> list[Variant]:
     kw = dict(num_columns=cfg["num_columns"], widths=cfg["widths"], **DROP)
     name = f"fractalnet_c{cfg['num_columns']}"
     torch.manual_seed(0)
+    theirs = [] if khanrc is None else [
+        Variant(f"{KHANRC} fractal.py ({layout_name})", khanrc_fractalnet(khanrc, cfg["num_columns"], cfg["widths"]),
+                layout) for layout_name, layout in (("NCHW", "contiguous"), ("channels_last", "channels_last"))]
     return [
-        Variant("public (NCHW)", PublicFractalNet(**kw), "contiguous"),
-        Variant("public (channels_last)", PublicFractalNet(**kw), "channels_last"),
+        *theirs,
+        Variant(f"{PUBLIC} (NCHW)", PublicFractalNet(**kw), "contiguous"),
+        Variant(f"{PUBLIC} (channels_last)", PublicFractalNet(**kw), "channels_last"),
         Variant("fractal_space (NCHW)", timm.create_model(name, **kw), "contiguous"),
         Variant("fractal_space (channels_last)", timm.create_model(name, **kw), "channels_last"),
         Variant(FP32, timm.create_model(name, **kw), "auto"),
@@ -197,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=100,
                         help="batch size of every network, ResNet-56 too (default 100: the paper's and the engine's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--khanrc-git", type=Path, default=KHANRC_GIT,
+                        help="bare git directory of khanrc/pt.fractalnet whose HEAD:fractal.py runs side by side")
     args = parser.parse_args(argv)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in names if c not in CONFIGS]
@@ -208,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.rounds} interleaved rounds, --steps {args.steps}\n")
+    khanrc = load_khanrc(args.khanrc_git)
+    if khanrc is None:
+        print(f"khanrc/pt.fractalnet skipped: no git mirror at {args.khanrc_git} (--khanrc-git)\n")
 
     def train(v: Variant, x: torch.Tensor, y: torch.Tensor) -> float:
         return v.train_step_seconds(x, y, args.steps)
@@ -216,21 +266,32 @@ def main(argv: list[str] | None = None) -> int:
         return v.eval_step_seconds(x, y, args.steps)
 
     torch.manual_seed(0)
-    resnet = Variant("resnet56_cifar", timm.create_model("resnet56_cifar"), "channels_last")
-    resnet_rates = {mode: _rate(args.batch, interleaved_seconds([resnet], fn, args.batch, args.rounds)[resnet.name])
-                    for mode, fn in (("train", train), ("eval", evaluate))}
-    resnet_gflops = {"train": resnet.train_flops_per_image() * resnet_rates["train"] / 1e9,
-                     "eval": resnet.eval_flops_per_image() * resnet_rates["eval"] / 1e9}
-    rows, amp_notes = [], []
+    baselines = [Variant(f"{name} (channels_last)", timm.create_model(name), "channels_last")
+                 for name in ("resnet56_cifar", "densenet_bc100_cifar")]  # the engine's CPU layout for baselines
+    baseline_times = {mode: interleaved_seconds(baselines, fn, args.batch, args.rounds)
+                      for mode, fn in (("train", train), ("eval", evaluate))}
+    baseline_rows = []
+    for v in baselines:
+        rates = {mode: _rate(args.batch, t[v.name]) for mode, t in baseline_times.items()}
+        baseline_rows.append((v.name, rates, {"train": v.train_flops_per_image() * rates["train"] / 1e9,
+                                              "eval": v.eval_flops_per_image() * rates["eval"] / 1e9}))
+    rows, amp_notes, reference_notes = [], [], []
     for key in names:
         cfg = CONFIGS[key]
-        variants = _variants(cfg)
+        variants = _variants(cfg, khanrc)
         flops = {v.name: (v.train_flops_per_image(), v.eval_flops_per_image()) for v in variants}
         times = {"train": interleaved_seconds(variants, train, args.batch, args.rounds),
                  "eval": interleaved_seconds(variants, evaluate, args.batch, args.rounds)}
         public = [v.name for v in variants if isinstance(v.model, PublicFractalNet)]
         base = {mode: min(public, key=lambda n: sum(t[n])) for mode, t in times.items()}  # the faster public layout
         label = f"{cfg['label']}, batch {args.batch}"
+        for prefix, what in ((KHANRC, "khanrc/pt.fractalnet fractal.py"), (PUBLIC, "benchmarks/public_fractalnet.py")):
+            ref = [v.name for v in variants if v.name.startswith(prefix)]
+            if ref:
+                fastest = {mode: min(ref, key=lambda n: sum(t[n])) for mode, t in times.items()}
+                reference_notes.append(f"{label}: {FP32} vs {what} (faster layout), train "
+                                       f"{_ratio_cell(times['train'][FP32], times['train'][fastest['train']])}, eval "
+                                       f"{_ratio_cell(times['eval'][FP32], times['eval'][fastest['eval']])}")
         amp_notes.append(f"{label}: bf16 autocast vs fp32 (both auto layout), train "
                          f"{_ratio_cell(times['train'][BF16], times['train'][FP32])}, eval "
                          f"{_ratio_cell(times['eval'][BF16], times['eval'][FP32])}")
@@ -245,12 +306,18 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * 8)
     for label, name, tr, tr_ratio, tr_gf, ev, ev_ratio, ev_gf in rows:
         print(f"| {label} | {name} | {tr:.0f} | {tr_ratio} | {tr_gf:.0f} | {ev:.0f} | {ev_ratio} | {ev_gf:.0f} |")
-    print(f"| CIFAR ResNet-56 | resnet56_cifar (channels_last) | {resnet_rates['train']:.0f} | | "
-          f"{resnet_gflops['train']:.0f} | {resnet_rates['eval']:.0f} | | {resnet_gflops['eval']:.0f} |")
+    for name, rates, gflops in baseline_rows:
+        print(f"| CIFAR baseline, batch {args.batch} | {name} | {rates['train']:.0f} | | {gflops['train']:.0f} | "
+              f"{rates['eval']:.0f} | | {gflops['eval']:.0f} |")
     print("\ntrain = forward + backward + SGD with the paper's drop-path; 'vs best public' divides by the faster of "
           "the two public layouts; GFLOP/s counts the FLOPs each variant executes (skipped columns are not counted for "
           "fractal_space).")
+    print("\n" + "\n".join(reference_notes))
     print("\n" + "\n".join(amp_notes))
+    (_, _, resnet_gflops), (_, _, densenet_gflops) = baseline_rows
+    print(f"\nDenseNet-BC-100 vs ResNet-56 (same rounds): train GFLOP/s "
+          f"{densenet_gflops['train'] / resnet_gflops['train']:.2f}x, eval GFLOP/s "
+          f"{densenet_gflops['eval'] / resnet_gflops['eval']:.2f}x")
     return 0
 
 
