@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,25 +88,37 @@ class Objective:
                              f"{self.budget.rungs.min_images:,} images) by successive halving")
 
         try:
-            config = sample()
-            trial.set_user_attr("config", json.loads(json.dumps(config)))
-            if named:
-                trial.set_user_attr("model", architecture_name(config["model_kwargs"]))
-            save_note(trial, _note(trial.user_attrs))
-            record = run_trial(model=model, config=config, budget=self.budget,
-                               out_dir=trial_dir(self.study_dir, trial.number), on_epoch=on_epoch)
-            return record.objective_values(self.objective)
+            with recording_failure(trial, passing=(Pruned,)):
+                config = sample()
+                trial.set_user_attr("config", json.loads(json.dumps(config)))
+                if named:
+                    trial.set_user_attr("model", architecture_name(config["model_kwargs"]))
+                save_note(trial, _note(trial.user_attrs))
+                record = run_trial(model=model, config=config, budget=self.budget,
+                                   out_dir=trial_dir(self.study_dir, trial.number), on_epoch=on_epoch)
+                return record.objective_values(self.objective)
         except Pruned as exc:
             raise optuna.TrialPruned(str(exc)) from None
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted: KeyboardInterrupt")
-            trial.set_user_attr("interrupted", True)
-            raise
-        except Exception as exc:
-            trial.set_user_attr("fail_reason", fail_reason(exc))
-            raise
         finally:
             _release_accelerator_memory()
+
+
+@contextmanager
+def recording_failure(trial: optuna.Trial, passing: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Leave the reason of an exception raised inside on ``trial`` (``fail_reason``, so a FAIL counts as finished; a
+    Ctrl-C is ``interrupted`` too, so it does not count and runs again), then let it propagate. ``passing``
+    exceptions (a pruned trial's) are no failure."""
+    try:
+        yield
+    except passing:
+        raise
+    except KeyboardInterrupt:
+        trial.set_user_attr("fail_reason", "interrupted: KeyboardInterrupt")
+        trial.set_user_attr("interrupted", True)
+        raise
+    except Exception as exc:
+        trial.set_user_attr("fail_reason", fail_reason(exc))
+        raise
 
 
 def _note(attrs: dict[str, Any]) -> str:

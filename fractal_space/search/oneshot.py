@@ -36,7 +36,8 @@ from fractal_space.metrics import count_flops, count_params, measure_latency
 from fractal_space.search import interrupt, lifecycle
 from fractal_space.search.accounting import reap_stale, tally
 from fractal_space.search.faults import fault_point
-from fractal_space.search.record import FRACTAL_MODEL, TrialRecord, architecture_name, fail_reason, tag
+from fractal_space.search.objective import recording_failure
+from fractal_space.search.record import FRACTAL_MODEL, TrialRecord, architecture_name, tag
 from fractal_space.search.settings import SearchSettings
 
 SUPERNET_DIR = "supernet"
@@ -101,8 +102,8 @@ class SubFractalObjective:
         self.settings = settings
         self.trainer = trainer
         self.supernet = trainer.model
-        self.kwargs = dict(supernet_config(settings)["model_kwargs"])
-        self.train = dict(supernet_config(settings)["train"])
+        config = supernet_config(settings)
+        self.kwargs, self.train = config["model_kwargs"], config["train"]
         self.labels = subset_labels(self.kwargs["num_columns"])
         self.bn_batches = trainer.bn_inputs()
 
@@ -118,7 +119,7 @@ class SubFractalObjective:
         tag(trial, "fractalnet", FRACTAL_MODEL)
         fault_point("trial-tagged")
         trial.set_user_attr("strategy", "oneshot")
-        try:
+        with recording_failure(trial):
             paths = self.sample(trial)
             config = {"model_kwargs": {**self.kwargs, "paths": paths}, "train": self.train}
             trial.set_user_attr("config", json.loads(json.dumps(config)))
@@ -133,13 +134,6 @@ class SubFractalObjective:
                 num_columns=self.kwargs["num_columns"])
             trial.set_user_attr("record", record.to_dict())
             return record.objective_values(self.settings.objective)
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted: KeyboardInterrupt")
-            trial.set_user_attr("interrupted", True)
-            raise
-        except Exception as exc:
-            trial.set_user_attr("fail_reason", fail_reason(exc))
-            raise
 
 
 def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Study:
