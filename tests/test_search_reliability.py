@@ -274,7 +274,7 @@ def _fault_injection(tmp_path: Path, kills: int, seed: int) -> None:
 
 
 def test_fault_injection_kills_at_every_point_of_the_trial_life_cycle(tmp_path):
-    _fault_injection(tmp_path, kills=5, seed=1)
+    _fault_injection(tmp_path, kills=len(POINTS), seed=1)  # each point once; the slow test below repeats them
 
 
 @pytest.mark.slow

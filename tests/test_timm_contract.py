@@ -70,6 +70,18 @@ def name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+# C=5 and C=6 unroll 16 and 32 steps per block: tracing, scripting and feature extraction cost grows with the module
+# count (C=6 alone took ~50 s of these tests on 2 shared cores), and their code is C=4's. Those checks run with -m slow.
+HEAVY_TO_TRACE = {"fractalnet_c5", "fractalnet_c6"}
+
+
+@pytest.fixture(params=[pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_TO_TRACE else n
+                        for n in CONTRACT_MODELS + list(CASES)])
+def traced_name(request: pytest.FixtureRequest) -> str:
+    """A registered model for the tracing and scripting checks (the deepest FractalNets in the slow suite)."""
+    return request.param
+
+
 def test_pretrained_cfg_matches_model(name: str) -> None:
     model = _create(name).eval()
     cfg = model.pretrained_cfg
@@ -203,7 +215,8 @@ def test_prune_intermediate_layers(name: str) -> None:
     assert model.num_features == model.feature_info[1]["num_chs"]
 
 
-def test_features_only(name: str) -> None:
+def test_features_only(traced_name: str) -> None:
+    name = traced_name
     torch.manual_seed(0)
     reference = _create(name).eval()
     x = _input(reference)
@@ -220,7 +233,8 @@ def test_features_only(name: str) -> None:
                 _assert_close(a, b)
 
 
-def test_torchscript_matches_eager(name: str) -> None:
+def test_torchscript_matches_eager(traced_name: str) -> None:
+    name = traced_name
     model = _create(name).eval()
     scripted = torch.jit.script(model)
     x = _input(model)
@@ -229,10 +243,10 @@ def test_torchscript_matches_eager(name: str) -> None:
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_fx_trace_matches_eager_and_scripts(name: str, train: bool) -> None:
+def test_fx_trace_matches_eager_and_scripts(traced_name: str, train: bool) -> None:
     """timm's FX feature extractor gives the eager outputs; in eval mode a plain symbolic trace scripts and does too
     (quantisation flows and timm's own tests trace, then script; compiling twice would double this file's cost)."""
-    model = _create(name).train(train)
+    model = _create(traced_name).train(train)
     train_nodes, eval_nodes = get_graph_node_names(model)
     fx_model = create_feature_extractor(model, [(train_nodes if train else eval_nodes)[-1]]).train(train)
     x = _input(model)
