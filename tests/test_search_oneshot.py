@@ -17,7 +17,8 @@ from search_cli import REPO, finished, load_study, run_search, tiny_args
 import fractal_space  # noqa: F401  (registers the timm models)
 from fractal_space.search.cli import build_parser, main, settings_from_args
 from fractal_space.search.faults import ENV as KILL_AT
-from fractal_space.search.oneshot import SUPERNET_DIR, subset_labels, supernet_config
+from fractal_space.search.oneshot import subset_labels, supernet_config
+from fractal_space.search.settings import SUPERNET_DIR
 
 ONESHOT = ("--strategy", "oneshot")
 
@@ -52,7 +53,8 @@ def test_oneshot_search_trains_one_supernet_and_scores_sub_fractals_as_trials_of
     assert _supernet_epochs(tmp_path, "os") == [1, 2]  # the budget of 2 one-epoch trials, trained once
     table = pd.read_parquet(tmp_path / "os" / "trials.parquet")
     assert sorted(table.number) == [t.number for t in trials] and "param_paths_0" in table
-    assert (tmp_path / "os" / "report.md").exists()
+    report = (tmp_path / "os" / "report.md").read_text()
+    assert "2 trials, one-shot: each a sub-fractal scored on the weights of one supernet trained once on 200" in report
 
 
 def _killed(runs, study, point: str, *extra: str) -> None:

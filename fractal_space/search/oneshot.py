@@ -4,7 +4,7 @@ FractalNet trained with drop-path already trains the sub-networks it can drop to
 architecture search (Bender et al. 2018; uniform single-path sampling as in SPOS, Guo et al. 2019). Here:
 
 1. **Supernet.** The space's reference recipe at its largest B and C (widths from the reference base and growth) is
-   trained as one engine run in ``<study>/supernet/`` (checkpointed every epoch, so a killed run resumes) with
+   trained as one engine run in ``SearchSettings.supernet_dir`` (checkpointed every epoch, so a killed run resumes) with
    ``supernet_sampling='uniform'``: each batch draws per block a uniform non-empty column subset, and the recipe's
    drop-path (and warm-up) acts inside it. Its budget is the training images the multi-trial search of the same
    ``--trials`` would spend (``Rungs.expected_images``), in epochs of the lowest rung's size.
@@ -39,8 +39,6 @@ from fractal_space.search.faults import fault_point
 from fractal_space.search.objective import recording_failure
 from fractal_space.search.record import FRACTAL_MODEL, TrialRecord, architecture_name, tag
 from fractal_space.search.settings import SearchSettings
-
-SUPERNET_DIR = "supernet"
 
 
 def subset_labels(num_columns: int) -> list[str]:
@@ -81,7 +79,7 @@ def supernet_train_config(settings: SearchSettings, progress: bool = False) -> T
     epochs = max(1, math.ceil(rungs.expected_images(settings.trials) / rungs.min_images))
     return settings.budget.config(model=FRACTAL_MODEL, model_kwargs=dict(config["model_kwargs"]), epochs=epochs,
                                   supernet_sampling="uniform", num_threads=usable_cpus(), progress=progress,
-                                  out_dir=str(settings.study_dir / SUPERNET_DIR), **config["train"])
+                                  out_dir=str(settings.supernet_dir), **config["train"])
 
 
 def train_supernet(settings: SearchSettings, progress: bool = False) -> Trainer:

@@ -233,13 +233,21 @@ def _trust_section(df: pd.DataFrame, final: pd.DataFrame, settings: SearchSettin
     budget = settings.budget
     started, ended = df.datetime_start.min(), df.datetime_complete.max()
     search_wall = (ended - started).total_seconds() if pd.notna(started) and pd.notna(ended) else math.nan
+    how = (f"rungs of {budget.rungs} (successive halving; one epoch = {budget.rungs.min_images:,} images from a new "
+           "shuffle of the training split)")
+    if settings.strategy == "oneshot":
+        metrics = settings.supernet_dir / "metrics.jsonl"
+        logged = metrics.read_text().splitlines() if metrics.exists() else []
+        epochs = [json.loads(line) for line in logged if line.strip()]
+        how = (f"one-shot: each a sub-fractal scored on the weights of one supernet trained once on "
+               f"{len(epochs) * budget.rungs.min_images:,} images ({sum(e['epoch_seconds'] for e in epochs) / 60:.1f} "
+               "min, `supernet/`), batch norm re-estimated through the sub-fractal; a score of inherited weights, not "
+               "of training alone (how far it ranks like training alone: docs/oneshot.md)")
     lines = ["## Budgets, wall times and how far to trust the ranking", "",
              f"- Hardware: {describe(budget['device'])}.",
-             f"- Search: {settings.trials} trials, rungs of {budget.rungs} (successive halving; one epoch = "
-             f"{budget.rungs.min_images:,} images from a new shuffle of the training split), validation on "
-             f"{budget['val_size']} held-out training images; {len(settings.baselines)} baseline(s) to the top rung. "
-             f"Wall time from the first trial to the last: {search_wall / 60:.1f} min (trial time summed: "
-             f"{df.duration_s.sum() / 60:.1f} min)."]
+             f"- Search: {settings.trials} trials, {how}, validation on {budget['val_size']} held-out training "
+             f"images; {len(settings.baselines)} baseline(s) to the top rung. Wall time from the first trial to the "
+             f"last: {search_wall / 60:.1f} min (trial time summed: {df.duration_s.sum() / 60:.1f} min)."]
     if len(final):
         train = settings.baseline_train()
         lines.append(f"- Final stage: {settings.final.epochs} epoch(s) over the whole training split per model, lr "

@@ -12,6 +12,8 @@ from fractal_space.space import SearchSpace
 #: How a search spends its budget: multitrial trains every trial from scratch; oneshot trains one FractalNet supernet
 #: and scores sub-fractals on its weights (:mod:`fractal_space.search.oneshot`).
 STRATEGIES = ("multitrial", "oneshot")
+#: The one-shot supernet's engine run, inside the study folder.
+SUPERNET_DIR = "supernet"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,11 @@ class SearchSettings:
     #: The live dashboard: Optuna's for the Optuna backend, Ray's for the Ray backend; None = the default port.
     dashboard: bool = True
     dashboard_port: int | None = None
+
+    @property
+    def supernet_dir(self) -> Path:
+        """Where ``--strategy oneshot`` trains its supernet (an engine run: checkpoints, ``metrics.jsonl``)."""
+        return self.study_dir / SUPERNET_DIR
 
     @property
     def unclaimed_after_s(self) -> float:
