@@ -237,13 +237,14 @@ def _num(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.2f}"
 
 
-def _checkout() -> str:
-    """The commit the benchmark ran from, and whether that checkout had uncommitted changes."""
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
+def _git(*cmd: str) -> str:
+    return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
-    changed = git("status", "--porcelain", "--untracked-files=no")
-    return f"commit {git('rev-parse', '--short', 'HEAD')} ({'with uncommitted changes' if changed else 'clean'})"
+
+def _checkout() -> str:
+    """The commit the benchmark runs from, and whether that checkout had uncommitted changes."""
+    changed = _git("status", "--porcelain", "--untracked-files=no")
+    return f"commit {_git('rev-parse', '--short', 'HEAD')} ({'with uncommitted changes' if changed else 'clean'})"
 
 
 def _images(x: float) -> str:
@@ -279,20 +280,22 @@ def write_doc(results: list[RunResult], scale: Scale, name: str, command: str, w
     if name == "quick":
         lines += ["**Smoke test (`--quick`), not a result**: a handful of trials on a few hundred images.", ""]
     lines += [f"**Finding.** {finding}", "",
-              f"Written by `{command}` at {datetime.now(UTC):%Y-%m-%d %H:%M UTC} from {_checkout()}. "
+              f"Written by `{command}` at {datetime.now(UTC):%Y-%m-%d %H:%M UTC} from {_checkout()}; the runs ran "
+              f"from {', '.join(sorted({w.get('commit', '?') for w in wall}))}. "
               f"Hardware: {describe('cpu')}; the machine's 2 cores were shared with other developers' work while this "
               "ran, so wall times are upper bounds and no speed is compared.", "",
               "## Setup", "",
               f"- Space: the default CPU search space (README: the search space), the paper's reference point as each "
               f"study's trial 0; batch norm re-estimated on {BN_BATCHES} training batches before each validation "
               "(`bn_batches`, default 10, fixed through a space file: it is a per-epoch fixed cost that dominated "
-              "these small epochs). Data: CIFAR-10, {scale.train_subset:,} training images (`--train-subset`), "
+              "these small epochs). "
+              f"Data: CIFAR-10, {scale.train_subset:,} training images (`--train-subset`), "
               f"{scale.val_size} validation images carved from the training split, the test split only in the final "
               "stage.",
               f"- Successive halving: {scale.trials} trials per study on {scale.rungs} rungs of {scale.rung_images:,} "
-              f"x3^k images (the default's shape, {scale.rung_images:,} instead of 3,500): top rung {scale.top:,} "
-              f"images. Without early stopping: {scale.full_trials} trials of {scale.top:,} images each, the "
-              "successive-halving studies' expected images.",
+              f"x3^k images (reduction factor 3 as the default; the CPU default has 4 rungs from 3,500): top rung "
+              f"{scale.top:,} images. Without early stopping: {scale.full_trials} trials of {scale.top:,} images "
+              "each, the successive-halving studies' expected images.",
               f"- {scale.seeds} seed(s) per method; one single-threaded worker per study, two studies at a time, each "
               "pinned to one core. Within a seed, TPE's first 10 trials (its random start-up) are exactly random "
               "search's (both samplers seed each trial's draw by seed and trial number), so the methods differ only "
@@ -339,8 +342,8 @@ def write_doc(results: list[RunResult], scale: Scale, name: str, command: str, w
               f"{_num(th)}); '-' where every winner scored the same.", "",
               "## Wall time", "",
               f"Whole benchmark: {total / 60:.1f} min over {len(wall)} invocation(s) that ran something ("
-              + "; ".join(f"{w['wall_seconds'] / 60:.1f} min, {w['ran']} run(s), started {w['started']}"
-                          for w in wall)
+              + "; ".join(f"{w['wall_seconds'] / 60:.1f} min, {w['ran']} run(s), started {w['started']}, the "
+                          f"machine's 15-min load average {w.get('load15', math.nan):.1f} at its end" for w in wall)
               + f"). Runs summed: {sum(r.wall_seconds for r in results) / 60:.1f} min (two at a time).", ""]
     write_atomic(doc, "\n".join(lines))
     summary = {"scale": scale_key, "finding": finding,
@@ -415,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ledger = out_dir / LEDGER
     if todo:
         with open(ledger, "a") as f:
-            f.write(json.dumps({"started": started, "wall_seconds": time.perf_counter() - t0, "ran": len(todo)}) + "\n")
+            f.write(json.dumps({"started": started, "wall_seconds": time.perf_counter() - t0, "ran": len(todo),
+                                "commit": _checkout(), "load15": os.getloadavg()[2]}) + "\n")
     wall = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()] if ledger.exists() else []
     results = [collect(m, s, scale, runs_dir) for m, s in runs]
     command = " ".join(["python benchmarks/search_efficiency.py", *argv])
