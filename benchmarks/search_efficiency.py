@@ -304,8 +304,8 @@ def write_doc(results: list[RunResult], scale: Scale, name: str, command: str, w
               "the training subset with the reference recipe, tested once on "
               + (f"the first {scale.test_images:,} test images." if scale.test_images else "the 10,000 test images."),
               f"- Common budget for the comparison: {budget:,.0f} training images, the least any run saw (Optuna's "
-              "asynchronous successive halving promotes more trials early on than the expected third, so runs differ "
-              "a little in total images).", "",
+              "asynchronous successive halving promotes more trials than the expected third, the more so for a "
+              "sampler that finds good trials early, so the runs' totals differ: see the results table).", "",
               f"![best-so-far validation accuracy against training images]({plot.name})", "",
               "## Results", "",
               "| method | best val acc (%) at the common budget: median (min .. max) | retrained best: test acc (%) "
