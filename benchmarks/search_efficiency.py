@@ -423,7 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()] if ledger.exists() else []
     results = [collect(m, s, scale, runs_dir) for m, s in runs]
     command = " ".join(["python benchmarks/search_efficiency.py", *argv])
-    finding = write_doc(results, scale, name, command, wall, doc, study_scale_of("tpe-sh", scale, runs_dir, dataset))
+    # The search saw only the copy's training split, the original's file: a study on args.dataset is the same search.
+    key = {**study_scale_of("tpe-sh", scale, runs_dir, dataset), "dataset": args.dataset}
+    finding = write_doc(results, scale, name, command, wall, doc, key)
     print(f"{finding}\nwrote {doc}", flush=True)
     return 0
 
