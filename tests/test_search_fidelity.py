@@ -38,3 +38,25 @@ def test_bootstrap_interval_of_too_few_or_bad_input():
         bootstrap_interval([1, 2, 3], [1, 2], spearman)
     with pytest.raises(ValueError, match="level 1.5"):
         bootstrap_interval([1, 2, 3], [1, 2, 3], spearman, level=1.5)
+
+
+def test_the_report_quotes_the_sampler_benchmark_only_for_a_study_of_its_scale(tmp_path, monkeypatch):
+    import json
+
+    from fractal_space.search import report
+    from fractal_space.search.budget import Budget
+    from fractal_space.search.rungs import Rungs
+    from fractal_space.search.settings import SearchSettings
+    from fractal_space.space import SearchSpace
+
+    def settings(trials: int) -> SearchSettings:
+        budget = Budget.default("cpu", Rungs(300, 3), dataset="cifar10", val_size=300, train_subset=2700)
+        return SearchSettings("s", tmp_path, None, "accuracy", trials, SearchSpace.default(32, "cpu"), budget)
+
+    doc = tmp_path / "search-efficiency.json"
+    monkeypatch.setattr(report, "EFFICIENCY", doc)
+    assert "has not been written here" in report._sampler_evidence(settings(27))  # noqa: SLF001
+    doc.write_text(json.dumps({"scale": report.study_scale(settings(27)), "finding": "Random search wins.",
+                               "summary": "27 trials"}))
+    assert report._sampler_evidence(settings(27)).endswith("docs/search-efficiency.md: Random search wins.")  # noqa: SLF001
+    assert report._sampler_evidence(settings(200)).startswith("not measured at this study's scale")  # noqa: SLF001

@@ -205,7 +205,7 @@ def _sampler_evidence(settings: SearchSettings) -> str:
     measured = json.loads(EFFICIENCY.read_text()) if EFFICIENCY.exists() else None
     if measured is not None and measured["scale"] == study_scale(settings):
         return f"measured at this study's scale in docs/search-efficiency.md: {measured['finding']}"
-    where = (f"docs/search-efficiency.md measured it on a smaller study ({measured['summary']})" if measured else
+    where = (f"docs/search-efficiency.md measured it on another scale: {measured['summary']}" if measured else
              "docs/search-efficiency.md has not been written here")
     return f"not measured at this study's scale ({where})"
 
