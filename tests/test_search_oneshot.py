@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import optuna
 import pandas as pd
 import pytest
 import timm
@@ -19,6 +20,7 @@ from fractal_space.search.cli import build_parser, main, settings_from_args
 from fractal_space.search.faults import ENV as KILL_AT
 from fractal_space.search.oneshot import subset_labels, supernet_config
 from fractal_space.search.settings import SUPERNET_DIR
+from fractal_space.search.storage import open_storage
 
 ONESHOT = ("--strategy", "oneshot")
 
@@ -102,9 +104,11 @@ def test_oneshot_on_the_ray_backend_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_a_study_resumes_only_with_its_own_strategy(tmp_path, capsys):
-    assert run_search(tmp_path, "mixed", "--trials", "1") == 0
-    capsys.readouterr()
+    """A study holding multi-trial search trials (as any study from before the strategy was recorded) is refused."""
+    study = optuna.create_study(study_name="mixed", direction="maximize",
+                                storage=open_storage(None, tmp_path / "mixed", heartbeat_s=None))
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"kind": "fractalnet"}))
     assert main(tiny_args(tmp_path, "mixed", "--trials", "2", *ONESHOT)) == 2
     assert capsys.readouterr().err.strip() == ("error: study 'mixed' was searched with --strategy multitrial, not "
                                                "oneshot; resume it with --strategy multitrial or pick another --study")
-    assert not (tmp_path / "mixed" / SUPERNET_DIR).exists() and len(finished(load_study(tmp_path, "mixed"))) == 1
+    assert not (tmp_path / "mixed" / SUPERNET_DIR).exists() and len(load_study(tmp_path, "mixed").trials) == 1
