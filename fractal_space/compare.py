@@ -21,7 +21,7 @@ import pandas as pd
 
 from fractal_space.engine import TrainConfig, train
 from fractal_space.io import atomic_path, write_atomic
-from fractal_space.train import build_parser as build_train_parser
+from fractal_space.train import recipe_parser
 
 DEFAULT_MODELS = ("fractalnet_c3", "resnet20_cifar", "resnet56_cifar", "densenet_bc100_cifar")
 COLUMNS = ("model", "test_acc", "num_params", "flops", "train_images_per_s", "val_acc", "epochs", "train_seconds")
@@ -42,7 +42,7 @@ DEFAULT_OUT_DIR = "runs/baselines"
 
 def build_parser() -> argparse.ArgumentParser:
     """The training CLI's recipe flags, with ``--models`` for the set and ``--out-dir`` as the comparison's root."""
-    parser = build_train_parser()
+    parser = recipe_parser()
     parser.prog = "baselines/run.py"
     parser.description = __doc__.splitlines()[0]
     parser.set_defaults(model=None, out_dir=DEFAULT_OUT_DIR)

@@ -44,9 +44,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def recipe_parser() -> argparse.ArgumentParser:
     """One flag per TrainConfig field, typed from the dataclass annotations, with the field's help, choices and
-    default (the paper recipe's where it has one)."""
+    default (the paper recipe's where it has one): the recipe, which ``baselines/run.py`` shares."""
     parser = _Parser(prog="fractal-train",
                      description="Train one model with the fractal_space engine; the defaults are the FractalNet "
                                  "paper's CIFAR recipe.",
@@ -69,10 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
         shown = "none" if default is None else default if isinstance(default, str) else json.dumps(default)
         parser.add_argument(flag, type=_optional(parse) if optional else parse, default=default, choices=choices,
                             metavar=None if choices else f.name.upper(), help=f"{help_text} (default: {shown})")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``fractal-train``'s flags: the recipe (:func:`recipe_parser`) and ``--export``."""
+    parser = recipe_parser()
     parser.add_argument("--export", metavar="DIR", default=None,
                         help="after training, export the model to DIR as a timm model folder with its model.onnx "
                              "(checked in ONNX Runtime) and a FractalNet's columns each alone in DIR/columns/, as the "
-                             "search's final stage does; the summary gains their deployment latencies")
+                             "search's final stage does; the summary gains their deployment latencies (default: "
+                             "none, no export)")
     return parser
 
 

@@ -311,7 +311,7 @@ def test_cli_unreadable_image_is_exit_2_naming_the_file(tmp_path, capsys):
 def test_cli_help_describes_every_option_with_choices_and_default():
     parser = build_parser()
     options = [a for a in parser._actions if a.dest != "help"]
-    assert {a.dest for a in options} == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {a.dest for a in options} == {f.name for f in dataclasses.fields(TrainConfig)} | {"export"}
     for action in options:
         assert action.help and not action.help.startswith("default") and "(default: " in action.help, action.dest
     text = parser.format_help()
