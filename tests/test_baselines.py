@@ -5,6 +5,7 @@ import math
 import pytest
 import timm
 import torch
+from timm.models.densenet import DenseLayer
 from torch import nn
 
 import fractal_space  # noqa: F401  (registers the models)
@@ -123,6 +124,6 @@ def test_densenet_channel_arithmetic(depth: int, k: int) -> None:
         model = timm.create_model(f"densenet_bc{depth}_cifar")
     assert [f["num_chs"] for f in model.feature_info] == expected
     assert model.num_features == expected[-1]
-    layers = [m for m in model.modules() if type(m).__name__ == "DenseLayer"]
+    layers = [m for m in model.modules() if isinstance(m, DenseLayer)]  # timm's layer (folding subclasses it)
     assert len(layers) == 3 * n
     assert all(layer.conv1.out_channels == 4 * k and layer.conv2.out_channels == k for layer in layers)
