@@ -196,6 +196,18 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, chosen: list[st
         f"| `{n}` | {scores['rank'][n]:.1%} | {scores['uniform+dp/bn10'][n]:.1%} | {alone[n]['val_acc']:.1%} | "
         f"{alone[n]['test_acc']:.1%} | {alone[n]['params']:,} |" for n in chosen)
     per_score = float(np.median(scores.get("score_seconds", [math.nan])))
+    params = [alone[n]["params"] for n in chosen]
+    main_x = [scores["uniform+dp/bn10"][n] for n in chosen]
+    tau_main, tau_size_alone, tau_size_oneshot = kendall_tau(main_x, y), kendall_tau(params, y), kendall_tau(params,
+                                                                                                            main_x)
+    bn_gain = np.mean([np.mean([scores[f"{v}/bn10"][n] - scores[f"{v}/bn0"][n] for n in chosen]) for v in VARIANTS])
+    verdict = ("**inverted**: the higher the supernet scores a sub-fractal, the worse it tends to train alone"
+               if tau_main < 0 else "positive" if tau_main > 0.3 else "weak")
+    # Equal compute: the supernet's images buy this many stand-alone trainings; the expected best of that many
+    # sub-fractals drawn from the trained ones (without replacement) is what a random multi-trial search would reach.
+    k = max(1, min(len(chosen), round(scale.supernet_epochs / scale.standalone_epochs)))
+    ranked_alone = sorted(y)  # ascending; P(max of k draws is the i-th smallest) = C(i, k-1) / C(n, k)
+    expected_best = sum(math.comb(i, k - 1) * v for i, v in enumerate(ranked_alone)) / math.comb(len(y), k)
     text = f"""# One-shot search: how far the supernet's ranking can be trusted
 
 Written by `benchmarks/oneshot_fidelity.py --scale {args.scale}` (re-run it to reproduce; it resumes). Machine:
@@ -229,6 +241,28 @@ scored on the `uniform+dp` supernet (10 BN batches), taken evenly by rank, best 
 is the paper's local drop-path alone (no subsets, no global drop-path). BN 0 scores each sub-fractal with the
 supernet's all-paths statistics.
 
+## What this says
+
+At this scale the one-shot ranking is {verdict} (Kendall tau {tau_main:.2f} for what `--strategy oneshot` trains).
+Size explains it: Kendall tau between parameter count and one-shot accuracy is {tau_size_oneshot:.2f}, between
+parameter count and stand-alone accuracy {tau_size_alone:.2f}. Inherited weights favour the sub-fractals with more
+paths (each path was trained on every batch that kept it, and a join of several trained paths averages out their
+errors), while {scale.standalone_epochs * images:,} images of training alone favour the small, shallow sub-fractals
+that learn fastest. BN re-estimation raises one-shot accuracy by {bn_gain * 100:.1f} points on average (10 batches
+against the supernet's all-paths statistics); compare the rows above for whether it, or the sampling choice, moves
+the correlation beyond the other rows' bootstrap intervals. A multi-trial search at this budget ranks by the same
+short-budget stand-alone accuracy, so it prefers the small sub-fractals the supernet ranks last; whether the supernet
+agrees with training alone at the top rung's 94,500 images or at convergence, where capacity pays, was not measured.
+
+**Equal compute, estimated.** One supernet's {scale.supernet_epochs * images:,} images pay for {k} stand-alone
+trainings of {scale.standalone_epochs * images:,}. The best of {k} sub-fractals drawn at random from the
+{len(chosen)} trained here reaches {expected_best:.1%} validation accuracy in expectation; the one-shot pick
+(`uniform+dp`, BN 10) reaches {alone[pick]['val_acc']:.1%} trained alone. This stands in for "the multi-trial search's
+best at equal compute" (a random search of {k} trials over this sub-fractal space, no successive halving); the real
+comparison, two searches retrained by the final stage, was not run.
+Ning et al. report the same failure mode (weight sharing ranks by what the shared weights favour, not by
+stand-alone quality) and correlations that the tricks above only partly repair.
+
 ## The sub-fractals (column sets per block, 1 = shallowest)
 
 | sub-fractal | one-shot (ranking pass) | one-shot (uniform+dp, BN 10) | alone: val | alone: test | params |
@@ -240,18 +274,19 @@ Best stand-alone: `{best}` ({alone[best]['val_acc']:.1%} val, {alone[best]['test
 
 ## Compute (wall seconds, shared machine)
 
-- Supernets: {', '.join(f'{v} {s:.0f} s' for v, s in supernet_seconds.items())} (training + per-epoch validation).
+- Supernets: {', '.join(f'{v} {s:.0f} s' for v, s in supernet_seconds.items())} (training + per-epoch validation;
+  the first ran alone, the others beside two stand-alone trainings of this script, so the times are not comparable).
 - One-shot score of one sub-fractal (extract, BN re-estimation, 2,000 validation images): median {per_score:.1f} s.
 - Stand-alone training: median {np.median([alone[n]['seconds'] for n in chosen]):.0f} s each, \
 {sum(alone[n]['seconds'] for n in chosen):.0f} s for all {len(chosen)}.
-- This invocation: {wall / 60:.0f} min.
+- This invocation: {wall / 60:.0f} min (a re-run reuses every finished run and score; the training above is the
+  whole cost).
 
 ## Not measured here
 
-- **The one-shot best against the multi-trial search's best at equal total compute** was not run this session: it
-  needs a multi-trial search and a one-shot search over the same space at the same image budget, each retrained by
-  the final stage; at the CPU scale that is two ~1 h searches. The comparison above (one-shot pick vs the best of the
-  {len(chosen)} stand-alone nets) is only the evaluator's regret within this sample.
+- **The one-shot best against the multi-trial search's best at equal total compute**, as two real searches over the
+  same space at the same image budget, each retrained by the final stage (at the CPU scale two ~1 h searches), was
+  not run this session; the estimate above stands in for it.
 - Drop-path warm-up (`drop_path_warmup`) in the supernet was not varied.
 """
     write_atomic(doc, text)
