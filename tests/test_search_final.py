@@ -89,6 +89,8 @@ def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_si
     assert all("local-dir:" in line and "onnxruntime.InferenceSession(" in line
                for line in headline.splitlines() if line.startswith("| fractalnet"))
     assert "Latencies: deployed on ONNX Runtime, CPU provider" in headline
+    marked = [line for line in headline.splitlines() if "(spread: fidelity sample)" in line]
+    assert len(marked) == list(after.role).count("spread")
     assert "Proxy fidelity:" in report and f"(n = {len(architectures)}," in report  # those with a search score
     assert "Spearman rho" in report and "Kendall tau" in report and "90% bootstrap interval" in report
 

@@ -129,7 +129,8 @@ def _anytime(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def _final_section(final: pd.DataFrame, out_dir: Path) -> list[str]:
-    """The headline: test accuracy of every retrained model (mean ± std over seeds), best columns, load lines."""
+    """The headline: test accuracy of every retrained model (mean ± std over seeds), best columns, load lines; the
+    ``--final-spread`` models, retrained only to measure fidelity, are marked as such."""
     lines = ["## Final test results (retrained from scratch, one recipe, test split unseen by the search)", "",
              "| model | test acc | params | FLOPs / image | latency b=1 (ms) | latency b=train (ms / image) | "
              "eager PyTorch b=1 (ms) | load (timm) | run (ONNX Runtime) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -140,6 +141,8 @@ def _final_section(final: pd.DataFrame, out_dir: Path) -> list[str]:
         first = group.iloc[0]
         seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
         label = f"{architecture}{seeds}" if kind == "fractalnet" else f"baseline {architecture}{seeds}"
+        if first.get("role") == "spread":  # retrained to measure the proxy's fidelity, not one of the answers
+            label += " (spread: fidelity sample)"
         lines.append(f"| {label} | {acc.mean():.2%}{spread} | {first.params:,} | {first.flops:,} | "
                      f"{_fmt(first.latency_ms, '.3f')} | {_fmt(first.latency_ms_batch, '.3f')} | "
                      f"{_fmt(first.get('eager_latency_ms'), '.3f')} | `{first.load}` | {_code(first.get('onnx'))} |")
