@@ -69,7 +69,7 @@ class FoldCache:
 
     On CPU the folded weight is channels_last where oneDNN runs the conv faster that way
     (:func:`cpu_conv.cpu_prefers_channels_last`, from the input's map size): eval then runs the per-block layout
-    without ``set_memory_format``. Elsewhere it keeps the conv weight's layout.
+    without ``set_memory_format``. Elsewhere, and for 1x1 kernels, it keeps the conv weight's layout.
     """
 
     __slots__ = ("key", "sources", "value")
@@ -82,7 +82,10 @@ class FoldCache:
     def get(self, conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The folded pair for input ``x``, recomputed if a source tensor or the wanted layout changed."""
         sources = _sources(conv, bn)
-        layout = cpu_prefers_channels_last(conv.out_channels, x.shape[-2:]) if x.device.type == "cpu" else None
+        # CUDA and 1x1 kernels keep the weight's layout (a 1x1 weight fits either stride order, and a channels_last
+        # one turns DenseNet's NCHW concatenations channels_last: 2x slower eval)
+        cpu = x.device.type == "cpu" and conv.kernel_size != (1, 1)
+        layout = cpu_prefers_channels_last(conv.out_channels, x.shape[-2:]) if cpu else None
         key = (layout, *map(id, sources), *[t._version for t in sources if t is not None])
         if key != self.key:
             self.value = fold_conv_bn(conv, bn, layout)
