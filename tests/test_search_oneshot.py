@@ -52,6 +52,7 @@ def test_oneshot_search_trains_one_supernet_and_scores_sub_fractals_as_trials_of
         assert t.user_attrs["model"].endswith("_p" + "-".join(t.params[f"paths_{i}"] for i in range(3)))
         record = t.user_attrs["record"]
         assert 0 <= record["val_acc"] <= 1 and record["params"] > 0 and record["flops"] > 0
+        assert record["latency_runtime"] == "onnxruntime-cpu" and record["latency_ms"] > 0  # deployed, as multi-trial
     assert _supernet_epochs(tmp_path, "os") == [1, 2]  # the budget of 2 one-epoch trials, trained once
     table = pd.read_parquet(tmp_path / "os" / "trials.parquet")
     assert sorted(table.number) == [t.number for t in trials] and "param_paths_0" in table

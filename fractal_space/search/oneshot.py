@@ -31,8 +31,8 @@ from typing import Any
 import optuna
 
 from fractal_space.engine import TrainConfig, Trainer
-from fractal_space.hardware import usable_cpus
-from fractal_space.metrics import count_flops, count_params, measure_latency
+from fractal_space.hardware import device_label, peak_memory_mb, usable_cpus
+from fractal_space.metrics import count_flops, count_params, deployment_latency, measure_latency
 from fractal_space.search import interrupt, lifecycle
 from fractal_space.search.accounting import reap_stale, tally
 from fractal_space.search.faults import fault_point
@@ -112,7 +112,7 @@ class SubFractalObjective:
                 for i in range(self.kwargs["num_blocks"])]
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         fault_point("trial-running")
         tag(trial, "fractalnet", FRACTAL_MODEL)
         fault_point("trial-tagged")
@@ -124,12 +124,18 @@ class SubFractalObjective:
             trial.set_user_attr("model", architecture_name(config["model_kwargs"]))
             sub = self.supernet.extract_paths(paths, bn_batches=self.bn_batches).eval()
             loss, acc = self.trainer.accuracy(sub, "val")
-            size = self.trainer.input_size
+            size, device = self.trainer.input_size, self.trainer.device
+            deploy_start = time.perf_counter()
+            deployed = deployment_latency(sub, size)  # what a multi-trial trial records: ONNX Runtime, batch 1
+            deploy_seconds = time.perf_counter() - deploy_start
             record = TrialRecord(
                 epoch=1, epochs=1, val_acc=float(acc), val_loss=float(loss), train_loss=math.nan, train_acc=math.nan,
-                latency_ms=measure_latency(sub, size), train_images_per_s=math.nan, epoch_seconds=math.nan,
+                latency_ms=deployed.ms[1], latency_runtime=deployed.runtime,
+                eager_latency_ms=measure_latency(sub, size), deploy_seconds=deploy_seconds,
+                train_images_per_s=math.nan, epoch_seconds=math.nan,
                 wall_seconds=time.perf_counter() - started, params=count_params(sub), flops=count_flops(sub, size),
-                num_columns=self.kwargs["num_columns"])
+                num_columns=self.kwargs["num_columns"], device=device_label(device), started_at=started_at,
+                peak_memory_mb=peak_memory_mb(device))
             trial.set_user_attr("record", record.to_dict())
             return record.objective_values(self.settings.objective)
 
