@@ -1,6 +1,9 @@
 """Eval-mode batch-norm folding (models/fold.py): same outputs as conv -> BN, the BN really skipped, never stale,
 autograd untouched, and timm's reparameterize_model route."""
 
+import copy
+import functools
+
 import pytest
 import timm
 import torch
@@ -17,11 +20,16 @@ CASES = {
     "resnet20_cifar": dict(depths=(1, 1, 1), channels=(8, 16, 16)),
     "densenet_bc100_cifar": dict(block_depth=2, growth_rate=4),
 }
-X = torch.randn(4, 3, 32, 32)
+X = torch.randn(2, 3, 16, 16)  # small maps keep it cheap; every family takes them
 
 
 def _trained(name: str) -> nn.Module:
-    """A model after two SGD steps, so BN statistics and weights are no longer their initial values."""
+    """A fresh copy of the model after two SGD steps (BN statistics and weights no longer their initial values)."""
+    return copy.deepcopy(_train_once(name)).eval()
+
+
+@functools.cache
+def _train_once(name: str) -> nn.Module:
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=5, **CASES[name])
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -29,6 +37,7 @@ def _trained(name: str) -> nn.Module:
         opt.zero_grad()
         model(X).logsumexp(1).mean().backward()
         opt.step()
+    opt.zero_grad(set_to_none=True)  # no gradients left for a test to mistake for its own
     return model.eval()
 
 
@@ -122,7 +131,7 @@ def test_folded_weights_take_the_faster_cpu_layout_and_follow_conversions() -> N
     with torch.no_grad():
         model(X)
     weight, _ = model.stages[0][0].fold1.value
-    assert weight.is_contiguous(memory_format=torch.channels_last)  # 8 channels on 32x32: channels_last on CPU
+    assert weight.is_contiguous(memory_format=torch.channels_last)  # 8 channels on 16x16: channels_last on CPU
     model.double()  # replaces the tensors' data without a version bump
     x = X.double()
     with torch.no_grad():
