@@ -5,7 +5,9 @@ NCHW batch, against the same weights exported by ``fractal_space.deploy.onnx_gra
 ONNX Runtime CPU session with torch's thread count. A third row runs the eager model with batch-norm folding
 switched off (``models/fold.py``'s ``folds`` patched to False for the run: conv -> BN -> ReLU as before), so the
 fold's own share is visible. Rows are interleaved round by round (A B C, B C A, ...), each cell the median over the
-rounds; the ratio is eager time / ONNX Runtime time (1.0 = as fast as ONNX Runtime).
+rounds; the ratio is eager time / ONNX Runtime time (1.0 = as fast as ONNX Runtime). One thread each by default:
+on the 2-core machine, 2 threads each gave eager/ORT ratios of 5-300x, ONNX Runtime's spinning worker threads taking
+the cores from the eager rows that follow them in the same process.
 
     python benchmarks/bench_eval.py                                   # every model, batch 64 and 1
     python benchmarks/bench_eval.py --models fractalnet_c4 --batches 1 --rounds 9
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="64,1", help="comma-separated batch sizes")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
     parser.add_argument("--seconds", type=float, default=0.5, help="target seconds per cell and round")
-    parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and ONNX Runtime threads (default 1: with as many threads as cores, ONNX Runtime's "
+                             "pool keeps spinning after each run and starves the eager rows interleaved with it)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in timm.list_models()]
