@@ -42,7 +42,11 @@ def test_ray_search_end_to_end_with_dashboard(tmp_path):
     assert set(df.state) <= {"COMPLETE", "PRUNED"} and (df.state == "COMPLETE").any()
     # ASHA on the shared rungs (1 and 3 epochs): stopped trials stop at rung 0, the others reach the top rung
     assert set(df[df.state == "PRUNED"].epochs_run) <= {1} and set(df[df.state == "COMPLETE"].epochs_run) == {3}
-    assert all(len(c) == n for c, n in zip(df.column_val_acc.dropna(), df.num_columns.dropna(), strict=True))
+    # columns are evaluated, and everything timed deployed, once a trial has spent its budget; a stopped trial has none
+    done, stopped = df[df.state == "COMPLETE"], df[df.state == "PRUNED"]
+    assert all(len(c) == len(lat) == n for c, lat, n in zip(done.column_val_acc, done.column_latency_ms,
+                                                            done.num_columns, strict=True))
+    assert set(done.latency_runtime) == {"onnxruntime-cpu"} and all(len(c) == 0 for c in stopped.column_val_acc)
     assert (tmp_path / "ray" / "report.md").exists() and list((tmp_path / "ray" / "ray").glob("run-*"))
 
 
