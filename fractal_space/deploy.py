@@ -59,10 +59,15 @@ def onnx_graph(model: nn.Module, batch: torch.Tensor, atol: float = ATOL, **forw
     ONNX Runtime runs it on ``batch`` (a real input batch where there is one) and its outputs must be within
     ``atol * max(1, max |PyTorch output|)`` of the PyTorch model's, else a one-line ``ValueError``.
     """
+    return deployable_graph(deployable_copy(model), batch, atol, **forward_kwargs)
+
+
+def deployable_graph(plain: nn.Module, batch: torch.Tensor, atol: float = ATOL, **forward_kwargs: Any) -> bytes:
+    """:func:`onnx_graph` of a model that already is a :func:`deployable_copy` (no second copy: ``export_model``
+    saves the same copy's weights)."""
     if batch.dim() != 4 or len(batch) < 1:
         raise ValueError(f"the check batch must be (N, C, H, W) with N >= 1, got shape {tuple(batch.shape)}")
     batch = batch.detach().float().cpu().contiguous()
-    plain = deployable_copy(model)
     with torch.no_grad():
         module = _Forward(plain, forward_kwargs) if forward_kwargs else plain
         expected = module(batch).numpy()
@@ -76,7 +81,7 @@ def onnx_graph(model: nn.Module, batch: torch.Tensor, atol: float = ATOL, **forw
     diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
     tolerance = atol * max(1.0, float(np.abs(expected).max()))
     if not diff <= tolerance:
-        name = type(model).__name__ + (f"({', '.join(f'{k}={v}' for k, v in forward_kwargs.items())})"
+        name = type(plain).__name__ + (f"({', '.join(f'{k}={v}' for k, v in forward_kwargs.items())})"
                                        if forward_kwargs else "")
         raise ValueError(f"ONNX export of {name} differs from PyTorch by {diff:.3g} on a batch of {len(batch)} "
                          f"(tolerance {tolerance:.3g}); nothing was written")

@@ -22,7 +22,7 @@ from torch import nn
 
 from fractal_space.anytime import reestimate_bn_stats
 from fractal_space.data import DataSplits
-from fractal_space.deploy import deployable_copy, onnx_graph
+from fractal_space.deploy import deployable_copy, deployable_graph
 from fractal_space.io import display_path
 from fractal_space.metrics import Latency, deployment_latency
 from fractal_space.models.fractalnet import FractalNet
@@ -50,7 +50,7 @@ def export_model(model: nn.Module, folder: str | Path, batch: torch.Tensor, data
     """
     folder = Path(folder)
     plain = deployable_copy(model)
-    graph = onnx_graph(plain, batch)
+    graph = deployable_graph(plain, batch)
     folder.mkdir(parents=True, exist_ok=True)
     data_config, model_config = None, None
     if data is not None:
