@@ -216,6 +216,24 @@ def test_the_optuna_dashboard_answers_while_the_search_runs_and_is_gone_after(tm
 
 
 
+def test_the_dashboard_takes_the_next_port_when_its_own_is_bound_but_not_yet_listening(tmp_path):
+    """Two searches starting together: the other has bound the port and not yet listened on it. Probing for a
+    listener found the port free and the bind then failed (EADDRINUSE), ending the search."""
+    import socket
+    import urllib.request
+
+    from fractal_space.search.dashboard import serve
+    from fractal_space.search.storage import open_storage
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening
+        port = taken.getsockname()[1]
+        with serve(open_storage(None, tmp_path, heartbeat_s=None), port) as url:
+            assert int(url.rsplit(":", 1)[1]) > port
+            with urllib.request.urlopen(f"{url}/api/studies", timeout=30) as page:
+                assert page.status == 200
+
+
 def test_resuming_a_finished_study_says_so_and_trains_nothing(tmp_path, capsys):
     assert run_search(tmp_path, "done", "--trials", "1") == 0
     capsys.readouterr()

@@ -7,8 +7,8 @@ down with the search.
 
 from __future__ import annotations
 
+import errno
 import logging
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,12 +24,15 @@ class _Quiet(WSGIRequestHandler):
         """No access log on the search's console."""
 
 
-def _free_port(start: int) -> int:
-    """``start``, or the next port up that nothing listens on."""
+def _bind(start: int, app: object) -> WSGIServer:
+    """A server on ``start``, or the next port up that is free, taken by binding it: a port found free and bound
+    later can be taken in between by another search starting on this machine."""
     for port in range(start, start + 100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return port
+        try:
+            return make_server("127.0.0.1", port, app, handler_class=_Quiet)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
     raise ValueError(f"no free port for the Optuna dashboard in {start}..{start + 99}")
 
 
@@ -39,8 +42,7 @@ def serve(storage: optuna.storages.BaseStorage, port: int | None = None) -> Iter
     from optuna_dashboard import wsgi
 
     logging.getLogger("optuna_dashboard").setLevel(logging.WARNING)
-    server: WSGIServer = make_server("127.0.0.1", _free_port(port or DEFAULT_PORT), wsgi(storage),
-                                     handler_class=_Quiet)
+    server = _bind(port or DEFAULT_PORT, wsgi(storage))
     thread = threading.Thread(target=server.serve_forever, name="optuna-dashboard", daemon=True)
     thread.start()
     try:
