@@ -37,7 +37,7 @@ from fractal_space.search.record import (
     tag,
 )
 from fractal_space.search.retention import keep_best_checkpoints, trial_dir
-from fractal_space.search.settings import SearchSettings
+from fractal_space.search.settings import RaySettings, SearchSettings
 from fractal_space.search.storage import open_storage
 from fractal_space.space import SearchSpace
 
@@ -147,7 +147,8 @@ def connect(settings: SearchSettings) -> tuple[str, str]:
     URL ('' without one) and the cluster's address.
 
     Checks, before anything is written: the cluster can be joined, and it has the CPUs and GPUs one trial asks for
-    (Ray would otherwise wait for them forever). Ray >= 2.5x starts clusters (``ray start --head``) with token
+    (Ray would otherwise wait for them forever; a cluster of our own is checked before it is started, so a refusal costs
+    no Ray start-up). Ray >= 2.5x starts clusters (``ray start --head``) with token
     authentication, and a client must then say so: when joining, ``RAY_AUTH_MODE=token`` is set if a token is at
     hand (a token-mode client joins clusters without authentication as well). Raises a one-line ValueError.
     """
@@ -166,8 +167,11 @@ def connect(settings: SearchSettings) -> tuple[str, str]:
             raise ValueError(f"--address {opts.address}: cannot join the Ray cluster ({first_line(exc)}){hint}"
                              ) from None
     else:
+        import torch
+
         import fractal_space
 
+        _check_resources(opts, {"CPU": float(usable_cpus()), "GPU": float(torch.cuda.device_count())})
         # Workers import this package from the same checkout even when it is not pip-installed.
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(fractal_space.__file__).parents[1]),
                                                            os.environ.get("PYTHONPATH")]))}
@@ -175,14 +179,21 @@ def connect(settings: SearchSettings) -> tuple[str, str]:
         ctx = ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=settings.dashboard,
                        dashboard_host="127.0.0.1", dashboard_port=settings.dashboard_port, log_to_driver=False,
                        logging_level=logging.ERROR, runtime_env={"env_vars": env})
-    have = ray.cluster_resources()
-    for resource, want in (("CPU", opts.cpus_per_trial), ("GPU", opts.gpus_per_trial)):
-        if want > have.get(resource, 0.0):
-            ray.shutdown()
-            raise ValueError(f"--{resource.lower()}s-per-trial {want:g}: the Ray cluster has "
-                             f"{have.get(resource, 0.0):g} {resource}(s), so no trial could ever start")
+    try:
+        _check_resources(opts, ray.cluster_resources())
+    except ValueError:
+        ray.shutdown()
+        raise
     url = ctx.dashboard_url or ""
     return (url if url.startswith("http") or not url else f"http://{url}"), ctx.address_info.get("gcs_address", "")
+
+
+def _check_resources(opts: RaySettings, have: dict[str, float]) -> None:
+    """One-line ValueError when one trial asks for more CPUs or GPUs than the cluster (``have``) has."""
+    for resource, want in (("CPU", opts.cpus_per_trial), ("GPU", opts.gpus_per_trial)):
+        if want > have.get(resource, 0.0):
+            raise ValueError(f"--{resource.lower()}s-per-trial {want:g}: the Ray cluster has "
+                             f"{have.get(resource, 0.0):g} {resource}(s), so no trial could ever start")
 
 
 def _quiet_ray() -> None:
