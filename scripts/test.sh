@@ -20,4 +20,6 @@ if [ -z "${FRACTAL_SPACE_PG_URL:-}" ]; then
     FRACTAL_SPACE_PG_URL="$(bash scripts/postgres.sh)"  # PostgreSQL for the storage test
     export FRACTAL_SPACE_PG_URL
 fi
-.venv/bin/python -m pytest "$@"
+# Two pytest-xdist workers (FRACTAL_SPACE_TEST_WORKERS; 0 runs in this process): much of the suite waits on child
+# processes, Ray and storages, so two keep both cores busy; tests that share a fixture run in one (xdist_group).
+.venv/bin/python -m pytest -n "${FRACTAL_SPACE_TEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+from small_data import tiny_dataset
 
 from fractal_space.search.accounting import counts_as_finished
 from fractal_space.search.cli import main
@@ -21,12 +22,13 @@ TINY_SPACE = ("num_blocks: {low: 2, high: 3}\nnum_columns: {low: 1, high: 3}\nba
 
 def tiny_args(runs: Path, study: str, *extra: str, rungs: int = 1) -> list[str]:
     """Command-line arguments of a tiny CPU search writing under ``runs``: one rung is one epoch of 100 images, two
-    rungs are 1 and 3 epochs of 50."""
+    rungs are 1 and 3 epochs of 50; the final stage tests on the first 500 test images (small_data)."""
     space = runs / "tiny_space.yaml"
     if not space.exists():
         runs.mkdir(parents=True, exist_ok=True)
         space.write_text(TINY_SPACE)
-    return ["--runs-dir", str(runs), "--study", study, "--device", "cpu", "--rungs", str(rungs),
+    return ["--runs-dir", str(runs), "--study", study, "--device", "cpu", "--dataset", tiny_dataset(),
+            "--rungs", str(rungs),
             "--rung-images", "100" if rungs == 1 else "50",
             "--train-subset", "100", "--val-size", "100", "--baselines", "", "--space", str(space),
             "--no-progress", "--heartbeat", "2", "--workers", "1", "--threads", "1",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from small_data import tiny_dataset
 
 from fractal_space.data import Normalize
 from fractal_space.engine import EpochReport, TrainConfig, Trainer, TrainingDiverged, lr_factor, train
@@ -19,16 +20,8 @@ from fractal_space.train import build_parser, main
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # One thread: on a shared 2-core machine, 2-thread OpenMP regions stall on every small op (measured 88 s vs 16 s for
 # this file under load).
-TINY = dict(model="test_efficientnet", train_subset=100, val_size=100, batch_size=50, progress=False,
-            download=False, num_threads=1)
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """Trainer sets torch's process-wide thread count; give other test files theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+TINY = dict(model="test_efficientnet", dataset=tiny_dataset(), train_subset=100, val_size=100, batch_size=50,
+            progress=False, download=False, num_threads=1)
 
 
 def _cfg(**overrides) -> TrainConfig:

@@ -14,13 +14,6 @@ TINY = dict(model="test_efficientnet", train_subset=100, val_size=100, batch_siz
             download=False, num_threads=1, epochs=2, schedule="constant", eval_columns=False)
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """A completed 2-epoch run; each test damages its own copy."""

@@ -137,6 +137,7 @@ def ray_head():
     head.wait(30)
 
 
+@pytest.mark.xdist_group("ray_head")  # one cluster for both
 def test_joining_a_plain_ray_start_cluster_works_with_its_defaults(ray_head, tmp_path):
     """No RAY_* variable set, as after a plain `ray start --head`: the CLI's connect joins with the saved token."""
     code = ("from pathlib import Path; from fractal_space.search import ray_backend; from fractal_space.search.cli "
@@ -150,12 +151,14 @@ def test_joining_a_plain_ray_start_cluster_works_with_its_defaults(ray_head, tmp
     assert f":{ray_head.rsplit(':', 1)[1]}'" in joined.stdout  # connect returned the joined cluster's address
 
 
+@pytest.mark.xdist_group("ray_head")  # one cluster for both
 def test_joining_without_the_cluster_token_is_one_line_saying_what_to_set(ray_head, tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "search" / "run.py"),
                            *tiny_args(tmp_path, "tokenless", "--backend", "ray", "--address", ray_head)],
                           capture_output=True, text=True, timeout=180, cwd=REPO,
                           env={**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
-                               "HOME": str(tmp_path)})
+                               # Ray retries a refused join once a second for 20 s by default; 2 tries say the same
+                               "HOME": str(tmp_path), "RAY_gcs_server_port_wait_time_s": "2"})
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr
     assert "RAY_AUTH_MODE=token" in errors[0] and ray_head in errors[0]
