@@ -60,3 +60,16 @@ def test_the_report_quotes_the_sampler_benchmark_only_for_a_study_of_its_scale(t
                                "summary": "27 trials"}))
     assert report._sampler_evidence(settings(27)).endswith("docs/search-efficiency.md: Random search wins.")  # noqa: SLF001
     assert report._sampler_evidence(settings(200)).startswith("not measured at this study's scale")  # noqa: SLF001
+
+
+def test_the_fidelity_line_says_when_the_top_rung_had_no_more_architectures_to_spread():
+    import pandas as pd
+
+    from fractal_space.search import report
+
+    final = pd.DataFrame({"architecture": list("abcdef"), "trial": range(6),
+                          "search_val_acc": [0.5, 0.4, 0.3, 0.2, 0.1, 0.05], "test_acc": [0.5, 0.4, 0.3, 0.2, 0.1, 0.0],
+                          "role": ["top"] * 3 + ["spread"] * 3})
+    short = report._fidelity(final, asked_spread=7)  # noqa: SLF001
+    assert "(n = 6, 3 of them spread" in short and "a larger --final-spread adds none" in short
+    assert "--final-spread adds architectures across the ranking" in report._fidelity(final, 3)  # noqa: SLF001

@@ -213,8 +213,10 @@ def _sampler_evidence(settings: SearchSettings) -> str:
     return f"not measured at this study's scale ({where})"
 
 
-def _fidelity(final: pd.DataFrame) -> str:
-    """Spearman and Kendall tau between search score and test accuracy (mean over seeds), with n and 90% intervals."""
+def _fidelity(final: pd.DataFrame, asked_spread: int) -> str:
+    """Spearman and Kendall tau between search score and test accuracy (mean over seeds), with n and 90% intervals;
+    says when the search's top rung held fewer distinct architectures than ``--final-spread`` asked for (TPE keeps
+    proposing the architectures it favours: a 200-trial TPE study here finished 82 trials of 8 architectures)."""
     ranked = final.dropna(subset=["search_val_acc"]).groupby(["architecture", "trial"], sort=False).agg(
         search=("search_val_acc", "first"), test=("test_acc", "mean"))
     x, y = list(ranked.search), list(ranked.test)
@@ -224,8 +226,12 @@ def _fidelity(final: pd.DataFrame) -> str:
         stats.append(f"{name} {_fmt(statistic(x, y), '.2f')} (90% bootstrap interval {_fmt(low, '.2f')} .. "
                      f"{_fmt(high, '.2f')})")
     spread = int((final.get("role", pd.Series(dtype=object)) == "spread").sum())
-    note = (" With fewer than 10 models this says little; --final-spread adds architectures across the ranking."
-            if len(ranked) < 10 else "")
+    note = ""
+    if len(ranked) < 10:
+        why = ("every other distinct architecture that reached the search's top rung is among them, so a larger "
+               "--final-spread adds none (more trials, or --sampler random, give more)" if spread < asked_spread else
+               "--final-spread adds architectures across the ranking")
+        note = f" With fewer than 10 models this says little; {why}."
     return (f"- Proxy fidelity: between the search's validation score and the final test accuracy of the retrained "
             f"models with a search score (n = {len(ranked)}, {spread} of them spread over the ranking below the top): "
             f"{'; '.join(stats)}.{note}")
@@ -257,9 +263,12 @@ def _trust_section(df: pd.DataFrame, final: pd.DataFrame, settings: SearchSettin
                      f"{train['lr']:g}, batch {train['batch_size']}, weight decay {train['weight_decay']:g}, cosine "
                      f"schedule, {settings.final.seeds} seed(s); FractalNets keep their searched regularisation. "
                      f"Training time summed: {final.train_seconds.sum() / 60:.1f} min.")
-        lines.append(_fidelity(final))
-    lines.append(f"- Sampler: {settings.sampler}. Its advantage over random search for this space: "
-                 f"{_sampler_evidence(settings)}.")
+        lines.append(_fidelity(final, settings.final.spread))
+    if settings.sampler == "random":
+        lines.append("- Sampler: random. It is the control that model-based samplers are measured against.")
+    else:
+        lines.append(f"- Sampler: {settings.sampler}. Its advantage over random search for this space: "
+                     f"{_sampler_evidence(settings)}.")
     return [*lines, ""]
 
 
