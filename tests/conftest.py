@@ -31,3 +31,15 @@ def data_root() -> Path:
     if not (SHARED_DATA / "cifar10" / "train.parquet").exists():
         pytest.fail(f"shared data not found at {SHARED_DATA}; tests need the real CIFAR-10 there")
     return SHARED_DATA
+
+
+#: Files of end-to-end tests (child processes, Ray, storages): tens of seconds each. Run first, so that the two
+#: xdist workers share them out and finish on the many short tests instead of one worker ending on a long one alone.
+LONG_FIRST = ("test_search_reliability.py", "test_reproduce_paper.py", "test_gpu_check.py", "test_search_final.py",
+              "test_search_ray.py", "test_search_optuna.py", "test_search_resume.py", "test_search_oneshot.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long files first (in LONG_FIRST's order), each file's own order kept; the order is the same in every worker."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
