@@ -171,12 +171,13 @@ def connect(settings: SearchSettings) -> tuple[str, str]:
 
         import fractal_space
 
-        _check_resources(opts, {"CPU": float(usable_cpus()), "GPU": float(torch.cuda.device_count())})
+        cpus = usable_cpus()
+        _check_resources(opts, {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())})
         # Workers import this package from the same checkout even when it is not pip-installed.
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(fractal_space.__file__).parents[1]),
                                                            os.environ.get("PYTHONPATH")]))}
         # address="local": always a new cluster of our own, never one that another job left running here.
-        ctx = ray.init(address="local", num_cpus=usable_cpus(), include_dashboard=settings.dashboard,
+        ctx = ray.init(address="local", num_cpus=cpus, include_dashboard=settings.dashboard,
                        dashboard_host="127.0.0.1", dashboard_port=settings.dashboard_port, log_to_driver=False,
                        logging_level=logging.ERROR, runtime_env={"env_vars": env})
     try:
