@@ -123,18 +123,9 @@ def dataset_with_test_subset(dataset: str, test_images: int | None, out_dir: Pat
     ``test_images`` images; the training split is the same file, linked."""
     if test_images is None:
         return dataset
-    import pyarrow.parquet as pq
+    from fractal_space.data import parquet_with_test_subset, resolve_data_root
 
-    from fractal_space.data import resolve_data_root
-
-    source, folder = resolve_data_root() / dataset, out_dir / "data"
-    if not (folder / "test.parquet").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "train.parquet").unlink(missing_ok=True)
-        (folder / "train.parquet").symlink_to(source / "train.parquet")
-        pq.write_table(pq.read_table(source / "test.parquet").slice(0, test_images), folder / "test.tmp.parquet")
-        (folder / "test.tmp.parquet").rename(folder / "test.parquet")
-    return f"parquet:{folder}"
+    return parquet_with_test_subset(resolve_data_root() / dataset, test_images, out_dir / "data")
 
 
 def run_one(method: str, seed: int, scale: Scale, runs_dir: Path, dataset: str, core: int | None) -> float:

@@ -282,3 +282,19 @@ def test_val_size_none_is_a_tenth_of_small_datasets_and_5000_of_large(cifar_test
     tree = _tree(tmp_path / "tree", cifar_test, {"train": 30})
     splits = load_splits(f"imagefolder:{tree}", val_size=None)
     assert len(splits.val) == 3 and len(splits.train) == 27
+
+
+def test_parquet_with_test_subset_links_train_cuts_test_and_replaces_a_half_made_folder(data_root, tmp_path):
+    import pyarrow.parquet as pq
+
+    from fractal_space.data import parquet_with_test_subset
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    (folder / "train.parquet").symlink_to(data_root / "cifar10" / "train.parquet")  # a crash before the test split
+    spec = parquet_with_test_subset(data_root / "cifar10", 40, folder)
+    assert spec == f"parquet:{folder}" and pq.ParquetFile(folder / "test.parquet").metadata.num_rows == 40
+    assert (folder / "train.parquet").resolve() == (data_root / "cifar10" / "train.parquet").resolve()
+    stamp = (folder / "test.parquet").stat().st_mtime_ns
+    assert parquet_with_test_subset(data_root / "cifar10", 40, folder) == spec  # reused, not written again
+    assert (folder / "test.parquet").stat().st_mtime_ns == stamp and [p.name for p in tmp_path.iterdir()] == ["small"]

@@ -20,6 +20,7 @@ from fractal_space.data.sources import (
     cache_dir,
     check_dataset_spec,
     load_split,
+    parquet_with_test_subset,
     resolve_data_root,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "check_dataset_spec",
     "load_split",
     "load_splits",
+    "parquet_with_test_subset",
     "resolve_data_root",
 ]

@@ -226,6 +226,31 @@ class _Layout:
     read: Callable[[], ImageSet]
 
 
+def parquet_with_test_subset(source: Path, test_images: int, folder: Path) -> str:
+    """A ``parquet:`` dataset at ``folder`` whose training split is ``source``'s ``train.parquet`` (linked, so the
+    decoded cache of it is shared by every run that uses ``folder``) and whose test split is the first ``test_images``
+    rows of ``source``'s ``test.parquet``: a final stage or engine test that costs seconds, not the whole split.
+
+    Reused when present; otherwise made whole in a private folder beside it and renamed into place, so that processes
+    making it at the same time never see half of it."""
+    import pyarrow.parquet as pq
+
+    if not (folder / "test.parquet").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent))
+        (staging / "train.parquet").symlink_to((source / "train.parquet").resolve())
+        pq.write_table(pq.read_table(source / "test.parquet").slice(0, test_images), staging / "test.parquet")
+        try:
+            staging.rename(folder)
+        except OSError:
+            if (folder / "test.parquet").exists():  # another process made it first
+                shutil.rmtree(staging)
+            else:  # a half-made folder, not made here (this function only ever renames a whole one into place)
+                shutil.rmtree(folder)
+                staging.rename(folder)
+    return f"parquet:{folder}"
+
+
 def _parquet_shards(folder: Path, split: str) -> list[Path]:
     return sorted(folder.glob(f"{split}.parquet")) or sorted(folder.glob(f"{split}-*.parquet"))
 
