@@ -17,12 +17,14 @@ at ``--standalone-images`` with the same recipe. The document also says whether 
 best of those, and the wall times.
 
 Scale (``--scale``): ``small`` (default) is B=3, C=3 (7^3 = 343 sub-fractals), widths 16-32-32, stand-alone at 10,500
-images (the CPU search's second rung), supernets at 31,500: what fits this session's shared 2-core machine. ``cpu``
-is the issue's scale (B=5, C=4, 15^5 sub-fractals, the default space's reference widths, stand-alone at the top rung's
-94,500 images, supernet at the default search's ~2.1M): about 2 h of supernets plus 15 x ~5 min, not run here.
+images (the CPU search's second rung), supernets at 31,500. ``medium`` is the default search space (B=5, C=4, 15^5
+sub-fractals, the reference widths 16-32-64-128-128), stand-alone at 31,500 images (the third rung), the supernet at
+315,000: about 1.5 h on 2 idle cores with ``--variants uniform+dp``. ``cpu`` is the issue's scale (stand-alone at the
+top rung's 94,500 images, supernet at the default search's ~2.1M): about 5 h per supernet plus 15 x ~10 min here.
+Each scale writes its own ``docs/oneshot-<scale>.md``.
 
     python benchmarks/oneshot_fidelity.py                 # small scale, resumable: re-run to continue
-    python benchmarks/oneshot_fidelity.py --scale cpu
+    python benchmarks/oneshot_fidelity.py --scale medium --variants uniform+dp
 
 Everything trains through the engine into ``<out-dir>`` (checkpointed runs; one-shot scores cached in
 ``scores.json``), so a re-run resumes and only rewrites the document.
@@ -34,6 +36,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -51,7 +54,7 @@ from fractal_space.search.oneshot import parse_label, subset_labels
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = dict(model="fractalnet_c3", regularization="none", schedule="cosine", batch_size=100, lr=0.02,
-              weight_decay=0.0, val_size=2000, eval_columns=False, progress=False, num_threads=1, augment="+")
+              weight_decay=0.0, val_size=2000, eval_columns=False, progress=False, augment="+")
 VARIANTS = {
     "uniform+dp": dict(supernet_sampling="uniform", drop_path_rate=0.15, global_drop_fraction=0.5),
     "uniform": dict(supernet_sampling="uniform", drop_path_rate=0.0, global_drop_fraction=0.0),
@@ -68,6 +71,7 @@ class Scale:
     epoch_images: int
     standalone_epochs: int
     supernet_epochs: int
+    rung: str  # which rung of the CPU search the stand-alone budget is
 
     def kwargs(self, **extra: Any) -> dict[str, Any]:
         return dict(num_blocks=self.num_blocks, num_columns=self.num_columns, widths=list(self.widths),
@@ -75,9 +79,10 @@ class Scale:
 
 
 SCALES = {
-    "small": Scale(3, 3, (16, 32, 32), 3_500, 3, 9),
-    "cpu": Scale(5, 4, (16, 32, 64, 128, 128), 3_500, 27, 600),
-    "smoke": Scale(2, 2, (4, 4), 200, 1, 2),  # the script end to end in a minute; its document is no result
+    "small": Scale(3, 3, (16, 32, 32), 3_500, 3, 9, "the CPU search's second rung"),
+    "medium": Scale(5, 4, (16, 32, 64, 128, 128), 3_500, 9, 90, "the CPU search's third rung"),
+    "cpu": Scale(5, 4, (16, 32, 64, 128, 128), 3_500, 27, 600, "the CPU search's top rung"),
+    "smoke": Scale(2, 2, (4, 4), 200, 1, 2, "a smoke test"),  # the script end to end in a minute; no result
 }
 
 
@@ -86,13 +91,14 @@ def _config(scale: Scale, out: Path, epochs: int, model_kwargs: dict[str, Any], 
                        out_dir=str(out), **train)
 
 
-def supernet(scale: Scale, out: Path, variant: str) -> Trainer:
-    """Train (or resume, or load) one supernet variant."""
+def supernet(scale: Scale, out: Path, variant: str, threads: int, load: list[float]) -> Trainer:
+    """Train (or resume, or load) one supernet variant, sampling the load average into ``load`` once an epoch."""
     v = dict(VARIANTS[variant])
     sampling = v.pop("supernet_sampling")
     trainer = Trainer(_config(scale, out / f"supernet-{variant}", scale.supernet_epochs, scale.kwargs(**v),
-                              supernet_sampling=sampling))
+                              supernet_sampling=sampling, num_threads=threads))
     for report in trainer.epochs():
+        load.append(os.getloadavg()[0])
         print(f"supernet {variant}: epoch {report.epoch}/{scale.supernet_epochs} val_acc {report.val_acc:.3f}",
               flush=True)
     return trainer
@@ -118,7 +124,7 @@ def standalone(args: tuple[Scale, str, str]) -> dict[str, Any]:
     v = dict(VARIANTS["uniform+dp"])
     v.pop("supernet_sampling")
     trainer = Trainer(_config(scale, Path(out) / "standalone" / name, scale.standalone_epochs,
-                              scale.kwargs(paths=paths, **v)))
+                              scale.kwargs(paths=paths, **v), num_threads=1))
     for _ in trainer.epochs():
         pass
     test = trainer.test()
@@ -136,10 +142,15 @@ def main() -> None:
     p.add_argument("--out-dir", default=str(REPO / "runs" / "oneshot-fidelity"))
     p.add_argument("--sample", type=int, default=60, help="random sub-fractals scored on the main supernet")
     p.add_argument("--n", type=int, default=15, help="of them, spanning the ranking, trained alone")
-    p.add_argument("--processes", type=int, default=2, help="stand-alone trainings at once (one thread each)")
-    p.add_argument("--doc", default=str(REPO / "docs" / "oneshot.md"))
+    p.add_argument("--processes", type=int, default=2,
+                   help="stand-alone trainings at once (one thread each); also the main supernet's threads")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="supernet sampling choices to compare (uniform+dp, what --strategy oneshot trains, always)")
+    p.add_argument("--doc", help="the document to write (default: docs/oneshot-<scale>.md)")
     args = p.parse_args()
     scale = SCALES[args.scale]
+    variants = ["uniform+dp", *(v for v in args.variants if v != "uniform+dp")]
+    load: list[float] = []
     out = Path(args.out_dir) / args.scale
     out.mkdir(parents=True, exist_ok=True)
     scores_path = out / "scores.json"
@@ -150,7 +161,7 @@ def main() -> None:
     space = ["-".join(c) for c in product(labels, repeat=scale.num_blocks)]
     rng = random.Random(0)
     sample = rng.sample(space, min(args.sample, len(space)))
-    main_net = supernet(scale, out, "uniform+dp")
+    main_net = supernet(scale, out, "uniform+dp", args.processes, load)
     ranked = scores.setdefault("rank", {})
     for name in sample:
         if name not in ranked:
@@ -161,7 +172,7 @@ def main() -> None:
 
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
         pending = pool.map_async(standalone, [(scale, str(out), name) for name in chosen])
-        nets = {"uniform+dp": main_net, **{v: supernet(scale, out, v) for v in VARIANTS if v != "uniform+dp"}}
+        nets = {"uniform+dp": main_net, **{v: supernet(scale, out, v, 1, load) for v in variants[1:]}}
         for variant, trainer in nets.items():
             for bn in BN_CHOICES:
                 key = f"{variant}/bn{bn}"
@@ -172,17 +183,22 @@ def main() -> None:
                                              bn)
                         done[name] = acc
                         scores.setdefault("score_seconds", []).append(seconds)
+                        load.append(os.getloadavg()[0])
                         write_atomic(scores_path, json.dumps(scores, indent=1))
         alone = {r["name"]: r for r in pending.get()}
     supernet_seconds = {v: sum(r.epoch_seconds for r in t.history) for v, t in nets.items()}
-    write_doc(Path(args.doc), args, scale, chosen, scores, alone, supernet_seconds, time.perf_counter() - started)
+    scores.setdefault("load", []).extend(load)
+    write_atomic(scores_path, json.dumps(scores, indent=1))
+    doc = Path(args.doc) if args.doc else REPO / "docs" / f"oneshot-{args.scale}.md"
+    write_doc(doc, args, scale, variants, chosen, scores, alone, supernet_seconds, time.perf_counter() - started)
 
 
-def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, chosen: list[str], scores: dict[str, Any],
-              alone: dict[str, dict[str, Any]], supernet_seconds: dict[str, float], wall: float) -> None:
+def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[str], chosen: list[str],
+              scores: dict[str, Any], alone: dict[str, dict[str, Any]], supernet_seconds: dict[str, float],
+              wall: float) -> None:
     y = [alone[n]["val_acc"] for n in chosen]
     rows = []
-    for variant, bn in product(VARIANTS, BN_CHOICES):
+    for variant, bn in product(variants, BN_CHOICES):
         x = [scores[f"{variant}/bn{bn}"][n] for n in chosen]
         lo, hi = bootstrap_interval(x, y, kendall_tau)
         pick = max(chosen, key=lambda n: scores[f"{variant}/bn{bn}"][n])
@@ -200,7 +216,7 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, chosen: list[st
     main_x = [scores["uniform+dp/bn10"][n] for n in chosen]
     tau_main, tau_size_alone, tau_size_oneshot = kendall_tau(main_x, y), kendall_tau(params, y), kendall_tau(params,
                                                                                                             main_x)
-    bn_gain = np.mean([np.mean([scores[f"{v}/bn10"][n] - scores[f"{v}/bn0"][n] for n in chosen]) for v in VARIANTS])
+    bn_gain = np.mean([np.mean([scores[f"{v}/bn10"][n] - scores[f"{v}/bn0"][n] for n in chosen]) for v in variants])
     verdict = ("**inverted**: the higher the supernet scores a sub-fractal, the worse it tends to train alone"
                if tau_main < 0 else "positive" if tau_main > 0.3 else "weak")
     # Equal compute: the supernet's images buy this many stand-alone trainings; the expected best of that many
@@ -208,24 +224,34 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, chosen: list[st
     k = max(1, min(len(chosen), round(scale.supernet_epochs / scale.standalone_epochs)))
     ranked_alone = sorted(y)  # ascending; P(max of k draws is the i-th smallest) = C(i, k-1) / C(n, k)
     expected_best = sum(math.comb(i, k - 1) * v for i, v in enumerate(ranked_alone)) / math.comb(len(y), k)
+    size_note = ("; inherited weights favour the sub-fractals with more paths (each path trained on every batch that"
+                 " kept it, a join of several averaging out their errors), while training alone at this budget favours"
+                 " the small ones that learn fastest" if tau_size_oneshot > 0.3 and tau_size_alone < 0 else "")
+    ning = ("Ning et al. report the same failure mode (weight sharing ranks by what the shared weights favour, not by"
+            " stand-alone quality) and correlations that their tricks only partly repair." if tau_main < 0.3 else "")
+    load = scores.get("load", [])
+    load_text = (f"{np.median(load):.1f} in the median ({min(load):.1f}-{max(load):.1f}, sampled {len(load)} times; the"
+                 " script itself keeps about 2 cores busy)" if load else "not recorded")
+    scope = ("the issue's scale" if args.scale == "cpu" else
+             "the default search space at a third of the issue's stand-alone budget" if args.scale == "medium" else
+             "smaller than the issue asks")
     text = f"""# One-shot search: how far the supernet's ranking can be trusted
 
 Written by `benchmarks/oneshot_fidelity.py --scale {args.scale}` (re-run it to reproduce; it resumes). Machine:
-{describe()}, **shared with three other developers' jobs while this ran** (load average ~10 on 2 cores), so wall
-times below are inflated and only their ratios mean anything. Anchor: Ning et al. 2020, "A Surgery of the Neural
+{describe()}; load average while it ran {load_text}. Anchor: Ning et al. 2020, "A Surgery of the Neural
 Architecture Evaluators" (weight-sharing evaluators ranked NAS-Bench-201 architectures with Kendall tau of roughly
 0.5-0.8 after their tricks, far less before).
 
-## Scale: smaller than the issue asks, on purpose
+## Scale: {scope}
 
 The issue's scale (B=5, C=4, 15^5 sub-fractals; each stand-alone net at the multi-trial search's top rung of 94,500
-images, ~5 min on 2 idle cores) needs ~2 h for the supernet and > 1 h for 15 stand-alone trainings, which this
-session's shared machine could not give. This run is **B={scale.num_blocks}, C={scale.num_columns}
+images, the supernet at the default search's ~2.1M) needs about 5 h per supernet and 2.5 h for 15 stand-alone
+trainings on this 2-core machine (`--scale cpu`). This run is **B={scale.num_blocks}, C={scale.num_columns}
 ({(2 ** scale.num_columns - 1) ** scale.num_blocks} sub-fractals), widths {'-'.join(map(str, scale.widths))}**:
 each supernet trained on {scale.supernet_epochs * images:,} CIFAR-10 images, each of the {len(chosen)} sub-fractals
-trained alone on {scale.standalone_epochs * images:,} images (the CPU search's second rung), validation on 2,000
+trained alone on {scale.standalone_epochs * images:,} images ({scale.rung}), validation on 2,000
 held-out training images, the recipe of the search (SGD lr 0.02, batch 100, cosine, augmentation +, no block dropout).
-`--scale cpu` runs the issue's scale. At these budgets accuracies are low and close together, so the correlations
+At these budgets accuracies are low and close together, so the correlations
 measure the evaluator at a very short training budget, not at convergence.
 
 The {len(chosen)} sub-fractals were chosen to span the one-shot ranking: {args.sample} distinct random sub-fractals
@@ -238,21 +264,16 @@ scored on the `uniform+dp` supernet (10 BN batches), taken evenly by rank, best 
 {chr(10).join(rows)}
 
 `uniform+dp` is what `search/run.py --strategy oneshot` trains; `uniform` is subsets alone (SPOS-style); `local-dp`
-is the paper's local drop-path alone (no subsets, no global drop-path). BN 0 scores each sub-fractal with the
-supernet's all-paths statistics.
+is the paper's local drop-path alone (no subsets, no global drop-path); this run compared {', '.join(variants)}.
+BN 0 scores each sub-fractal with the supernet's all-paths statistics.
 
 ## What this says
 
 At this scale the one-shot ranking is {verdict} (Kendall tau {tau_main:.2f} for what `--strategy oneshot` trains).
-Size explains it: Kendall tau between parameter count and one-shot accuracy is {tau_size_oneshot:.2f}, between
-parameter count and stand-alone accuracy {tau_size_alone:.2f}. Inherited weights favour the sub-fractals with more
-paths (each path was trained on every batch that kept it, and a join of several trained paths averages out their
-errors), while {scale.standalone_epochs * images:,} images of training alone favour the small, shallow sub-fractals
-that learn fastest. BN re-estimation raises one-shot accuracy by {bn_gain * 100:.1f} points on average (10 batches
-against the supernet's all-paths statistics); compare the rows above for whether it, or the sampling choice, moves
-the correlation beyond the other rows' bootstrap intervals. A multi-trial search at this budget ranks by the same
-short-budget stand-alone accuracy, so it prefers the small sub-fractals the supernet ranks last; whether the supernet
-agrees with training alone at the top rung's 94,500 images or at convergence, where capacity pays, was not measured.
+Size: Kendall tau between parameter count and one-shot accuracy is {tau_size_oneshot:.2f}, between parameter count and
+stand-alone accuracy {tau_size_alone:.2f}{size_note}. BN re-estimation raises one-shot accuracy by {bn_gain * 100:.1f}
+points on average (10 batches against the supernet's all-paths statistics); compare the rows above for whether it, or
+the sampling choice, moves the correlation beyond the other rows' bootstrap intervals.
 
 **Equal compute, estimated.** One supernet's {scale.supernet_epochs * images:,} images pay for {k} stand-alone
 trainings of {scale.standalone_epochs * images:,}. The best of {k} sub-fractals drawn at random from the
@@ -260,8 +281,7 @@ trainings of {scale.standalone_epochs * images:,}. The best of {k} sub-fractals 
 (`uniform+dp`, BN 10) reaches {alone[pick]['val_acc']:.1%} trained alone. This stands in for "the multi-trial search's
 best at equal compute" (a random search of {k} trials over this sub-fractal space, no successive halving); the real
 comparison, two searches retrained by the final stage, was not run.
-Ning et al. report the same failure mode (weight sharing ranks by what the shared weights favour, not by
-stand-alone quality) and correlations that the tricks above only partly repair.
+{ning}
 
 ## The sub-fractals (column sets per block, 1 = shallowest)
 
@@ -272,10 +292,10 @@ stand-alone quality) and correlations that the tricks above only partly repair.
 Best stand-alone: `{best}` ({alone[best]['val_acc']:.1%} val, {alone[best]['test_acc']:.1%} test). The one-shot pick
 (`uniform+dp`, BN 10): `{pick}` ({alone[pick]['val_acc']:.1%} val, {alone[pick]['test_acc']:.1%} test stand-alone).
 
-## Compute (wall seconds, shared machine)
+## Compute (wall seconds)
 
 - Supernets: {', '.join(f'{v} {s:.0f} s' for v, s in supernet_seconds.items())} (training + per-epoch validation;
-  the first ran alone, the others beside two stand-alone trainings of this script, so the times are not comparable).
+  the first ran alone on {args.processes} threads, any others on one thread beside the stand-alone trainings).
 - One-shot score of one sub-fractal (extract, BN re-estimation, 2,000 validation images): median {per_score:.1f} s.
 - Stand-alone training: median {np.median([alone[n]['seconds'] for n in chosen]):.0f} s each, \
 {sum(alone[n]['seconds'] for n in chosen):.0f} s for all {len(chosen)}.
