@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import optuna
 
@@ -57,30 +58,45 @@ def worker(settings: SearchSettings, on_trial: Callable[[], None] | None = None)
             on_trial()
 
 
-def _die_with(parent: int) -> None:
-    """Make this worker die when its parent does (Linux: PR_SET_PDEATHSIG), so no worker outlives a killed search.
+def _die_with(main: int) -> None:
+    """Make this worker die when the search's main process does, so no worker outlives a killed search.
 
-    Its RUNNING trial is then failed as interrupted by the next run's reaper (the worker's pid is gone).
+    Linux: PR_SET_PDEATHSIG kills it when its parent exits; that parent is the forkserver, which exits when ``main``
+    does. Its RUNNING trial is then failed as interrupted by the next run's reaper (the worker's pid is gone).
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the check after every trial still ends it
         pass
-    _exit_if_orphaned(parent)  # the parent died before prctl took effect
+    _exit_if_orphaned(main)  # main died before prctl took effect
 
 
-def _exit_if_orphaned(parent: int) -> None:
-    if os.getppid() != parent:
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return False
+    try:  # no /proc (macOS)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _exit_if_orphaned(main: int) -> None:
+    if not _alive(main):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _worker_process(settings: SearchSettings, parent: int) -> None:
-    _die_with(parent)
+def _worker_process(settings: SearchSettings, main: int) -> None:
+    _die_with(main)
     quiet_optuna()
     interrupt.install()
     try:
-        worker(settings, on_trial=lambda: _exit_if_orphaned(parent))
+        worker(settings, on_trial=lambda: _exit_if_orphaned(main))
     except KeyboardInterrupt:
         pass
 
@@ -100,7 +116,10 @@ def _run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.St
     if settings.workers <= 1:
         worker(settings, on_trial=lambda: progress(tally(study)[0]))
         return study
-    ctx = multiprocessing.get_context("spawn")
+    # Forked from one server process that imported torch, timm and this module once: each spawned worker paid ~6 s of
+    # imports (the server forks before any thread pool or CUDA context exists, so forking it is safe).
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     procs = [ctx.Process(target=_worker_process, args=(settings, os.getpid()), daemon=False)
              for _ in range(settings.workers)]
     for p in procs:

@@ -29,12 +29,12 @@ from fractal_space.search.procedure import run_trial
 from fractal_space.search.record import (
     FRACTAL_MODEL,
     OBJECTIVES,
-    WORKER,
     TrialRecord,
     architecture_name,
     fail_reason,
     first_line,
     tag,
+    worker_id,
 )
 from fractal_space.search.retention import keep_best_checkpoints, trial_dir
 from fractal_space.search.settings import RaySettings, SearchSettings
@@ -254,7 +254,7 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
             tuner.fit()
         progress(tally(study)[0])
     except KeyboardInterrupt:
-        fail_interrupted(study, "interrupted: KeyboardInterrupt", owned_by=WORKER)  # leave nothing RUNNING
+        fail_interrupted(study, "interrupted: KeyboardInterrupt", owned_by=worker_id())  # leave nothing RUNNING
         raise
     finally:
         _PROGRESS.clear()

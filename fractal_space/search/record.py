@@ -23,8 +23,6 @@ import pyarrow as pa
 OBJECTIVES: dict[str, str | None] = {"accuracy": None, "params": "params", "flops": "flops", "latency": "latency_ms"}
 #: The registered FractalNet variant search trials are built from; their model_kwargs override its B, C and widths.
 FRACTAL_MODEL = "fractalnet_c3"
-#: This process as a trial owner (``host:pid``): the reaper fails the RUNNING trials of owners that are gone.
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_REASON = 2000
 
 
@@ -110,9 +108,16 @@ def architecture_name(model_kwargs: dict[str, Any]) -> str:
     return f"fractalnet_b{model_kwargs['num_blocks']}_c{model_kwargs['num_columns']}_w{widths}{join}{kept}"
 
 
+def worker_id() -> str:
+    """This process as a trial owner (``host:pid``): the reaper fails the RUNNING trials of owners that are gone.
+
+    Read at each call, not at import: forked workers (the Optuna backend's forkserver) share what was imported."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def tag(trial: Any, kind: str, model: str) -> None:
     """The attributes every trial carries from its first moment: who runs it, what it is, which model."""
-    trial.set_user_attr("worker", WORKER)
+    trial.set_user_attr("worker", worker_id())
     trial.set_user_attr("kind", kind)
     trial.set_user_attr("model", model)
 
