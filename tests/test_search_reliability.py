@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from search_cli import REPO, finished, load_study, run_search, spawn_search, tiny_args, trials_table
 
 from fractal_space.search import interrupt, lifecycle, optuna_backend
-from fractal_space.search.cli import build_parser, settings_from_args
+from fractal_space.search.cli import build_parser, main, settings_from_args
 from fractal_space.search.faults import ENV as KILL_AT
 from fractal_space.search.objective import SurplusTrial
 from fractal_space.search.results import write_trials
@@ -185,18 +185,24 @@ def test_concurrent_writers_of_trials_parquet_lose_no_write(tmp_path):
     assert not list(tmp_path.glob(".trials.parquet.*"))
 
 
-def _worker_children(pid: int) -> list[int]:
-    """Process ids of ``pid``'s multiprocessing children (from /proc)."""
-    found = []
+def _children(pid: int) -> dict[int, str]:
+    """``pid``'s child processes and their command lines (from /proc)."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             cmdline = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if int(fields[1]) == pid and "spawn_main" in cmdline:  # not the resource tracker
-            found.append(int(stat.parent.name))
+        if int(fields[1]) == pid:
+            found[int(stat.parent.name)] = cmdline
     return found
+
+
+def _worker_children(pid: int) -> list[int]:
+    """Process ids of the search workers of main process ``pid``: the children of its multiprocessing forkserver."""
+    servers = [child for child, cmdline in _children(pid).items() if "forkserver" in cmdline]
+    return [worker for server in servers for worker in _children(server)]
 
 
 def _running(pid: int) -> bool:
@@ -255,6 +261,13 @@ def test_surplus_trials_say_why_they_exist(tmp_path):
     assert extra.number not in set(table.number)  # left out of the results
 
 
+def _armed_search(armed: str, args: list[str]) -> None:
+    """A forked child: the CLI's ``main`` armed to SIGKILL itself at ``armed`` (what ``search/run.py`` runs, without
+    the 6 s a fresh interpreter spends importing torch, timm and torchvision)."""
+    os.environ[KILL_AT] = armed
+    sys.exit(main(args))
+
+
 def _fault_injection(tmp_path: Path, kills: int, seed: int) -> None:
     """SIGKILL a search at random points of the trial life cycle, resume, and check the invariants every time."""
     rng = random.Random(seed)
@@ -262,14 +275,18 @@ def _fault_injection(tmp_path: Path, kills: int, seed: int) -> None:
     trials = 1
     points = [POINTS[i % len(POINTS)] for i in range(kills)]
     rng.shuffle(points)
+    fork = multiprocessing.get_context("fork")
     for round_, point in enumerate(points):
         trials += 1
-        env = {**os.environ, KILL_AT: f"{point}:{rng.randint(1, 2)}"}
-        proc = subprocess.Popen([sys.executable, str(REPO / "search" / "run.py"),
-                                 *tiny_args(tmp_path, "faults", "--trials", str(trials), "--seed", str(seed))],
-                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode in (0, -signal.SIGKILL), f"round {round_} ({point}): {out[-2000:]}"
+        armed = f"{point}:{rng.randint(1, 2)}"
+        proc = fork.Process(target=_armed_search, args=(armed, tiny_args(tmp_path, "faults", "--trials", str(trials),
+                                                                          "--seed", str(seed))))
+        proc.start()
+        proc.join(timeout=300)
+        if proc.exitcode is None:  # hung: leave no process behind
+            proc.kill()
+            proc.join()
+        assert proc.exitcode in (0, -signal.SIGKILL), f"round {round_} ({armed}): exit code {proc.exitcode}"
         assert run_search(tmp_path, "faults", "--trials", str(trials), "--seed", str(seed)) == 0
         counted = _assert_healthy(load_study(tmp_path, "faults"), trials, counted)
     df = trials_table(tmp_path, "faults")
