@@ -298,3 +298,29 @@ def test_parquet_with_test_subset_links_train_cuts_test_and_replaces_a_half_made
     stamp = (folder / "test.parquet").stat().st_mtime_ns
     assert parquet_with_test_subset(data_root / "cifar10", 40, folder) == spec  # reused, not written again
     assert (folder / "test.parquet").stat().st_mtime_ns == stamp and [p.name for p in tmp_path.iterdir()] == ["small"]
+
+
+def test_training_normalization_is_fitted_once_per_source_and_again_for_a_changed_one(cifar_test, tmp_path,
+                                                                                        monkeypatch):
+    """Every search trial's Trainer loads the same training split; its statistics are fitted once, and a source
+    rewritten in place (another decode-cache file) gets its own."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "cache"))
+
+    def write(images: torch.Tensor) -> None:
+        blobs = []
+        for image in images:
+            png = io.BytesIO()
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(png, format="PNG")
+            blobs.append({"bytes": png.getvalue()})
+        pq.write_table(pa.table({"img": pa.array(blobs), "label": [0] * len(blobs)}), tmp_path / "train.parquet")
+
+    write(cifar_test.images[:20])
+    first, again = (load_splits(f"parquet:{tmp_path}", val_size=4, with_test=False).norm for _ in range(2))
+    assert again is first
+    assert first == Normalize.fit(cifar_test.images[:20])
+    write(255 - cifar_test.images[:24])  # inverted pixels: other statistics
+    changed = load_splits(f"parquet:{tmp_path}", val_size=4, with_test=False).norm
+    assert changed == Normalize.fit(255 - cifar_test.images[:24]) and changed.mean != first.mean

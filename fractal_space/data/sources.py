@@ -7,6 +7,7 @@ disk keyed by the source files' size and mtime, so a training run never touches 
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -62,6 +63,7 @@ class ImageSet:
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
+    source: str | None = None  # the decode-cache file it came from (a changed source gets another); None: in memory
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -99,14 +101,14 @@ def _cached(kind: str, split: str, files: Sequence[Path], decode: Callable[[], I
     path = cache_dir() / f"{name}-{split}-{_cache_key(kind, split, files)}.pt"
     if path.exists():
         blob = torch.load(path, weights_only=True)
-        return ImageSet(blob["images"], blob["labels"], list(blob["classes"]))
+        return ImageSet(blob["images"], blob["labels"], list(blob["classes"]), str(path))
     data = decode()
     try:
         with atomic_path(path) as tmp:
             torch.save({"images": data.images, "labels": data.labels, "classes": data.classes}, tmp)
     except OSError:  # a read-only cache only costs the decode next time
         pass
-    return data
+    return dataclasses.replace(data, source=str(path))
 
 
 def _open(blob: bytes, name: Callable[[], str]) -> Image.Image:
@@ -371,7 +373,8 @@ def _pad_to_32(data: ImageSet) -> ImageSet:
     if h >= 32 and w >= 32:
         return data
     pad = ((32 - w) // 2, (32 - w + 1) // 2, (32 - h) // 2, (32 - h + 1) // 2)
-    return ImageSet(torch.nn.functional.pad(data.images, pad), data.labels, data.classes)
+    return ImageSet(torch.nn.functional.pad(data.images, pad), data.labels, data.classes,
+                    data.source and f"{data.source}+pad{pad}")
 
 
 def _imagefolder_split(path: Path, split: str) -> Path:
