@@ -228,6 +228,8 @@ def test_fractalnet_reports_every_column_with_repeatable_bn_estimates():
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     again = trainer.evaluate("val")  # columns are evaluated on copies; the full model's estimate is repeatable
     assert again.acc == report.val_acc and [c.acc for c in again.columns] == [c.acc for c in report.columns]
+    alone = trainer.evaluate_columns("val")  # what a search trial asks for after its last epoch
+    assert [(c.column, c.acc) for c in alone] == [(c.column, c.acc) for c in report.columns]
     after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith("num_batches_tracked"))
 

@@ -361,21 +361,35 @@ class Trainer:
         alone, and its accuracy and eager batch-1 latency measured.
         """
         loader = self._loader(split)
+        bn_inputs = self.bn_inputs() if self.num_columns else []
         if self.num_columns:
             from fractal_space.anytime import reestimate_bn_stats
 
-            bn_inputs = self.bn_inputs()
             reestimate_bn_stats(self.model, bn_inputs)
         loss, acc = self._accuracy(self.model, loader)
         report = EvalReport(loss, acc, measure_latency(self.model, self.input_size))
-        if columns and self.num_columns:
-            for k in self.model.anytime_columns():  # a sub-fractal's: the columns it keeps in every block
-                column = self.model.extract_column(k).to(memory_format=self.memory_format)
-                reestimate_bn_stats(column, bn_inputs)
-                _, col_acc = self._accuracy(column, loader)
-                report.columns.append(ColumnReport(k, col_acc, measure_latency(column, self.input_size)))
+        if columns:
+            report.columns = self.evaluate_columns(split, bn_inputs)
         self.model.train()
         return report
+
+    def evaluate_columns(self, split: str = "val", bn_inputs: list[torch.Tensor] | None = None) -> list[ColumnReport]:
+        """Each FractalNet column of :meth:`evaluate` alone (none for other networks), without evaluating the whole
+        network again: a search trial wants its columns once, after the last epoch's validation."""
+        if not self.num_columns:
+            return []
+        from fractal_space.anytime import reestimate_bn_stats
+
+        loader = self._loader(split)
+        bn_inputs = self.bn_inputs() if bn_inputs is None else bn_inputs
+        reports = []
+        for k in self.model.anytime_columns():  # a sub-fractal's: the columns it keeps in every block
+            column = self.model.extract_column(k).to(memory_format=self.memory_format)
+            reestimate_bn_stats(column, bn_inputs)
+            _, col_acc = self._accuracy(column, loader)
+            reports.append(ColumnReport(k, col_acc, measure_latency(column, self.input_size)))
+        self.model.train()
+        return reports
 
     def _loader(self, split: str) -> BatchLoader:
         loader = {"val": self.val_loader, "test": self.test_loader}.get(split)

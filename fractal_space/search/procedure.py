@@ -45,8 +45,7 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
         deployed: list[Latency] = []
         deploy_seconds = math.nan
         if report.epoch == cfg.epochs:  # the anytime and deployment metrics, once the budget is spent
-            if trainer.num_columns:
-                report.columns = trainer.evaluate("val", columns=True).columns
+            report.columns = trainer.evaluate_columns("val")
             start = time.perf_counter()
             deployed = [deployment_latency(trainer.model, trainer.input_size, **kw) for kw in _deployed(trainer)]
             deploy_seconds = time.perf_counter() - start
