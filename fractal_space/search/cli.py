@@ -304,11 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _search(settings, backend, args.no_progress, optuna_dashboard=args.backend == "optuna")
         if code:
             return code
-    finish(settings)  # the search's results first, so they are there whatever the final stage does
-    code = _final(settings, args.no_progress)
-    if code:
-        return code
-    report = finish(settings)
+    report = finish(settings)  # the search's results first, so they are there whatever the final stage does
+    if settings.final.top:
+        code = _final(settings, args.no_progress)
+        if code:
+            return code
+        report = finish(settings)  # again, with the final stage's table
     print(f"trials: {settings.study_dir / 'trials.parquet'}")
     print(f"report: {report}")
     return 0
@@ -335,9 +336,7 @@ def _estimate(settings: SearchSettings) -> str:
 
 
 def _final(settings: SearchSettings, no_progress: bool) -> int:
-    """Run (or resume) the final stage (none with ``--final-top 0``); 130 after Ctrl-C, else 0."""
-    if not settings.final.top:
-        return 0
+    """Run (or resume) the final stage; 130 after Ctrl-C, else 0."""
     from tqdm import tqdm
 
     from fractal_space.search.final import run_final
