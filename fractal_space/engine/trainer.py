@@ -361,10 +361,11 @@ class Trainer:
         alone, and its accuracy and eager batch-1 latency measured.
         """
         loader = self._loader(split)
-        bn_inputs = self.bn_inputs() if self.num_columns else []
+        bn_inputs = None
         if self.num_columns:
             from fractal_space.anytime import reestimate_bn_stats
 
+            bn_inputs = self.bn_inputs()
             reestimate_bn_stats(self.model, bn_inputs)
         loss, acc = self._accuracy(self.model, loader)
         report = EvalReport(loss, acc, measure_latency(self.model, self.input_size))
@@ -388,7 +389,6 @@ class Trainer:
             reestimate_bn_stats(column, bn_inputs)
             _, col_acc = self._accuracy(column, loader)
             reports.append(ColumnReport(k, col_acc, measure_latency(column, self.input_size)))
-        self.model.train()
         return reports
 
     def _loader(self, split: str) -> BatchLoader:
