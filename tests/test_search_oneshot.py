@@ -16,9 +16,10 @@ from optuna.trial import TrialState
 from search_cli import REPO, finished, load_study, run_search, tiny_args
 
 import fractal_space  # noqa: F401  (registers the timm models)
+from fractal_space.metrics import count_flops
 from fractal_space.search.cli import build_parser, main, settings_from_args
 from fractal_space.search.faults import ENV as KILL_AT
-from fractal_space.search.oneshot import subset_labels, supernet_config
+from fractal_space.search.oneshot import subset_labels, supernet_config, supernet_images
 from fractal_space.search.settings import SUPERNET_DIR
 from fractal_space.search.storage import open_storage
 
@@ -40,6 +41,23 @@ def test_the_sub_fractal_space_and_the_supernet_come_from_the_search_space(tmp_p
     assert default.study == "fractal-cifar10-accuracy-oneshot"  # never mixed into a multi-trial study
 
 
+def test_the_supernet_trains_on_the_multi_trial_search_s_compute_not_its_images(tmp_path):
+    """Every trial of this space is the supernet's full network (B=2, C=2 fixed), which costs more per image than the
+    supernet's uniform sub-fractals: the supernet gets proportionally more images. The mean over the 3^2 per-block
+    choices is counted here one network at a time; the product computes it from the 3 that keep one subset in both."""
+    space = tmp_path / "fixed.yaml"
+    space.write_text("num_blocks: 2\nnum_columns: 2\njoin: mean\nbase_width: 4\nwidth_growth: 1.0\nbatch_size: 50\n")
+    settings = settings_from_args(build_parser().parse_args(tiny_args(tmp_path, "s", "--space", str(space), *ONESHOT,
+                                                                      "--trials", "9")))
+    kwargs = supernet_config(settings)["model_kwargs"]
+    flops = [count_flops(timm.create_model("fractalnet_c3", **kwargs, paths=[a, b]), (3, 32, 32))
+             for a in ([1], [2], [1, 2]) for b in ([1], [2], [1, 2])]
+    full = count_flops(timm.create_model("fractalnet_c3", **kwargs), (3, 32, 32))
+    assert full == max(flops) and min(flops) < full / 2  # column 1 alone skips column 2's two conv units
+    expected = settings.budget.rungs.expected_images(9)
+    assert supernet_images(settings) == pytest.approx(expected * full / (sum(flops) / len(flops)), abs=1)
+
+
 def test_oneshot_search_trains_one_supernet_and_scores_sub_fractals_as_trials_of_the_study(tmp_path):
     assert run_search(tmp_path, "os", "--trials", "2", *ONESHOT) == 0
     study = load_study(tmp_path, "os")
@@ -53,7 +71,9 @@ def test_oneshot_search_trains_one_supernet_and_scores_sub_fractals_as_trials_of
         record = t.user_attrs["record"]
         assert 0 <= record["val_acc"] <= 1 and record["params"] > 0 and record["flops"] > 0
         assert record["latency_runtime"] == "onnxruntime-cpu" and record["latency_ms"] > 0  # deployed, as multi-trial
-    assert _supernet_epochs(tmp_path, "os") == [1, 2]  # the budget of 2 one-epoch trials, trained once
+    settings = settings_from_args(build_parser().parse_args(tiny_args(tmp_path, "os", "--trials", "2", *ONESHOT)))
+    epochs = -(-supernet_images(settings) // 100)  # trained once, on the compute of 2 one-epoch trials (100 images)
+    assert _supernet_epochs(tmp_path, "os") == list(range(1, epochs + 1))
     table = pd.read_parquet(tmp_path / "os" / "trials.parquet")
     assert sorted(table.number) == [t.number for t in trials] and "param_paths_0" in table
     report = (tmp_path / "os" / "report.md").read_text()

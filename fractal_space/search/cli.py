@@ -318,15 +318,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _estimate(settings: SearchSettings) -> str:
     """What the search will train, and on CPU how long that takes at the planning rate."""
     rungs = settings.budget.rungs
-    images = rungs.expected_images(settings.trials) + len(settings.baselines) * rungs.images[-1]
-    line = (f"search stage: about {images:,} training images ({settings.trials} trials under successive halving, "
-            f"{len(settings.baselines)} baseline(s) to the top rung)")
+    trial_images, baseline_images = rungs.expected_images(settings.trials), len(settings.baselines) * rungs.images[-1]
+    line = (f"search stage: about {trial_images + baseline_images:,} training images ({settings.trials} trials under "
+            f"successive halving, {len(settings.baselines)} baseline(s) to the top rung)")
     if settings.strategy == "oneshot":
-        line = (f"search stage: about {images:,} training images (one supernet on the budget of {settings.trials} "
-                f"multi-trial trials, {len(settings.baselines)} baseline(s) to the top rung), then {settings.trials} "
-                "sub-fractals scored on its weights")
+        from fractal_space.search.oneshot import supernet_images
+
+        line = (f"search stage: one supernet trained on about {supernet_images(settings):,} images (the compute of "
+                f"{settings.trials} multi-trial trials' {trial_images:,}), {len(settings.baselines)} baseline(s) to "
+                f"the top rung, then {settings.trials} sub-fractals scored on its weights")
     if settings.budget["device"] == "cpu":
-        minutes = images / (CPU_IMAGES_PER_S * settings.workers) / 60
+        minutes = (trial_images + baseline_images) / (CPU_IMAGES_PER_S * settings.workers) / 60
         line += f", estimated {minutes:.0f} min at ~{CPU_IMAGES_PER_S} images/s per worker (planning figure)"
     final = settings.final
     if final.top:

@@ -6,8 +6,9 @@ architecture search (Bender et al. 2018; uniform single-path sampling as in SPOS
 1. **Supernet.** The space's reference recipe at its largest B and C (widths from the reference base and growth) is
    trained as one engine run in ``SearchSettings.supernet_dir`` (checkpointed every epoch, so a killed run resumes) with
    ``supernet_sampling='uniform'``: each batch draws per block a uniform non-empty column subset, and the recipe's
-   drop-path (and warm-up) acts inside it. Its budget is the training images the multi-trial search of the same
-   ``--trials`` would spend (``Rungs.expected_images``), in epochs of the lowest rung's size.
+   drop-path (and warm-up) acts inside it. Its budget is the training compute the multi-trial search of the same
+   ``--trials`` would spend (:func:`supernet_images`: equal FLOPs, not equal images, since the supernet is larger
+   than the average trial), in epochs of the lowest rung's size.
 2. **Sub-fractal search.** The study's sampler picks per block a column subset (``paths_<i>``, 2^C - 1 choices
    each: 15^5 sub-fractals for C=4, B=5); each trial inherits the supernet's weights
    (:meth:`FractalNet.extract_paths`), re-estimates batch norm on ``bn_batches`` training batches through the
@@ -29,6 +30,7 @@ from itertools import combinations
 from typing import Any
 
 import optuna
+import timm
 
 from fractal_space.engine import TrainConfig, Trainer
 from fractal_space.hardware import device_label, peak_memory_mb, usable_cpus
@@ -72,11 +74,50 @@ def supernet_config(settings: SearchSettings) -> dict[str, Any]:
     return json.loads(json.dumps(config))
 
 
+#: Architectures drawn from the space's prior to estimate the mean cost per image of a multi-trial trial.
+PRIOR_DRAWS = 64
+#: Per process and space (its repr): the mean trial's FLOPs per image over the supernet's, which takes seconds to
+#: count and is asked for by the CLI's estimate and by the supernet's run.
+_COST_RATIO: dict[str, float] = {}
+
+
+def _flops(model_kwargs: dict[str, Any], input_size: int) -> int:
+    """Forward FLOPs per image of a FractalNet."""
+    return count_flops(timm.create_model(FRACTAL_MODEL, **model_kwargs), (3, input_size, input_size))
+
+
+def _cost_ratio(settings: SearchSettings) -> float:
+    """Mean forward FLOPs per image of a multi-trial trial over the supernet's under uniform sub-fractal sampling."""
+    key = repr(settings.space)
+    if key not in _COST_RATIO:
+        size = settings.space.input_size
+        draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        trial = sum(_flops(settings.space.suggest(draws.ask())["model_kwargs"], size)
+                    for _ in range(PRIOR_DRAWS)) / PRIOR_DRAWS
+        kwargs = supernet_config(settings)["model_kwargs"]
+        c, labels = kwargs["num_columns"], subset_labels(kwargs["num_columns"])
+        supernet = sum(_flops({**kwargs, "paths": [parse_label(label, c)] * kwargs["num_blocks"]}, size)
+                       for label in labels) / len(labels)
+        _COST_RATIO[key] = trial / supernet
+    return _COST_RATIO[key]
+
+
+def supernet_images(settings: SearchSettings) -> int:
+    """The supernet's training images, so that one-shot costs what the multi-trial search of ``--trials`` would.
+
+    Multi-trial compute is its images under successive halving (``Rungs.expected_images``) times the mean forward
+    FLOPs per image of ``PRIOR_DRAWS`` architectures drawn from the space (seeded random draws: the same figure on
+    every resume). The supernet's cost per image is its mean over uniform sub-fractals: per block each column subset
+    equally likely, and since blocks are independent, the mean over the 2^C - 1 sub-fractals that keep one subset in
+    every block is exact. Drop-path, which lowers the training cost of both sides, is left out of both.
+    """
+    return int(settings.budget.rungs.expected_images(settings.trials) * _cost_ratio(settings))
+
+
 def supernet_train_config(settings: SearchSettings, progress: bool = False) -> TrainConfig:
-    """The supernet's engine run: the multi-trial search's image budget, every core, checkpointed in the study."""
+    """The supernet's engine run: the multi-trial search's compute, every core, checkpointed in the study."""
     config = supernet_config(settings)
-    rungs = settings.budget.rungs
-    epochs = max(1, math.ceil(rungs.expected_images(settings.trials) / rungs.min_images))
+    epochs = max(1, math.ceil(supernet_images(settings) / settings.budget.rungs.min_images))
     return settings.budget.config(model=FRACTAL_MODEL, model_kwargs=dict(config["model_kwargs"]), epochs=epochs,
                                   supernet_sampling="uniform", num_threads=usable_cpus(), progress=progress,
                                   out_dir=str(settings.supernet_dir), **config["train"])
