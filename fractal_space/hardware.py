@@ -50,6 +50,23 @@ def describe(device: str = "cpu") -> str:
     return f"{what}; torch {torch.__version__}"
 
 
+#: CPU flags (/proc/cpuinfo) of native bf16 arithmetic: AVX-512 BF16 and AMX on x86, the BF16 extension on Arm.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def native_bf16_flag(cpuinfo: list[str] | None = None) -> str | None:
+    """The CPU flag that makes bf16 autocast pay on this CPU, or None (bf16 is then emulated in fp32 and slower).
+
+    Read from ``cpuinfo`` lines (default: /proc/cpuinfo; x86 lists ``flags``, Arm ``Features``).
+    """
+    for line in _cpuinfo() if cpuinfo is None else cpuinfo:
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags = set(value.split())
+            return next((flag for flag in NATIVE_BF16_FLAGS if flag in flags), None)
+    return None
+
+
 def _cpuinfo() -> list[str]:
     try:
         with open("/proc/cpuinfo") as f:

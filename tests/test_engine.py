@@ -13,8 +13,18 @@ from safetensors.torch import load_file
 from small_data import tiny_dataset
 
 from fractal_space.data import Normalize
-from fractal_space.engine import EpochReport, TrainConfig, Trainer, TrainingDiverged, lr_factor, train
+from fractal_space.engine import (
+    EpochReport,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    amp_dtype,
+    lr_factor,
+    precision,
+    train,
+)
 from fractal_space.engine.config import RECIPE_FIELDS, RUN_TIME, recipe_changes, recipe_fields
+from fractal_space.hardware import native_bf16_flag
 from fractal_space.train import build_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -324,6 +334,23 @@ def test_bf16_autocast_on_cpu_trains_and_is_recorded(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(lines[0]["train_loss"])
     assert train(_cfg(epochs=1, amp="none", eval_columns=False))["amp_dtype"] == "float32"
+
+
+def test_auto_precision_on_cpu_is_bf16_exactly_where_the_cpu_has_native_bf16():
+    """Goal 4 of issue 21: bf16 autocast is the CPU default only where the CPU computes bf16 natively."""
+    x86 = ["processor\t: 0", "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", ""]
+    assert native_bf16_flag(x86) == "avx512_bf16"
+    assert native_bf16_flag(["flags\t: avx2 amx_tile amx_bf16"]) == "amx_bf16"
+    assert native_bf16_flag(["Features\t: fp asimd sve bf16 i8mm"]) == "bf16"  # Arm (Neoverse V1 and later)
+    assert native_bf16_flag(["flags\t: fpu sse2 avx2 fma avx512f"]) is None and native_bf16_flag([]) is None
+    here = native_bf16_flag()
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) == (torch.bfloat16 if here else None)
+    assert amp_dtype("bf16", cpu) == torch.bfloat16 and amp_dtype("none", cpu) is None
+    assert Trainer(_cfg(epochs=1)).amp_dtype == amp_dtype("auto", cpu)  # what TrainConfig's default trains in
+    assert precision("auto", "cpu") == (f"bf16 autocast (native: {here})" if here else
+                                        "fp32 (this CPU has no native bf16)")
+    assert precision("none", "cpu") == "fp32"
 
 
 def test_epoch_images_makes_an_epoch_a_fresh_random_subset_of_the_split(tmp_path):

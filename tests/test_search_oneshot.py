@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from search_cli import REPO, finished, load_study, run_search, tiny_args
 
 import fractal_space  # noqa: F401  (registers the timm models)
+from fractal_space.engine import precision
 from fractal_space.metrics import count_flops
 from fractal_space.search.cli import build_parser, main, settings_from_args
 from fractal_space.search.faults import ENV as KILL_AT
@@ -77,7 +78,8 @@ def test_oneshot_search_trains_one_supernet_and_scores_sub_fractals_as_trials_of
     table = pd.read_parquet(tmp_path / "os" / "trials.parquet")
     assert sorted(table.number) == [t.number for t in trials] and "param_paths_0" in table
     report = (tmp_path / "os" / "report.md").read_text()
-    assert "2 trials, one-shot: each a sub-fractal scored on the weights of one supernet trained once on 200" in report
+    assert "2 trials, one-shot: each a sub-fractal scored on the weights of one supernet trained once on" in report
+    assert f"training precision {precision('auto', 'cpu')}." in report
 
 
 def _killed(runs, study, point: str, *extra: str) -> None:

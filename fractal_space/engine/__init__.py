@@ -8,9 +8,11 @@ from fractal_space.engine.trainer import (
     EvalReport,
     Trainer,
     TrainingDiverged,
+    amp_dtype,
     lr_factor,
+    precision,
     train,
 )
 
 __all__ = ["CheckpointError", "ColumnReport", "EpochReport", "EvalReport", "TrainConfig", "Trainer", "TrainingDiverged",
-           "lr_factor", "train"]
+           "amp_dtype", "lr_factor", "precision", "train"]

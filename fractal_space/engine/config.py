@@ -73,8 +73,8 @@ class TrainConfig:
     val_seed: int = _option(0, "seed of the validation split, independent of --seed")
     seed: int = _option(0, "seed of initialisation, shuffling and augmentation")
     device: str = _option("auto", f"{', '.join(DEVICES)} or cuda:N; auto picks CUDA when present", run_time=True)
-    amp: str = _option("auto", "mixed precision; auto: bf16 (or fp16 with a gradient scaler) on CUDA, none on CPU; "
-                               "bf16 also on CPU (faster where the CPU has AVX-512 BF16 / AMX); fp16 on CUDA only",
+    amp: str = _option("auto", "mixed precision; auto: bf16 (or fp16 with a gradient scaler) on CUDA, bf16 on a CPU "
+                               "with native bf16 (AVX-512 BF16, AMX), else none; fp16 on CUDA only",
                        run_time=True, choices=AMPS)
     channels_last: bool = _option(True, "channels_last memory layout (FractalNet on CPU: chosen per block)",
                                   run_time=True)

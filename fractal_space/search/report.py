@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from fractal_space.engine import precision  # noqa: E402
 from fractal_space.hardware import describe  # noqa: E402
 from fractal_space.metrics import RUNTIMES  # noqa: E402
 from fractal_space.search.fidelity import bootstrap_interval, kendall_tau, spearman  # noqa: E402
@@ -253,7 +254,8 @@ def _trust_section(df: pd.DataFrame, final: pd.DataFrame, settings: SearchSettin
                "min, `supernet/`), batch norm re-estimated through the sub-fractal; a score of inherited weights, not "
                "of training alone (how far it ranks like training alone: docs/oneshot.md)")
     lines = ["## Budgets, wall times and how far to trust the ranking", "",
-             f"- Hardware: {describe(budget['device'])}.",
+             f"- Hardware: {describe(budget['device'])}; training precision "
+             f"{precision(budget['amp'], budget['device'])}.",
              f"- Search: {settings.trials} trials, {how}, validation on {budget['val_size']} held-out training "
              f"images; {len(settings.baselines)} baseline(s) to the top rung. Wall time from the first trial to the "
              f"last: {search_wall / 60:.1f} min (trial time summed: {df.duration_s.sum() / 60:.1f} min)."]
