@@ -19,9 +19,11 @@ best of those, and the wall times.
 Scale (``--scale``): ``small`` (default) is B=3, C=3 (7^3 = 343 sub-fractals), widths 16-32-32, stand-alone at 10,500
 images (the CPU search's second rung), supernets at 31,500. ``medium`` is the default search space (B=5, C=4, 15^5
 sub-fractals, the reference widths 16-32-64-128-128), stand-alone at 31,500 images (the third rung), the supernet at
-315,000: about 1.5 h on 2 idle cores with ``--variants uniform+dp``. ``cpu`` is the issue's scale (stand-alone at the
-top rung's 94,500 images, supernet at the default search's ~2.1M): about 5 h per supernet plus 15 x ~10 min here.
-Each scale writes its own ``docs/oneshot-<scale>.md``.
+315,000: about 1.5 h on 2 idle cores with ``--variants uniform+dp``. ``cpu`` is the issue's scale: stand-alone at
+the top rung's 94,500 images, the supernet at the budget ``--strategy oneshot`` gives it on the CPU default (the
+multi-trial search's compute: 318,093 images, ``oneshot.supernet_images``), which is medium's supernet, so the two
+scales share their supernets (``Scale.supernets``) and ``cpu`` adds only the 15 longer stand-alone trainings (about
+2 h on 2 cores). Each scale writes its own ``docs/oneshot-<scale>.md``.
 
     python benchmarks/oneshot_fidelity.py                 # small scale, resumable: re-run to continue
     python benchmarks/oneshot_fidelity.py --scale medium --variants uniform+dp
@@ -72,6 +74,7 @@ class Scale:
     standalone_epochs: int
     supernet_epochs: int
     rung: str  # which rung of the CPU search the stand-alone budget is
+    supernets: str | None = None  # the scale whose supernets this one shares (same architecture and budget)
 
     def kwargs(self, **extra: Any) -> dict[str, Any]:
         return dict(num_blocks=self.num_blocks, num_columns=self.num_columns, widths=list(self.widths),
@@ -81,7 +84,7 @@ class Scale:
 SCALES = {
     "small": Scale(3, 3, (16, 32, 32), 3_500, 3, 9, "the CPU search's second rung"),
     "medium": Scale(5, 4, (16, 32, 64, 128, 128), 3_500, 9, 90, "the CPU search's third rung"),
-    "cpu": Scale(5, 4, (16, 32, 64, 128, 128), 3_500, 27, 600, "the CPU search's top rung"),
+    "cpu": Scale(5, 4, (16, 32, 64, 128, 128), 3_500, 27, 90, "the CPU search's top rung", supernets="medium"),
     "smoke": Scale(2, 2, (4, 4), 200, 1, 2, "a smoke test"),  # the script end to end in a minute; no result
 }
 
@@ -92,10 +95,12 @@ def _config(scale: Scale, out: Path, epochs: int, model_kwargs: dict[str, Any], 
 
 
 def supernet(scale: Scale, out: Path, variant: str, threads: int, load: list[float]) -> Trainer:
-    """Train (or resume, or load) one supernet variant, sampling the load average into ``load`` once an epoch."""
+    """Train (or resume, or load) one supernet variant, sampling the load average into ``load`` once an epoch;
+    ``out`` is the scale's folder, and a scale that shares another's supernets finds them beside it."""
     v = dict(VARIANTS[variant])
     sampling = v.pop("supernet_sampling")
-    trainer = Trainer(_config(scale, out / f"supernet-{variant}", scale.supernet_epochs, scale.kwargs(**v),
+    home = out.parent / scale.supernets if scale.supernets else out
+    trainer = Trainer(_config(scale, home / f"supernet-{variant}", scale.supernet_epochs, scale.kwargs(**v),
                               supernet_sampling=sampling, num_threads=threads))
     for report in trainer.epochs():
         load.append(os.getloadavg()[0])
@@ -244,9 +249,10 @@ Architecture Evaluators" (weight-sharing evaluators ranked NAS-Bench-201 archite
 
 ## Scale: {scope}
 
-The issue's scale (B=5, C=4, 15^5 sub-fractals; each stand-alone net at the multi-trial search's top rung of 94,500
-images, the supernet at the default search's ~2.1M) needs about 5 h per supernet and 2.5 h for 15 stand-alone
-trainings on this 2-core machine (`--scale cpu`). This run is **B={scale.num_blocks}, C={scale.num_columns}
+The issue's scale (`--scale cpu`) is B=5, C=4 (15^5 sub-fractals), each stand-alone net at the multi-trial search's
+top rung of 94,500 images, the supernet at the budget `--strategy oneshot` gives it on the CPU default: the
+multi-trial search's compute, 318,093 images (`oneshot.supernet_images`; 90 epochs of 3,500 here), which makes it
+the medium scale's supernet. This run is **B={scale.num_blocks}, C={scale.num_columns}
 ({(2 ** scale.num_columns - 1) ** scale.num_blocks} sub-fractals), widths {'-'.join(map(str, scale.widths))}**:
 each supernet trained on {scale.supernet_epochs * images:,} CIFAR-10 images, each of the {len(chosen)} sub-fractals
 trained alone on {scale.standalone_epochs * images:,} images ({scale.rung}), validation on 2,000
@@ -305,8 +311,8 @@ Best stand-alone: `{best}` ({alone[best]['val_acc']:.1%} val, {alone[best]['test
 ## Not measured here
 
 - **The one-shot best against the multi-trial search's best at equal total compute**, as two real searches over the
-  same space at the same image budget, each retrained by the final stage (at the CPU scale two ~1 h searches), was
-  not run this session; the estimate above stands in for it.
+  same space at the same compute, each retrained by the final stage, is not part of this script (`search/run.py`
+  with `--strategy oneshot` and without it); the estimate above stands in for it.
 - Drop-path warm-up (`drop_path_warmup`) in the supernet was not varied.
 """
     write_atomic(doc, text)
