@@ -184,12 +184,11 @@ def max_at_once(intervals: Sequence[tuple[float, float]]) -> int:
     return most
 
 
-def _free(trainer: Any = None) -> None:
-    """Return the last model's CUDA memory so the next one's peak is its own (on CPU there is no peak to keep apart,
-    and a full collection costs ~0.25 s a model)."""
+def _free() -> None:
+    """Return the last model's CUDA memory so the next one's peak is its own, once the caller has dropped its
+    references (on CPU there is no peak to keep apart, and a full collection costs ~0.25 s a model)."""
     import torch
 
-    del trainer
     if torch.cuda.is_available():
         gc.collect()
         torch.cuda.empty_cache()
@@ -246,7 +245,8 @@ def step_families(ctx: Context, out: Outcome) -> None:
         except Exception as exc:  # noqa: BLE001 - one family failing must not hide the others
             out.failures.append(f"{model}: {type(exc).__name__}: {first_line(exc)}")
         finally:
-            _free(trainer)
+            del trainer  # the last reference to the model, its optimizer and its data
+            _free()
 
 
 def throughput_variants(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
