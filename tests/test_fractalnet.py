@@ -1,6 +1,7 @@
 """FractalNet against the paper: expansion rule, flat joins, drop-path, skipped work, anytime columns, Table 3."""
 
 import math
+import operator
 
 import pytest
 import timm
@@ -570,3 +571,29 @@ def test_set_regularization_matches_construction_and_validates() -> None:
         preset.set_regularization(block_dropout=(0.1,))
     preset.set_regularization(block_dropout=(0.0,) * 5)
     assert all(isinstance(block.drop, nn.Identity) for block in preset.blocks)
+
+
+@pytest.mark.parametrize("mode", ["mean", "sum"])
+def test_join_in_eager_inference_sums_in_place_with_the_same_result_and_leaves_its_inputs_alone(mode):
+    """Eager inference joins in place (one output buffer); autograd, FX and tracing get the out-of-place ops."""
+    xs = [torch.randn(2, 3, 4, 4) for _ in range(4)]
+    copies = [x.clone() for x in xs]
+    join = Join(mode)
+    for n in (2, 3, 4):
+        with torch.no_grad():
+            fast = join(xs[:n], list(range(n)))
+        reference = join([x.clone().requires_grad_() for x in xs[:n]], list(range(n)))
+        assert torch.equal(fast, reference.detach())
+        assert all(torch.equal(x, c) for x, c in zip(xs, copies, strict=True))
+    class Three(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.join = join
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return self.join([a, b, c], [0, 1, 2])
+
+    traced = torch.fx.symbolic_trace(Three())
+    assert sum(node.target is operator.add for node in traced.graph.nodes) == 2  # no in-place op lost to FX
+    with torch.no_grad():
+        assert torch.equal(traced(*xs[:3]), join(xs[:3], [0, 1, 2]))

@@ -50,11 +50,17 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module, channels_last: Optional[bool] =
     return weight, bias.to(conv.weight.dtype)
 
 
+def eager_inference(x: Any) -> bool:
+    """Whether this call is eager inference: no autograd, and not an FX proxy, ``torch.jit.trace`` or
+    ``torch.compile`` / ``torch.export``, which must see the modules' own ops (in-place updates of a result that
+    looks unused are dead code to FX)."""
+    return (not torch.is_grad_enabled() and not isinstance(x, torch.fx.Proxy) and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling())
+
+
 def folds(bn: nn.Module, x: Any) -> bool:
-    """Whether this call may run folded weights: no autograd, ``bn`` in eval mode with running statistics, and eager
-    (not an FX proxy, not ``torch.jit.trace``, not ``torch.compile`` / ``torch.export``)."""
-    return (not torch.is_grad_enabled() and not bn.training and bn._buffers.get("running_var") is not None
-            and not isinstance(x, torch.fx.Proxy) and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+    """Whether this call may run folded weights: eager inference, ``bn`` in eval mode with running statistics."""
+    return not bn.training and bn._buffers.get("running_var") is not None and eager_inference(x)
 
 
 def _sources(conv: nn.Conv2d, bn: nn.Module) -> tuple[Optional[torch.Tensor], ...]:

@@ -33,7 +33,7 @@ from timm.models._features import feature_take_indices
 from fractal_space.anytime import reestimate_bn_stats
 from fractal_space.models.cifar import CifarStageNet, ClassifierHeadMixin, cifar_cfg
 from fractal_space.models.cpu_conv import SmallMapConv2d, cpu_prefers_channels_last
-from fractal_space.models.fold import FoldedConvNormAct
+from fractal_space.models.fold import FoldedConvNormAct, eager_inference
 from fractal_space.recipe import (
     BLOCK_DROPOUT,
     DROP_PATH_RATE,
@@ -160,9 +160,13 @@ class Join(nn.Module):
             for x in xs[2:]:
                 out = torch.maximum(out, x)
             return out
-        # Out of place: FX dead-code elimination would drop in-place updates whose results look unused.
         out = xs[0] + xs[1]
-        for x in xs[2:]:
+        if not torch.jit.is_scripting():
+            if eager_inference(out):  # in place: 5-9% of a C=3 / C=4 eval at batch 64
+                for x in xs[2:]:
+                    out.add_(x)
+                return out.mul_(1.0 / len(xs)) if self.mode == "mean" else out
+        for x in xs[2:]:  # out of place for autograd, FX, tracing and compiling (see eager_inference)
             out = out + x
         if self.mode == "mean":
             out = out * (1.0 / len(xs))
