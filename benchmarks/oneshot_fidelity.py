@@ -141,7 +141,17 @@ def _load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def main() -> None:
+def recorded(scale: Scale, out: Path, docs: Path) -> dict[str, Any] | None:
+    """The one-shot side (sub-fractals chosen, their scores, supernet seconds) that the scale whose supernets this one
+    shares recorded beside its document, when those supernets are not on this machine: the stand-alone trainings
+    then run against the recorded scores instead of retraining the supernet (an hour on 2 cores)."""
+    if not scale.supernets or (out.parent / scale.supernets / "supernet-uniform+dp").exists():
+        return None
+    path = docs / f"oneshot-{scale.supernets}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", default="small", choices=sorted(SCALES))
     p.add_argument("--out-dir", default=str(REPO / "runs" / "oneshot-fidelity"))
@@ -151,8 +161,8 @@ def main() -> None:
                    help="stand-alone trainings at once (one thread each); also the main supernet's threads")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                    help="supernet sampling choices to compare (uniform+dp, what --strategy oneshot trains, always)")
-    p.add_argument("--doc", help="the document to write (default: docs/oneshot-<scale>.md)")
-    args = p.parse_args()
+    p.add_argument("--doc", help="the document to write (default: docs/oneshot-<scale>.md; its data beside it, .json)")
+    args = p.parse_args(argv)
     scale = SCALES[args.scale]
     variants = ["uniform+dp", *(v for v in args.variants if v != "uniform+dp")]
     load: list[float] = []
@@ -161,6 +171,22 @@ def main() -> None:
     scores_path = out / "scores.json"
     scores = _load(scores_path)
     started = time.perf_counter()
+    doc = Path(args.doc) if args.doc else REPO / "docs" / f"oneshot-{args.scale}.md"
+    source = recorded(scale, out, doc.parent)
+    if source:
+        print(f"one-shot side recorded by --scale {scale.supernets} ({source['machine']}); training the "
+              f"{len(source['chosen'])} sub-fractals alone", flush=True)
+        scores.update(source["scores"])
+        with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
+            alone = {}
+            for r in pool.imap_unordered(standalone, [(scale, str(out), name) for name in source["chosen"]]):
+                alone[r["name"]] = r
+                load.append(os.getloadavg()[0])
+        scores.setdefault("load", []).extend(load)
+        write_atomic(scores_path, json.dumps(scores, indent=1))
+        write_doc(doc, args, scale, source["variants"], source["chosen"], scores, alone, source["supernet_seconds"],
+                  time.perf_counter() - started, source)
+        return
 
     labels = subset_labels(scale.num_columns)
     space = ["-".join(c) for c in product(labels, repeat=scale.num_blocks)]
@@ -194,17 +220,27 @@ def main() -> None:
     supernet_seconds = {v: sum(r.epoch_seconds for r in t.history) for v, t in nets.items()}
     scores.setdefault("load", []).extend(load)
     write_atomic(scores_path, json.dumps(scores, indent=1))
-    doc = Path(args.doc) if args.doc else REPO / "docs" / f"oneshot-{args.scale}.md"
     write_doc(doc, args, scale, variants, chosen, scores, alone, supernet_seconds, time.perf_counter() - started)
 
 
 def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[str], chosen: list[str],
               scores: dict[str, Any], alone: dict[str, dict[str, Any]], supernet_seconds: dict[str, float],
-              wall: float) -> None:
+              wall: float, source: dict[str, Any] | None = None) -> None:
+    """The document, and beside it (``.json``) its one-shot side, for a scale that shares this one's supernets."""
+    keys = [f"{v}/bn{bn}" for v, bn in product(variants, BN_CHOICES) if f"{v}/bn{bn}" in scores]
+    record = {"machine": source["machine"] if source else describe(), "sample": source["sample"] if source else
+              args.sample, "variants": variants, "chosen": chosen,
+              "supernet_seconds": supernet_seconds,
+              "scores": {"rank": {n: scores["rank"][n] for n in chosen},
+                         **{k: {n: scores[k][n] for n in chosen} for k in keys},
+                         "score_seconds": scores.get("score_seconds", [])},
+              "standalone": alone}
+    write_atomic(doc.with_suffix(".json"), json.dumps(record, indent=1))
     y = [alone[n]["val_acc"] for n in chosen]
     rows = []
-    for variant, bn in product(variants, BN_CHOICES):
-        x = [scores[f"{variant}/bn{bn}"][n] for n in chosen]
+    for key in keys:
+        variant, bn = key.split("/bn")
+        x = [scores[key][n] for n in chosen]
         lo, hi = bootstrap_interval(x, y, kendall_tau)
         pick = max(chosen, key=lambda n: scores[f"{variant}/bn{bn}"][n])
         rank = 1 + sorted(y, reverse=True).index(alone[pick]["val_acc"])
@@ -221,7 +257,11 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[
     main_x = [scores["uniform+dp/bn10"][n] for n in chosen]
     tau_main, tau_size_alone, tau_size_oneshot = kendall_tau(main_x, y), kendall_tau(params, y), kendall_tau(params,
                                                                                                             main_x)
-    bn_gain = np.mean([np.mean([scores[f"{v}/bn10"][n] - scores[f"{v}/bn0"][n] for n in chosen]) for v in variants])
+    gains = [np.mean([scores[f"{v}/bn10"][n] - scores[f"{v}/bn0"][n] for n in chosen]) for v in variants
+             if f"{v}/bn0" in scores]
+    bn_text = (f"BN re-estimation raises one-shot accuracy by {np.mean(gains) * 100:.1f} points on average (10 batches"
+               " against the supernet's all-paths statistics)" if gains else
+               "Only the 10-batch scores were recorded for these sub-fractals (the BN comparison is the source run's)")
     verdict = ("**inverted**: the higher the supernet scores a sub-fractal, the worse it tends to train alone"
                if tau_main < 0 else "positive" if tau_main > 0.3 else "weak")
     # Equal compute: the supernet's images buy this many stand-alone trainings; the expected best of that many
@@ -237,6 +277,11 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[
     load = scores.get("load", [])
     load_text = (f"{np.median(load):.1f} in the median ({min(load):.1f}-{max(load):.1f}, sampled {len(load)} times; the"
                  " script itself keeps about 2 cores busy)" if load else "not recorded")
+    sample = source["sample"] if source else args.sample
+    provenance = (f"\n\nThe one-shot side (the ranking, the sub-fractals chosen from it, their scores, the supernet's"
+                  f" seconds) is what `--scale {scale.supernets}` recorded in `docs/oneshot-{scale.supernets}.json` on"
+                  f" {source['machine']}: the supernet was not retrained for this run, only the stand-alone nets."
+                  if source else "")
     scope = ("the issue's scale" if args.scale == "cpu" else
              "the default search space at a third of the issue's stand-alone budget" if args.scale == "medium" else
              "smaller than the issue asks")
@@ -260,8 +305,8 @@ held-out training images, the recipe of the search (SGD lr 0.02, batch 100, cosi
 At these budgets accuracies are low and close together, so the correlations
 measure the evaluator at a very short training budget, not at convergence.
 
-The {len(chosen)} sub-fractals were chosen to span the one-shot ranking: {args.sample} distinct random sub-fractals
-scored on the `uniform+dp` supernet (10 BN batches), taken evenly by rank, best and worst included.
+The {len(chosen)} sub-fractals were chosen to span the one-shot ranking: {sample} distinct random sub-fractals
+scored on the `uniform+dp` supernet (10 BN batches), taken evenly by rank, best and worst included.{provenance}
 
 ## Rank fidelity: one-shot validation accuracy vs stand-alone validation accuracy (n = {len(chosen)})
 
@@ -277,9 +322,8 @@ BN 0 scores each sub-fractal with the supernet's all-paths statistics.
 
 At this scale the one-shot ranking is {verdict} (Kendall tau {tau_main:.2f} for what `--strategy oneshot` trains).
 Size: Kendall tau between parameter count and one-shot accuracy is {tau_size_oneshot:.2f}, between parameter count and
-stand-alone accuracy {tau_size_alone:.2f}{size_note}. BN re-estimation raises one-shot accuracy by {bn_gain * 100:.1f}
-points on average (10 batches against the supernet's all-paths statistics); compare the rows above for whether it, or
-the sampling choice, moves the correlation beyond the other rows' bootstrap intervals.
+stand-alone accuracy {tau_size_alone:.2f}{size_note}. {bn_text}; compare the rows above for whether it, or the
+sampling choice, moves the correlation beyond the other rows' bootstrap intervals.
 
 **Equal compute, estimated.** One supernet's {scale.supernet_epochs * images:,} images pay for {k} stand-alone
 trainings of {scale.standalone_epochs * images:,}. The best of {k} sub-fractals drawn at random from the

@@ -1,0 +1,67 @@
+"""benchmarks/oneshot_fidelity.py: a scale that shares another's supernets trains only its stand-alone nets against
+the one-shot side that scale recorded, when the supernets are gone; a full run records that side (slow)."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # the spawned pool's workers import the script by name from here
+bench = importlib.import_module("oneshot_fidelity")
+
+SMOKE = bench.SCALES["smoke"]
+SHARED = bench.Scale(2, 2, (4, 4), 200, 2, 2, "a smoke test", supernets="smoke")
+
+
+@pytest.fixture
+def shared_scale(monkeypatch):
+    monkeypatch.setitem(bench.SCALES, "smoke-shared", SHARED)
+
+
+def test_recorded_one_shot_side_is_used_only_when_the_supernets_are_gone(tmp_path, shared_scale):
+    docs, out = tmp_path / "docs", tmp_path / "runs" / "smoke-shared"
+    docs.mkdir()
+    assert bench.recorded(SHARED, out, docs) is None  # nothing recorded: train the supernet
+    (docs / "oneshot-smoke.json").write_text(json.dumps({"chosen": ["1-2"]}))
+    assert bench.recorded(SHARED, out, docs) == {"chosen": ["1-2"]}
+    (tmp_path / "runs" / "smoke" / "supernet-uniform+dp").mkdir(parents=True)
+    assert bench.recorded(SHARED, out, docs) is None  # the supernet is here: score on it
+    assert bench.recorded(SMOKE, out, docs) is None  # a scale with its own supernets never reads a record
+
+
+def test_shared_scale_trains_the_recorded_sub_fractals_alone(tmp_path, shared_scale):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    chosen = ["12-2", "1-1"]
+    source = {"machine": "the source machine", "sample": 4, "variants": ["uniform+dp"], "chosen": chosen,
+              "supernet_seconds": {"uniform+dp": 12.0},
+              "scores": {"rank": {"12-2": 0.3, "1-1": 0.2}, "uniform+dp/bn10": {"12-2": 0.3, "1-1": 0.2},
+                         "score_seconds": [1.5]}}
+    (docs / "oneshot-smoke.json").write_text(json.dumps(source))
+    bench.main(["--scale", "smoke-shared", "--out-dir", str(tmp_path / "runs"), "--doc",
+                str(docs / "oneshot-smoke-shared.md"), "--processes", "1"])
+    assert not (tmp_path / "runs" / "smoke").exists()  # no supernet was trained
+    record = json.loads((docs / "oneshot-smoke-shared.json").read_text())
+    assert record["chosen"] == chosen and record["machine"] == "the source machine"
+    assert record["scores"]["uniform+dp/bn10"] == source["scores"]["uniform+dp/bn10"]
+    for name in chosen:
+        assert (tmp_path / "runs" / "smoke-shared" / "standalone" / name).is_dir()
+        assert 0 <= record["standalone"][name]["val_acc"] <= 1 and record["standalone"][name]["params"] > 0
+    text = (docs / "oneshot-smoke-shared.md").read_text()
+    assert "recorded in `docs/oneshot-smoke.json` on the source machine" in text
+    assert "| uniform+dp | 10 |" in text and "| uniform+dp | 0 |" not in text  # only the recorded BN rows
+    assert "Only the 10-batch scores were recorded" in text
+
+
+@pytest.mark.slow
+def test_a_full_run_records_the_one_shot_side_its_sharers_read(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    bench.main(["--scale", "smoke", "--out-dir", str(tmp_path / "runs"), "--doc", str(docs / "oneshot-smoke.md"),
+                "--sample", "4", "--n", "2", "--processes", "1", "--variants", "uniform+dp"])
+    record = json.loads((docs / "oneshot-smoke.json").read_text())
+    assert len(record["chosen"]) == 2 and set(record["scores"]["uniform+dp/bn0"]) == set(record["chosen"])
+    assert record["sample"] == 4 and record["supernet_seconds"]["uniform+dp"] > 0
