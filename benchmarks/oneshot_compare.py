@@ -12,6 +12,7 @@ stops and continues are logged as ``<unix seconds> stop|cont`` lines in ``<runs 
 
     python benchmarks/oneshot_compare.py                      # the CPU default: --trials 200, both strategies
     python benchmarks/oneshot_compare.py --no-run             # rewrite the document from what has run
+    python benchmarks/oneshot_compare.py --trials 50 --search-args "--final-top 1 --final-spread 0 --final-baselines ''"
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -88,11 +90,11 @@ def final_stage(runs: Path, strategy: str) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.exists() else None
 
 
-def run(runs: Path, strategy: str, trials: int) -> int:
+def run(runs: Path, strategy: str, trials: int, extra: list[str]) -> int:
     """The search, in the foreground (its output goes to ``<runs>/run.log``)."""
     runs.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(REPO / "search" / "run.py"), "--trials", str(trials), "--runs-dir", str(runs),
-           "--no-dashboard", "--no-progress", *(["--strategy", "oneshot"] if strategy == "oneshot" else [])]
+           "--no-dashboard", "--no-progress", *(["--strategy", "oneshot"] if strategy == "oneshot" else []), *extra]
     with open(runs / "run.log", "a") as log:
         return subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=os.environ).returncode
 
@@ -118,13 +120,18 @@ def _final_lines(final: pd.DataFrame | None, strategy: str) -> list[str]:
     return lines
 
 
-def write_doc(doc: Path, trials: int, stages: dict[str, dict], finals: dict[str, pd.DataFrame | None]) -> None:
+def write_doc(doc: Path, trials: int, extra: str, stages: dict[str, dict],
+              finals: dict[str, pd.DataFrame | None]) -> None:
     m, o = stages["multitrial"], stages["oneshot"]
-    text = f"""# One-shot against multi-trial search at equal compute (CPU default)
+    given = f" {extra}" if extra else ""
+    scope = ("the CPU default" if trials == 200 and not extra else
+             f"`--trials {trials}{given}`, not the CPU default of 200 trials and the full final stage")
+    text = f"""# One-shot against multi-trial search at equal compute ({scope})
 
-Written by `benchmarks/oneshot_compare.py --trials {trials}` on {describe()}. Both are `search/run.py --trials {trials}`
-with the CPU defaults, one with `--strategy oneshot`, run one after the other on the same machine. Wall times leave
-out the periods a run was paused (`pauses.log`).
+Written by `benchmarks/oneshot_compare.py --trials {trials}` on {describe()}. Both are
+`search/run.py --trials {trials}{given}` with the CPU defaults otherwise, one with `--strategy oneshot` (its supernet
+on the multi-trial search's compute), run one after the other on the same machine. Wall times leave out the periods a
+run was paused (`pauses.log`).
 
 ## Search stage
 
@@ -156,12 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--multitrial-runs", type=Path, default=REPO / "runs" / "multitrial-default")
     p.add_argument("--oneshot-runs", type=Path, default=REPO / "runs" / "oneshot-default")
     p.add_argument("--no-run", action="store_true", help="only write the document from what has run")
+    p.add_argument("--search-args", default="",
+                   help="more search/run.py arguments for both searches, e.g. \"--final-top 1 --final-spread 0\"")
     p.add_argument("--doc", type=Path, default=REPO / "docs" / "oneshot-compare.md")
     args = p.parse_args(argv)
     folders = {"multitrial": args.multitrial_runs, "oneshot": args.oneshot_runs}
     if not args.no_run:
         for strategy, runs in folders.items():
-            code = run(runs, strategy, args.trials)
+            code = run(runs, strategy, args.trials, shlex.split(args.search_args))
             if code:
                 print(f"error: the {strategy} search exited with {code}; see {runs / 'run.log'}", file=sys.stderr)
                 return code
@@ -171,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no search results at {missing[0]} (run without --no-run first)", file=sys.stderr)
         return 2
     stages = {s: search_stage(r, s) for s, r in folders.items()}
-    write_doc(args.doc, args.trials, stages, {s: final_stage(r, s) for s, r in folders.items()})
+    write_doc(args.doc, args.trials, args.search_args, stages, {s: final_stage(r, s) for s, r in folders.items()})
     return 0
 
 

@@ -37,5 +37,6 @@ def test_the_document_compares_two_real_searches_and_their_final_stages(tmp_path
     text = doc.read_text()
     assert "| FractalNet trials | 2 (trained from scratch" in text and "| 2 (sub-fractals on one supernet) |" in text
     assert text.count("top 1 retrained, test accuracy best") == 2
+    assert "(`--trials 2`, not the CPU default of 200 trials" in text
     assert bench.main(["--no-run", "--multitrial-runs", str(tmp_path / "none"), "--oneshot-runs", str(one),
                        "--doc", str(doc)]) == 2
