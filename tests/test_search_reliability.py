@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -124,14 +125,32 @@ def test_gpus_per_trial_without_a_gpu_is_one_line_not_a_hang(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    """A cluster as `ray start --head` makes it, with Ray's defaults (token authentication in Ray 2.60)."""
-    port = 20000 + os.getpid() % 20000
-    ray_bin = Path(sys.executable).with_name("ray")
-    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
-                             "--include-dashboard=false", "--disable-usage-stats"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")})
+def ray_head(tmp_path_factory):
+    """A cluster as `ray start --head` makes it, with Ray's defaults (token authentication in Ray 2.60).
+
+    Its port is one the OS says is free (a fixed guess could be a port of the other test worker's Ray, whose ports are
+    random: the join tests would then talk to a cluster that goes away under them), and the tests start only once its
+    GCS listens there."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("ray_head") / "head.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                                 f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                                 "--disable-usage-stats"], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={k: v for k, v in os.environ.items()
+                                                             if not k.startswith("RAY_")})
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if head.poll() is not None or time.monotonic() > deadline:
+                os.killpg(head.pid, signal.SIGKILL)
+                pytest.fail(f"ray start --head on port {port} did not come up: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
     yield f"127.0.0.1:{port}"
     os.killpg(head.pid, signal.SIGKILL)  # the whole cluster (its own session); SIGTERM drains for 30 s
     head.wait(30)
