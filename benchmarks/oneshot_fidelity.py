@@ -282,6 +282,7 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[
                   f" seconds) is what `--scale {scale.supernets}` recorded in `docs/oneshot-{scale.supernets}.json` on"
                   f" {source['machine']}: the supernet was not retrained for this run, only the stand-alone nets."
                   if source else "")
+    elsewhere = f"; recorded by `--scale {scale.supernets}`, not run here" if source else ""
     scope = ("the issue's scale" if args.scale == "cpu" else
              "the default search space at a third of the issue's stand-alone budget" if args.scale == "medium" else
              "smaller than the issue asks")
@@ -345,8 +346,10 @@ Best stand-alone: `{best}` ({alone[best]['val_acc']:.1%} val, {alone[best]['test
 ## Compute (wall seconds)
 
 - Supernets: {', '.join(f'{v} {s:.0f} s' for v, s in supernet_seconds.items())} (training + per-epoch validation;
-  the first ran alone on {args.processes} threads, any others on one thread beside the stand-alone trainings).
-- One-shot score of one sub-fractal (extract, BN re-estimation, 2,000 validation images): median {per_score:.1f} s.
+  the first ran alone on {args.processes} threads, any others on one thread beside the stand-alone
+  trainings){elsewhere}.
+- One-shot score of one sub-fractal (extract, BN re-estimation, 2,000 validation images):
+  median {per_score:.1f} s{elsewhere}.
 - Stand-alone training: median {np.median([alone[n]['seconds'] for n in chosen]):.0f} s each, \
 {sum(alone[n]['seconds'] for n in chosen):.0f} s for all {len(chosen)}.
 - This invocation: {wall / 60:.0f} min (a re-run reuses every finished run and score; the training above is the
