@@ -32,6 +32,7 @@ def test_recorded_one_shot_side_is_used_only_when_the_supernets_are_gone(tmp_pat
     assert bench.recorded(SMOKE, out, docs) is None  # a scale with its own supernets never reads a record
 
 
+@pytest.mark.slow  # two tiny trainings, each validated and tested on real CIFAR-10: ~15 s of the default run
 def test_shared_scale_trains_the_recorded_sub_fractals_alone(tmp_path, shared_scale):
     docs = tmp_path / "docs"
     docs.mkdir()
