@@ -76,6 +76,10 @@ class Scale:
     rung: str  # which rung of the CPU search the stand-alone budget is
     supernets: str | None = None  # the scale whose supernets this one shares (same architecture and budget)
 
+    def paths(self, name: str) -> list[list[int]]:
+        """The kept columns per block of a sub-fractal named like ``3-1-123-12-1``."""
+        return [parse_label(p, self.num_columns) for p in name.split("-")]
+
     def kwargs(self, **extra: Any) -> dict[str, Any]:
         return dict(num_blocks=self.num_blocks, num_columns=self.num_columns, widths=list(self.widths),
                     block_dropout=[0.0] * self.num_blocks, **extra)
@@ -125,7 +129,7 @@ def score(trainer: Trainer, paths: list[list[int]], bn: int) -> tuple[float, flo
 def standalone(args: tuple[Scale, str, str]) -> dict[str, Any]:
     """Train one sub-fractal alone from scratch (its own engine run, resumable); its validation and test accuracy."""
     scale, out, name = args
-    paths = [parse_label(p, scale.num_columns) for p in name.split("-")]
+    paths = scale.paths(name)
     v = dict(VARIANTS["uniform+dp"])
     v.pop("supernet_sampling")
     trainer = Trainer(_config(scale, Path(out) / "standalone" / name, scale.standalone_epochs,
@@ -177,17 +181,26 @@ def main(argv: list[str] | None = None) -> None:
         print(f"one-shot side recorded by --scale {scale.supernets} ({source['machine']}); training the "
               f"{len(source['chosen'])} sub-fractals alone", flush=True)
         scores.update(source["scores"])
+        variants, chosen, supernet_seconds = source["variants"], source["chosen"], source["supernet_seconds"]
         with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
             alone = {}
-            for r in pool.imap_unordered(standalone, [(scale, str(out), name) for name in source["chosen"]]):
+            for r in pool.imap_unordered(standalone, [(scale, str(out), name) for name in chosen]):
                 alone[r["name"]] = r
                 load.append(os.getloadavg()[0])
-        scores.setdefault("load", []).extend(load)
-        write_atomic(scores_path, json.dumps(scores, indent=1))
-        write_doc(doc, args, scale, source["variants"], source["chosen"], scores, alone, source["supernet_seconds"],
-                  time.perf_counter() - started, source)
-        return
+    else:
+        chosen, alone, supernet_seconds = one_shot_side(args, scale, out, variants, scores, scores_path, load)
+    scores.setdefault("load", []).extend(load)
+    write_atomic(scores_path, json.dumps(scores, indent=1))
+    write_doc(doc, args, scale, variants, chosen, scores, alone, supernet_seconds, time.perf_counter() - started,
+              source)
 
+
+def one_shot_side(args: argparse.Namespace, scale: Scale, out: Path, variants: list[str], scores: dict[str, Any],
+                  scores_path: Path, load: list[float]) -> tuple[list[str], dict[str, dict[str, Any]],
+                                                                 dict[str, float]]:
+    """Train the supernets, rank ``--sample`` random sub-fractals on the main one and choose ``--n`` spanning that
+    ranking, score them on every supernet and BN choice (into ``scores``, saved as it goes) while the pool trains them
+    alone; returns the chosen, their stand-alone results and each supernet's seconds."""
     labels = subset_labels(scale.num_columns)
     space = ["-".join(c) for c in product(labels, repeat=scale.num_blocks)]
     rng = random.Random(0)
@@ -196,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     ranked = scores.setdefault("rank", {})
     for name in sample:
         if name not in ranked:
-            ranked[name] = score(main_net, [parse_label(p, scale.num_columns) for p in name.split("-")], 10)[0]
+            ranked[name] = score(main_net, scale.paths(name), 10)[0]
             write_atomic(scores_path, json.dumps(scores, indent=1))
     order = sorted(sample, key=lambda n: -ranked[n])
     chosen = [order[round(i * (len(order) - 1) / (args.n - 1))] for i in range(args.n)]
@@ -210,17 +223,13 @@ def main(argv: list[str] | None = None) -> None:
                 done = scores.setdefault(key, {})
                 for name in chosen:
                     if name not in done:
-                        acc, seconds = score(trainer, [parse_label(p, scale.num_columns) for p in name.split("-")],
-                                             bn)
+                        acc, seconds = score(trainer, scale.paths(name), bn)
                         done[name] = acc
                         scores.setdefault("score_seconds", []).append(seconds)
                         load.append(os.getloadavg()[0])
                         write_atomic(scores_path, json.dumps(scores, indent=1))
         alone = {r["name"]: r for r in pending.get()}
-    supernet_seconds = {v: sum(r.epoch_seconds for r in t.history) for v, t in nets.items()}
-    scores.setdefault("load", []).extend(load)
-    write_atomic(scores_path, json.dumps(scores, indent=1))
-    write_doc(doc, args, scale, variants, chosen, scores, alone, supernet_seconds, time.perf_counter() - started)
+    return chosen, alone, {v: sum(r.epoch_seconds for r in t.history) for v, t in nets.items()}
 
 
 def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[str], chosen: list[str],
@@ -228,8 +237,8 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[
               wall: float, source: dict[str, Any] | None = None) -> None:
     """The document, and beside it (``.json``) its one-shot side, for a scale that shares this one's supernets."""
     keys = [f"{v}/bn{bn}" for v, bn in product(variants, BN_CHOICES) if f"{v}/bn{bn}" in scores]
-    record = {"machine": source["machine"] if source else describe(), "sample": source["sample"] if source else
-              args.sample, "variants": variants, "chosen": chosen,
+    machine, sample = (source["machine"], source["sample"]) if source else (describe(), args.sample)
+    record = {"machine": machine, "sample": sample, "variants": variants, "chosen": chosen,
               "supernet_seconds": supernet_seconds,
               "scores": {"rank": {n: scores["rank"][n] for n in chosen},
                          **{k: {n: scores[k][n] for n in chosen} for k in keys},
@@ -242,7 +251,7 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[
         variant, bn = key.split("/bn")
         x = [scores[key][n] for n in chosen]
         lo, hi = bootstrap_interval(x, y, kendall_tau)
-        pick = max(chosen, key=lambda n: scores[f"{variant}/bn{bn}"][n])
+        pick = max(chosen, key=lambda n: scores[key][n])
         rank = 1 + sorted(y, reverse=True).index(alone[pick]["val_acc"])
         rows.append(f"| {variant} | {bn} | {kendall_tau(x, y):.2f} [{lo:.2f}, {hi:.2f}] | {spearman(x, y):.2f} | "
                     f"{np.mean(x):.1%} | `{pick}`: {rank} of {len(chosen)} |")
@@ -277,10 +286,9 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[
     load = scores.get("load", [])
     load_text = (f"{np.median(load):.1f} in the median ({min(load):.1f}-{max(load):.1f}, sampled {len(load)} times; the"
                  " script itself keeps about 2 cores busy)" if load else "not recorded")
-    sample = source["sample"] if source else args.sample
     provenance = (f"\n\nThe one-shot side (the ranking, the sub-fractals chosen from it, their scores, the supernet's"
                   f" seconds) is what `--scale {scale.supernets}` recorded in `docs/oneshot-{scale.supernets}.json` on"
-                  f" {source['machine']}: the supernet was not retrained for this run, only the stand-alone nets."
+                  f" {machine}: the supernet was not retrained for this run, only the stand-alone nets."
                   if source else "")
     elsewhere = f"; recorded by `--scale {scale.supernets}`, not run here" if source else ""
     scope = ("the issue's scale" if args.scale == "cpu" else
