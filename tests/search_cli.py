@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 # Small, fast corner of the space: B <= 3, C <= 3, 4-8 channels; trials take seconds on 2 cores.
 TINY_SPACE = ("num_blocks: {low: 2, high: 3}\nnum_columns: {low: 1, high: 3}\nbase_width: 4\n"
               "width_growth: {choices: [1.0, 2.0]}\nbatch_size: 50\n")
+
+
+def free_port() -> int:
+    """A loopback port the OS says is free now (for a server a test starts: PostgreSQL, a Ray head)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def tiny_args(runs: Path, study: str, *extra: str, rungs: int = 1) -> list[str]:

@@ -2,23 +2,17 @@
 
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from search_cli import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 needs_postgres = pytest.mark.skipif(not PG_BIN, reason="Debian's postgresql package is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _processes_using(path: Path) -> list[str]:
@@ -49,7 +43,7 @@ def shared_tmp():
 
 @needs_postgres
 def test_postgres_script_starts_quietly_and_stop_leaves_nothing(shared_tmp):
-    port, cluster = _free_port(), shared_tmp / "cluster"
+    port, cluster = free_port(), shared_tmp / "cluster"
     env = {**os.environ, "FRACTAL_SPACE_PG_PORT": str(port), "FRACTAL_SPACE_PG_DIR": str(cluster)}
     start = subprocess.run(["bash", "scripts/postgres.sh"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                            timeout=120)

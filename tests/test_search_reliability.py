@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from search_cli import REPO, finished, load_study, run_search, spawn_search, tiny_args, trials_table
+from search_cli import REPO, finished, free_port, load_study, run_search, spawn_search, tiny_args, trials_table
 
 from fractal_space.search import interrupt, lifecycle, optuna_backend
 from fractal_space.search.cli import build_parser, main, settings_from_args
@@ -131,9 +131,7 @@ def ray_head(tmp_path_factory):
     Its port is one the OS says is free (a fixed guess could be a port of the other test worker's Ray, whose ports are
     random: the join tests would then talk to a cluster that goes away under them), and the tests start only once its
     GCS listens there."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = tmp_path_factory.mktemp("ray_head") / "head.log"
     with open(log, "w") as out:
         head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
