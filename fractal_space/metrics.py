@@ -74,9 +74,29 @@ def _median_ms(run: Callable[[], Any], repeats: int, warmup: int, sync: Callable
     return statistics.median(times) * 1000
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """torch's CPU thread count set to ``threads`` (None: left as it is) inside the block, restored after; yields it.
+
+    A latency is a figure at a thread count: a model trained on every core (a search-stage baseline) is timed at the
+    thread count its trials are timed at, so the two compare.
+    """
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def measure_latency(model: nn.Module, input_size: Sequence[int], batch_size: int = 1, repeats: int = 20,
-                    warmup: int = 3, **forward_kwargs: Any) -> float:
-    """Eager PyTorch milliseconds per image: the median of ``repeats`` timed forwards of a ``batch_size`` batch.
+                    warmup: int = 3, threads: int | None = None, **forward_kwargs: Any) -> float:
+    """Eager PyTorch milliseconds per image: the median of ``repeats`` timed forwards of a ``batch_size`` batch, at
+    ``threads`` CPU threads (None: torch's count).
 
     On CPU at batch 1 this is mostly Python's per-module overhead; :func:`deployment_latency` is what a deployed
     model costs.
@@ -85,7 +105,7 @@ def measure_latency(model: nn.Module, input_size: Sequence[int], batch_size: int
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x = _input(model, input_size, batch_size)
     sync = (lambda: torch.cuda.synchronize(x.device)) if x.device.type == "cuda" else None
-    with _eval_mode(model):
+    with _eval_mode(model), torch_threads(threads):
         return _median_ms(lambda: model(x, **forward_kwargs), repeats, warmup, sync) / batch_size
 
 
@@ -97,20 +117,22 @@ RUNTIMES = {"onnxruntime-cpu": "ONNX Runtime, CPU provider",
 
 @dataclass(frozen=True)
 class Latency:
-    """Milliseconds per image of one model at each batch size it was timed at, and the runtime (``RUNTIMES``)."""
+    """Milliseconds per image of one model at each batch size it was timed at, the runtime (``RUNTIMES``) and the CPU
+    threads it ran with."""
 
     runtime: str
     ms: dict[int, float]
+    threads: int
 
 
 def deployment_latency(model: nn.Module, input_size: Sequence[int], batch_sizes: Sequence[int] = (1,),
                        repeats: int = 20, warmup: int = 3, graph: bytes | str | Path | None = None,
-                       **forward_kwargs: Any) -> Latency:
+                       threads: int | None = None, **forward_kwargs: Any) -> Latency:
     """What ``model`` costs deployed on its own device, per image at each of ``batch_sizes``, one model at a time.
 
     CPU: its ONNX graph (``graph``, e.g. an exported ``model.onnx``, or exported here and checked against PyTorch) in
-    ONNX Runtime's CPU provider with torch's thread count. CUDA: ONNX Runtime's CUDA provider where it is installed,
-    else the eager model timed with CUDA events. ``Latency.runtime`` says which.
+    ONNX Runtime's CPU provider with ``threads`` intra-op threads (None: torch's thread count). CUDA: ONNX Runtime's
+    CUDA provider where it is installed, else the eager model timed with CUDA events. ``Latency.runtime`` says which.
     """
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {list(batch_sizes)}")
@@ -118,17 +140,18 @@ def deployment_latency(model: nn.Module, input_size: Sequence[int], batch_sizes:
     runtime = "onnxruntime-cpu" if device.type != "cuda" else (
         "onnxruntime-cuda" if "CUDAExecutionProvider" in providers(device) else "eager-cuda")
     ms = {}
-    if runtime == "eager-cuda":
-        for b in batch_sizes:
-            ms[b] = _cuda_event_ms(model, _input(model, input_size, b), repeats, warmup, forward_kwargs) / b
-        return Latency(runtime, ms)
-    if graph is None:
-        graph = onnx_graph(model, _input(model, input_size, 2), **forward_kwargs)
-    session = OrtModel(graph, device=device)
+    with torch_threads(threads) as count:
+        if runtime == "eager-cuda":
+            for b in batch_sizes:
+                ms[b] = _cuda_event_ms(model, _input(model, input_size, b), repeats, warmup, forward_kwargs) / b
+            return Latency(runtime, ms, count)
+        if graph is None:
+            graph = onnx_graph(model, _input(model, input_size, 2), **forward_kwargs)
+        session = OrtModel(graph, device=device, threads=count)
     for b in batch_sizes:
         x = np.random.default_rng(0).standard_normal((b, *input_size), dtype=np.float32)
         ms[b] = _median_ms(lambda x=x: session(x), repeats, warmup) / b
-    return Latency(runtime, ms)
+    return Latency(runtime, ms, count)
 
 
 def _cuda_event_ms(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int, forward_kwargs: dict[str, Any]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fractal_space  # noqa: F401  (registers the FractalNet models)
-from fractal_space.metrics import count_flops, count_params, measure_latency
+from fractal_space.metrics import count_flops, count_params, deployment_latency, measure_latency, torch_threads
 
 
 def test_count_params_counts_trainable_only():
@@ -39,3 +39,43 @@ def test_latency_grows_with_work():
     small, large = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 256, 3, padding=1)
     torch.manual_seed(0)
     assert measure_latency(small, (3, 64, 64), batch_size=8) < measure_latency(large, (3, 64, 64), batch_size=8)
+
+
+class _ThreadProbe(nn.Module):
+    """Records torch's CPU thread count at each forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.seen: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_num_threads())
+        return self.conv(x)
+
+
+def test_latency_is_timed_at_the_thread_count_asked_for_and_torch_is_restored():
+    """A search-stage baseline trains on every core but is timed at the trials' one thread, so latencies compare."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # the test's point is a count other than the one asked for
+        _check_thread_counts(2)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_thread_counts(before: int) -> None:
+    probe = _ThreadProbe()
+    measure_latency(probe, (3, 16, 16), repeats=2, warmup=1, threads=1)
+    assert set(probe.seen) == {1} and torch.get_num_threads() == before
+    probe.seen.clear()
+    measure_latency(probe, (3, 16, 16), repeats=2, warmup=1)  # None: torch's own count
+    assert set(probe.seen) == {before}
+    deployed = deployment_latency(probe.conv, (3, 16, 16), repeats=2, warmup=1, threads=1)
+    assert deployed.threads == 1 and torch.get_num_threads() == before
+    assert deployment_latency(probe.conv, (3, 16, 16), repeats=2, warmup=1).threads == before
+    with torch_threads(1) as count:
+        assert count == torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be >= 1"), torch_threads(0):
+        pass

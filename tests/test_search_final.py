@@ -17,6 +17,7 @@ from search_cli import load_study, spawn_search, tiny_args
 import fractal_space  # noqa: F401  (registers the timm models)
 from fractal_space.deploy import OrtModel
 from fractal_space.engine.checkpoint import read_checkpoint
+from fractal_space.hardware import usable_cpus
 from fractal_space.search.budget import Budget
 from fractal_space.search.cli import main
 from fractal_space.search.final import distinct_architectures, plan, spread_architectures
@@ -159,3 +160,14 @@ def test_bad_final_stage_options_are_one_line(tmp_path, capsys, args):
     assert main(tiny_args(tmp_path, "bad", *args)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "bad").exists()
+
+
+def test_search_stage_baselines_train_on_every_core_and_are_timed_at_the_trials_threads(tmp_path):
+    """They train alone before any trial starts: at a trial's one thread the other cores sat idle."""
+    space = SearchSpace.default(32, "cpu")
+    budget = Budget.default("cpu", num_threads=1)
+    settings = SearchSettings("s", tmp_path, None, "accuracy", 3, space, budget)
+    assert settings.baseline_budget()["num_threads"] == usable_cpus()
+    assert settings.baseline_budget()["latency_threads"] == 1 and settings.budget["latency_threads"] is None
+    given = SearchSettings("s", tmp_path, None, "accuracy", 3, space, budget, final=FinalSettings(threads=1))
+    assert given.baseline_budget()["num_threads"] == 1  # --threads, as in the final stage

@@ -72,6 +72,8 @@ def test_oneshot_search_trains_one_supernet_and_scores_sub_fractals_as_trials_of
         record = t.user_attrs["record"]
         assert 0 <= record["val_acc"] <= 1 and record["params"] > 0 and record["flops"] > 0
         assert record["latency_runtime"] == "onnxruntime-cpu" and record["latency_ms"] > 0  # deployed, as multi-trial
+        # Timed at a trial's thread count (--threads 1), not the supernet's every core; never trained alone.
+        assert record["latency_threads"] == 1 and record["train_threads"] is None
     settings = settings_from_args(build_parser().parse_args(tiny_args(tmp_path, "os", "--trials", "2", *ONESHOT)))
     epochs = -(-supernet_images(settings) // 100)  # trained once, on the compute of 2 one-epoch trials (100 images)
     assert _supernet_epochs(tmp_path, "os") == list(range(1, epochs + 1))

@@ -32,6 +32,7 @@ def test_search_with_baseline_writes_parquet_report_and_resumes(tmp_path, capsys
         assert str(df[column].dtype) == "Int64", column  # nullable ints stay ints although baseline rows are null
     base = df[df.kind == "baseline"]
     assert list(base.model) == ["resnet20_cifar"] and list(base.state) == ["COMPLETE"]
+    assert list(base.train_threads) == list(base.latency_threads) == [1]  # --threads 1 holds for baselines too
     frac = df[df.kind == "fractalnet"]
     assert len(frac) == 2 and set(frac.state) <= {"COMPLETE", "PRUNED"}
     done = frac[frac.state == "COMPLETE"]
@@ -41,6 +42,7 @@ def test_search_with_baseline_writes_parquet_report_and_resumes(tmp_path, capsys
         config = json.loads(row.config)["model_kwargs"]
         assert len(row.column_val_acc) == len(row.column_latency_ms) == config["num_columns"] == row.num_columns
         assert len(row.val_acc_history) == row.epochs_run == 3 and row.duration_s > 0
+        assert row.train_threads == row.latency_threads == 1
     reference = load_study(tmp_path, "e2e").trials[1]  # trial 0 is the baseline, trial 1 the paper's recipe
     assert reference.user_attrs.get("reference") and reference.params["lr"] == 0.02
 

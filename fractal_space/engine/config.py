@@ -80,6 +80,9 @@ class TrainConfig:
                                   run_time=True)
     num_threads: int | None = _option(None, "CPU threads (none: one per usable core; use 1 on a busy machine)",
                                       run_time=True)
+    latency_threads: int | None = _option(None, "CPU threads latencies are timed at, eager and ONNX Runtime (none: "
+                                                "num_threads's): a model trained on more cores than it is compared "
+                                                "at", run_time=True)
     out_dir: str | None = _option(None, "folder for metrics.jsonl, checkpoints and summary.json; an existing run "
                                         "there is resumed", run_time=True)
     eval_columns: bool = _option(True, "also evaluate every FractalNet column alone each epoch", run_time=True)
@@ -111,6 +114,7 @@ class TrainConfig:
             (self.val_size is None or self.val_size >= 0, "val_size", "must be >= 0 or None (auto)"),
             (is_device_name(self.device), "device", f"must be one of {', '.join(DEVICES)}, cuda:N"),
             (self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or None"),
+            (self.latency_threads is None or self.latency_threads >= 1, "latency_threads", "must be >= 1 or None"),
             (self.bn_batches >= 1, "bn_batches", "must be >= 1"),
             (isinstance(self.model_kwargs, dict), "model_kwargs", "must be a dict"),
         ]

@@ -179,6 +179,7 @@ class Trainer:
         _check_model_kwargs(cfg)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.num_threads or usable_cpus())
+        self.threads = torch.get_num_threads()
         torch.manual_seed(cfg.seed)
         self.data = load_splits(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.train_subset, cfg.val_seed,
                                 cfg.download)
@@ -384,7 +385,7 @@ class Trainer:
             bn_inputs = self.bn_inputs()
             reestimate_bn_stats(self.model, bn_inputs)
         loss, acc = self._accuracy(self.model, loader)
-        report = EvalReport(loss, acc, measure_latency(self.model, self.input_size))
+        report = EvalReport(loss, acc, measure_latency(self.model, self.input_size, threads=self.cfg.latency_threads))
         if columns:
             report.columns = self.evaluate_columns(split, bn_inputs)
         self.model.train()
@@ -404,7 +405,8 @@ class Trainer:
             column = self.model.extract_column(k).to(memory_format=self.memory_format)
             reestimate_bn_stats(column, bn_inputs)
             _, col_acc = self._accuracy(column, loader)
-            reports.append(ColumnReport(k, col_acc, measure_latency(column, self.input_size)))
+            reports.append(ColumnReport(k, col_acc, measure_latency(column, self.input_size,
+                                                                    threads=self.cfg.latency_threads)))
         return reports
 
     def _loader(self, split: str) -> BatchLoader:

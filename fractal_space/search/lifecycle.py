@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fractal_space.search.accounting import counts_as_finished, reap_stale
+from fractal_space.search.budget import Budget
 from fractal_space.search.objective import Objective
 from fractal_space.search.record import OBJECTIVES, directions
 from fractal_space.search.rungs import Rungs
@@ -124,17 +125,18 @@ def load(settings: SearchSettings, heartbeat: bool = True) -> optuna.Study:
                         settings.sampler)
 
 
-def objective(settings: SearchSettings) -> Objective:
-    """The Optuna objective of this study's trials."""
-    return Objective(settings.space, settings.budget, settings.objective, settings.study_dir, settings.trials)
+def objective(settings: SearchSettings, budget: Budget | None = None) -> Objective:
+    """The Optuna objective of this study's trials (with ``budget`` in place of the trials' own: the baselines')."""
+    return Objective(settings.space, budget or settings.budget, settings.objective, settings.study_dir, settings.trials)
 
 
 def run_baselines(settings: SearchSettings, study: optuna.Study) -> None:
-    """Train each baseline not yet finished in this study, with the search's budget and the reference recipe."""
+    """Train each baseline not yet finished in this study, with the search's budget (on every core: see
+    ``SearchSettings.baseline_budget``) and the reference recipe."""
     done = {t.user_attrs.get("model") for t in study.get_trials(deepcopy=False)
             if t.user_attrs.get("kind") == "baseline" and t.state in (TrialState.COMPLETE, TrialState.FAIL)
             and not t.user_attrs.get("interrupted")}
-    procedure = objective(settings)
+    procedure = objective(settings, settings.baseline_budget())
     for model in settings.baselines:
         if model in done:
             continue

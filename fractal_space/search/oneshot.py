@@ -167,16 +167,17 @@ class SubFractalObjective:
             loss, acc = self.trainer.accuracy(sub, "val")
             size, device = self.trainer.input_size, self.trainer.device
             deploy_start = time.perf_counter()
-            deployed = deployment_latency(sub, size)  # what a multi-trial trial records: ONNX Runtime, batch 1
+            threads = self.settings.budget["num_threads"]  # a trial's, not the supernet's: latencies compare
+            deployed = deployment_latency(sub, size, threads=threads)  # what a multi-trial trial records
             deploy_seconds = time.perf_counter() - deploy_start
             record = TrialRecord(
                 epoch=1, epochs=1, val_acc=float(acc), val_loss=float(loss), train_loss=math.nan, train_acc=math.nan,
                 latency_ms=deployed.ms[1], latency_runtime=deployed.runtime,
-                eager_latency_ms=measure_latency(sub, size), deploy_seconds=deploy_seconds,
+                eager_latency_ms=measure_latency(sub, size, threads=threads), deploy_seconds=deploy_seconds,
                 train_images_per_s=math.nan, epoch_seconds=math.nan,
                 wall_seconds=time.perf_counter() - started, params=count_params(sub), flops=count_flops(sub, size),
                 num_columns=self.kwargs["num_columns"], device=device_label(device), started_at=started_at,
-                peak_memory_mb=peak_memory_mb(device))
+                peak_memory_mb=peak_memory_mb(device), latency_threads=deployed.threads)
             trial.set_user_attr("record", record.to_dict())
             return record.objective_values(self.settings.objective)
 

@@ -47,7 +47,8 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
         if report.epoch == cfg.epochs:  # the anytime and deployment metrics, once the budget is spent
             report.columns = trainer.evaluate_columns("val")
             start = time.perf_counter()
-            deployed = [deployment_latency(trainer.model, trainer.input_size, **kw) for kw in _deployed(trainer)]
+            deployed = [deployment_latency(trainer.model, trainer.input_size, threads=cfg.latency_threads, **kw)
+                        for kw in _deployed(trainer)]
             deploy_seconds = time.perf_counter() - start
         record = TrialRecord(
             epoch=report.epoch, epochs=cfg.epochs, val_acc=float(report.val_acc), val_loss=float(report.val_loss),
@@ -60,7 +61,8 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
             params=int(trainer.num_params), flops=int(trainer.flops), num_columns=trainer.num_columns or None,
             column_val_acc=[float(c.acc) for c in report.columns],
             column_latency_ms=[d.ms[1] for d in deployed[1:]], val_acc_history=list(history),
-            device=device_label(trainer.device), started_at=started_at, peak_memory_mb=peak_memory_mb(trainer.device))
+            device=device_label(trainer.device), started_at=started_at, peak_memory_mb=peak_memory_mb(trainer.device),
+            train_threads=trainer.threads, latency_threads=cfg.latency_threads or trainer.threads)
         on_epoch(record)
     if record is None:
         raise RuntimeError("the trainer yielded no epoch")

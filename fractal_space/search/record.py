@@ -65,6 +65,10 @@ class TrialRecord:
     device: str = _col(pa.string(), default="")
     started_at: float = _col(pa.float64(), default=math.nan)
     peak_memory_mb: float | None = _col(pa.float64(), default=None)
+    #: CPU threads the trial trained with (None: not trained, a one-shot sub-fractal) and those its latencies were
+    #: timed at: a search-stage baseline trains on every core and is timed at the trials' count, so they compare.
+    train_threads: int | None = _col(pa.int64(), default=None)
+    latency_threads: int | None = _col(pa.int64(), default=None)
 
     @property
     def finished_budget(self) -> bool:

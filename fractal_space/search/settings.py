@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fractal_space.hardware import usable_cpus
 from fractal_space.search.budget import Budget
 from fractal_space.space import SearchSpace
 
@@ -74,6 +75,13 @@ class SearchSettings:
     def unclaimed_after_s(self) -> float:
         """How long a RUNNING trial without an owner is given before it is failed (as long as a dead heartbeat)."""
         return 3.0 * self.heartbeat_s
+
+    def baseline_budget(self) -> Budget:
+        """The search-stage baselines' budget: they train alone, before any trial starts, so with the final stage's
+        threads (``--threads``, else every usable core: a trial's one thread left the other cores idle), and are
+        timed at the trials' thread count so that their latencies compare with the trials'."""
+        return self.budget.replace(num_threads=self.final.threads or usable_cpus(),
+                                   latency_threads=self.budget["num_threads"])
 
     def baseline_train(self) -> dict[str, Any]:
         """The baselines' recipe: the space's fixed values, else the paper's (lr, batch size, weight decay)."""
