@@ -114,24 +114,43 @@ def _final_lines(final: pd.DataFrame | None, strategy: str) -> list[str]:
     lines = [f"- {strategy}: top {len(top)} retrained, test accuracy best **{top.test_acc.max():.1%}**, mean "
              f"{top.test_acc.mean():.1%} ({_listed(top)}); "
              f"{so_far}."]
+    spread = final[final.role == "spread"]
+    if len(spread):
+        lines.append(f"  Spread over the rest of the ranking ({len(spread)}): test accuracy "
+                     f"{spread.test_acc.min():.1%} to {spread.test_acc.max():.1%}.")
     base = final[final.role == "baseline"]
     if len(base):
         lines.append(f"  Baselines: {_listed(base)}.")
     return lines
 
 
+def _minutes(seconds: float | None) -> str:
+    return "not run" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def _whole_run(stage: dict, final: pd.DataFrame | None) -> tuple[float | None, float | None]:
+    """The final stage's wall seconds (its models train one after another: the sum of theirs) and the whole run's."""
+    if final is None:
+        return None, None
+    final_s = float(final.stage_seconds.sum())
+    return final_s, stage["wall_s"] + final_s
+
+
 def write_doc(doc: Path, trials: int, extra: str, stages: dict[str, dict],
-              finals: dict[str, pd.DataFrame | None]) -> None:
+              finals: dict[str, pd.DataFrame | None], oneshot_extra: str = "") -> None:
     m, o = stages["multitrial"], stages["oneshot"]
+    (m_final, m_total), (o_final, o_total) = (_whole_run(stages[s], finals[s]) for s in ("multitrial", "oneshot"))
     given = f" {extra}" if extra else ""
-    scope = ("the CPU default" if trials == 200 and not extra else
-             f"`--trials {trials}{given}`, not the CPU default of 200 trials and the full final stage")
+    only = f" {oneshot_extra}" if oneshot_extra else ""
+    scope = ("the CPU default" if trials == 200 and not extra and not oneshot_extra else
+             f"`--trials {trials}{given}`{f', one-shot with `{only.strip()}`' if only else ''}, not the CPU default "
+             "of 200 trials and the full final stage for both")
     text = f"""# One-shot against multi-trial search at equal compute ({scope})
 
 Written by `benchmarks/oneshot_compare.py --trials {trials}` on {describe()}. Both are
-`search/run.py --trials {trials}{given}` with the CPU defaults otherwise, one with `--strategy oneshot` (its supernet
-on the multi-trial search's compute), run one after the other on the same machine. Wall times leave out the periods a
-run was paused (`pauses.log`).
+`search/run.py --trials {trials}{given}` with the CPU defaults otherwise, one with `--strategy oneshot{only}` (its
+supernet on the multi-trial search's compute), run one after the other on the same machine. Wall times leave out the
+periods a run was paused (`pauses.log`).
 
 ## Search stage
 
@@ -152,6 +171,14 @@ score is a sub-fractal on inherited weights. The final stage below retrains both
 ## Final stage: the winners retrained from scratch and tested
 
 {chr(10).join(_final_lines(finals['multitrial'], 'multi-trial') + _final_lines(finals['oneshot'], 'one-shot'))}
+
+## The whole run
+
+| | multi-trial | one-shot |
+|---|---|---|
+| search stage | {_minutes(m['wall_s'])} | {_minutes(o['wall_s'])} |
+| final stage (models one after another, every core) | {_minutes(m_final)} | {_minutes(o_final)} |
+| search and final stage | {_minutes(m_total)} | {_minutes(o_total)} |
 """
     write_atomic(doc, text)
     print(f"wrote {doc}")
@@ -165,12 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-run", action="store_true", help="only write the document from what has run")
     p.add_argument("--search-args", default="",
                    help="more search/run.py arguments for both searches, e.g. \"--final-top 1 --final-spread 0\"")
+    p.add_argument("--oneshot-args", default="",
+                   help="more search/run.py arguments for the one-shot search only (after --search-args)")
     p.add_argument("--doc", type=Path, default=REPO / "docs" / "oneshot-compare.md")
     args = p.parse_args(argv)
     folders = {"multitrial": args.multitrial_runs, "oneshot": args.oneshot_runs}
     if not args.no_run:
         for strategy, runs in folders.items():
-            code = run(runs, strategy, args.trials, shlex.split(args.search_args))
+            code = run(runs, strategy, args.trials, shlex.split(args.search_args)
+                       + (shlex.split(args.oneshot_args) if strategy == "oneshot" else []))
             if code:
                 print(f"error: the {strategy} search exited with {code}; see {runs / 'run.log'}", file=sys.stderr)
                 return code
@@ -180,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no search results at {missing[0]} (run without --no-run first)", file=sys.stderr)
         return 2
     stages = {s: search_stage(r, s) for s, r in folders.items()}
-    write_doc(args.doc, args.trials, args.search_args, stages, {s: final_stage(r, s) for s, r in folders.items()})
+    write_doc(args.doc, args.trials, args.search_args, stages, {s: final_stage(r, s) for s, r in folders.items()},
+              args.oneshot_args)
     return 0
 
 

@@ -38,5 +38,10 @@ def test_the_document_compares_two_real_searches_and_their_final_stages(tmp_path
     assert "| FractalNet trials | 2 (trained from scratch" in text and "| 2 (sub-fractals on one supernet) |" in text
     assert text.count("top 1 retrained, test accuracy best") == 2
     assert "(`--trials 2`, not the CPU default of 200 trials" in text
+    whole = [line for line in text.splitlines() if line.startswith("| search and final stage |")]
+    assert len(whole) == 1 and whole[0].count(" min") == 2  # both runs end to end, final stage included
+    assert bench.main(["--no-run", "--trials", "2", "--multitrial-runs", str(multi), "--oneshot-runs", str(one),
+                       "--oneshot-args", "--final-spread 0", "--doc", str(doc)]) == 0
+    assert "one-shot with `--final-spread 0`" in doc.read_text()  # what the one-shot side alone ran with
     assert bench.main(["--no-run", "--multitrial-runs", str(tmp_path / "none"), "--oneshot-runs", str(one),
                        "--doc", str(doc)]) == 2
