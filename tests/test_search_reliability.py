@@ -124,21 +124,31 @@ def test_gpus_per_trial_without_a_gpu_is_one_line_not_a_hang(tmp_path):
     assert not (tmp_path / "gpu").exists()
 
 
+def _without_ray_env(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **extra}
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A cluster as `ray start --head` makes it, with Ray's defaults (token authentication in Ray 2.60).
+    """A cluster as `ray start --head` makes it for a user who has a Ray token: with token authentication. Yields
+    its address and the home folder holding its token.
 
+    `ray start --head` turns authentication on only when a token is already saved (~/.ray/auth_token), so the head
+    gets a home of its own with a token generated there: in a fresh CI machine the user's home may hold none yet (one
+    appears once any test has started a local Ray), and the tokenless join then succeeded and ran a whole search.
     Its port is one the OS says is free (a fixed guess could be a port of the other test worker's Ray, whose ports are
     random: the join tests would then talk to a cluster that goes away under them), and the tests start only once its
     GCS listens there."""
     port = free_port()
-    log = tmp_path_factory.mktemp("ray_head") / "head.log"
+    home = tmp_path_factory.mktemp("ray_head")
+    env = _without_ray_env(HOME=str(home))
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_cli, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
+    log = home / "head.log"
     with open(log, "w") as out:
-        head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-                                 f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                                 "--disable-usage-stats"], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={k: v for k, v in os.environ.items()
-                                                             if not k.startswith("RAY_")})
+        head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                                 "--include-dashboard=false", "--disable-usage-stats"], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -149,7 +159,7 @@ def ray_head(tmp_path_factory):
                 os.killpg(head.pid, signal.SIGKILL)
                 pytest.fail(f"ray start --head on port {port} did not come up: {log.read_text()[-2000:]}")
             time.sleep(0.5)
-    yield f"127.0.0.1:{port}"
+    yield f"127.0.0.1:{port}", home
     os.killpg(head.pid, signal.SIGKILL)  # the whole cluster (its own session); SIGTERM drains for 30 s
     head.wait(30)
 
@@ -157,29 +167,42 @@ def ray_head(tmp_path_factory):
 @pytest.mark.xdist_group("ray_head")  # one cluster for both
 def test_joining_a_plain_ray_start_cluster_works_with_its_defaults(ray_head, tmp_path):
     """No RAY_* variable set, as after a plain `ray start --head`: the CLI's connect joins with the saved token."""
+    address, home = ray_head
     code = ("from pathlib import Path; from fractal_space.search import ray_backend; from fractal_space.search.cli "
             "import build_parser, settings_from_args; from search_cli import tiny_args; "
             f"s = settings_from_args(build_parser().parse_args(tiny_args(Path({str(tmp_path)!r}), 'join', "
-            f"'--backend', 'ray', '--address', {ray_head!r}))); print(ray_backend.connect(s)); "
+            f"'--backend', 'ray', '--address', {address!r}))); print(ray_backend.connect(s)); "
             "import ray; ray.shutdown()")
     joined = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            cwd=REPO / "tests", env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")})
+                            cwd=REPO / "tests", env=_without_ray_env(HOME=str(home)))
     assert joined.returncode == 0, joined.stderr[-2000:]
-    assert f":{ray_head.rsplit(':', 1)[1]}'" in joined.stdout  # connect returned the joined cluster's address
+    assert f":{address.rsplit(':', 1)[1]}'" in joined.stdout  # connect returned the joined cluster's address
 
 
 @pytest.mark.xdist_group("ray_head")  # one cluster for both
 def test_joining_without_the_cluster_token_is_one_line_saying_what_to_set(ray_head, tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "search" / "run.py"),
-                           *tiny_args(tmp_path, "tokenless", "--backend", "ray", "--address", ray_head)],
+    address, _ = ray_head
+    # one trial: a join that wrongly succeeds ends soon and fails the assertions instead of outliving the timeout
+    args = tiny_args(tmp_path, "tokenless", "--trials", "1", "--backend", "ray", "--address", address)
+    proc = subprocess.run([sys.executable, str(REPO / "search" / "run.py"), *args],
                           capture_output=True, text=True, timeout=180, cwd=REPO,
-                          env={**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
-                               # Ray retries a refused join once a second for 20 s by default; 2 tries say the same
-                               "HOME": str(tmp_path), "RAY_gcs_server_port_wait_time_s": "2"})
+                          # Ray retries a refused join once a second for 20 s by default; 2 tries say the same
+                          env=_without_ray_env(HOME=str(tmp_path), RAY_gcs_server_port_wait_time_s="2"))
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr
-    assert "RAY_AUTH_MODE=token" in errors[0] and ray_head in errors[0]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "RAY_AUTH_MODE=token" in errors[0] and address in errors[0]
     assert not (tmp_path / "tokenless" / "study.db").exists()
+
+
+def test_joining_an_address_nothing_listens_at_is_one_line_at_once(tmp_path):
+    """Ray itself retries such an address for about 14 minutes (20 tries of ~40 s) before it gives up."""
+    address = f"127.0.0.1:{free_port()}"
+    proc = subprocess.run([sys.executable, str(REPO / "search" / "run.py"),
+                           *tiny_args(tmp_path, "nowhere", "--backend", "ray", "--address", address)],
+                          capture_output=True, text=True, timeout=90, cwd=REPO, env=_without_ray_env())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [f"error: --address {address}: nothing listens there (Connection refused)"]
+    assert not (tmp_path / "nowhere").exists()
 
 
 def _write_many(db: str, out: str, times: int) -> None:

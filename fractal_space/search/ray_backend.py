@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,17 +147,19 @@ def connect(settings: SearchSettings) -> tuple[str, str]:
     """Start Ray (or join the cluster at ``--address``) with the dashboard on unless turned off; returns the dashboard's
     URL ('' without one) and the cluster's address.
 
-    Checks, before anything is written: the cluster can be joined, and it has the CPUs and GPUs one trial asks for
-    (Ray would otherwise wait for them forever; a cluster of our own is checked before it is started, so a refusal costs
-    no Ray start-up). Ray >= 2.5x starts clusters (``ray start --head``) with token
-    authentication, and a client must then say so: when joining, ``RAY_AUTH_MODE=token`` is set if a token is at
-    hand (a token-mode client joins clusters without authentication as well). Raises a one-line ValueError.
+    Checks, before anything is written: something listens at the address, the cluster can be joined, and it has the
+    CPUs and GPUs one trial asks for (Ray would otherwise wait for them forever; a cluster of our own is checked before
+    it is started, so a refusal costs no Ray start-up). Ray >= 2.5x starts clusters (``ray start --head``) with token
+    authentication once a token is saved (a local ``ray.init()`` saves one), and a client must then say so: when
+    joining, ``RAY_AUTH_MODE=token`` is set if a token is at hand (a token-mode client joins clusters without
+    authentication as well). Raises a one-line ValueError.
     """
     import ray
 
     _quiet_ray()
     opts = settings.ray
     if opts.address:
+        _check_listening(opts.address)
         _token_mode_if_token_available()
         try:
             ctx = ray.init(address=opts.address, include_dashboard=settings.dashboard, log_to_driver=False,
@@ -187,6 +190,19 @@ def connect(settings: SearchSettings) -> tuple[str, str]:
         raise
     url = ctx.dashboard_url or ""
     return (url if url.startswith("http") or not url else f"http://{url}"), ctx.address_info.get("gcs_address", "")
+
+
+def _check_listening(address: str) -> None:
+    """One-line ValueError when nothing listens at a ``host:port`` address: Ray retries one (a typo, a cluster that is
+    down) for about 14 minutes, 20 tries of ~40 s, before it says so; a TCP connect says it at once. Addresses Ray
+    resolves itself (``auto``, ``ray://...``) are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ValueError(f"--address {address}: nothing listens there ({exc.strerror or exc})") from None
 
 
 def _check_resources(opts: RaySettings, have: dict[str, float]) -> None:
