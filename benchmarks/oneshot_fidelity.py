@@ -27,6 +27,8 @@ scales share their supernets (``Scale.supernets``) and ``cpu`` adds only the 15 
 
     python benchmarks/oneshot_fidelity.py                 # small scale, resumable: re-run to continue
     python benchmarks/oneshot_fidelity.py --scale medium --variants uniform+dp
+    python benchmarks/oneshot_fidelity.py --scale cpu --rescore --variants uniform+dp uniform+dp+warmup --bn 10 \
+        --doc docs/oneshot-warmup.md           # new supernets against the recorded stand-alone side
 
 Everything trains through the engine into ``<out-dir>`` (checkpointed runs; one-shot scores cached in
 ``scores.json``), so a re-run resumes and only rewrites the document.
@@ -61,7 +63,11 @@ VARIANTS = {
     "uniform+dp": dict(supernet_sampling="uniform", drop_path_rate=0.15, global_drop_fraction=0.5),
     "uniform": dict(supernet_sampling="uniform", drop_path_rate=0.0, global_drop_fraction=0.0),
     "local-dp": dict(supernet_sampling="none", drop_path_rate=0.15, global_drop_fraction=0.0),
+    # uniform+dp with the local drop-path rate ramped up from 0 over the first half of training (the space's most)
+    "uniform+dp+warmup": dict(supernet_sampling="uniform", drop_path_rate=0.15, global_drop_fraction=0.5,
+                              drop_path_warmup=0.5),
 }
+TRAIN_FIELDS = ("supernet_sampling", "drop_path_warmup")  # what a variant sets in TrainConfig, not the model
 BN_CHOICES = (0, 1, 10)
 
 
@@ -98,14 +104,19 @@ def _config(scale: Scale, out: Path, epochs: int, model_kwargs: dict[str, Any], 
                        out_dir=str(out), **train)
 
 
+def variant_settings(variant: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A sampling variant's model keywords and its TrainConfig fields."""
+    model = dict(VARIANTS[variant])
+    return model, {name: model.pop(name) for name in TRAIN_FIELDS if name in model}
+
+
 def supernet(scale: Scale, out: Path, variant: str, threads: int, load: list[float]) -> Trainer:
     """Train (or resume, or load) one supernet variant, sampling the load average into ``load`` once an epoch;
     ``out`` is the scale's folder, and a scale that shares another's supernets finds them beside it."""
-    v = dict(VARIANTS[variant])
-    sampling = v.pop("supernet_sampling")
+    model, train = variant_settings(variant)
     home = out.parent / scale.supernets if scale.supernets else out
-    trainer = Trainer(_config(scale, home / f"supernet-{variant}", scale.supernet_epochs, scale.kwargs(**v),
-                              supernet_sampling=sampling, num_threads=threads))
+    trainer = Trainer(_config(scale, home / f"supernet-{variant}", scale.supernet_epochs, scale.kwargs(**model),
+                              num_threads=threads, **train))
     for report in trainer.epochs():
         load.append(os.getloadavg()[0])
         print(f"supernet {variant}: epoch {report.epoch}/{scale.supernet_epochs} val_acc {report.val_acc:.3f}",
@@ -130,10 +141,9 @@ def standalone(args: tuple[Scale, str, str]) -> dict[str, Any]:
     """Train one sub-fractal alone from scratch (its own engine run, resumable); its validation and test accuracy."""
     scale, out, name = args
     paths = scale.paths(name)
-    v = dict(VARIANTS["uniform+dp"])
-    v.pop("supernet_sampling")
+    model, _ = variant_settings("uniform+dp")  # its drop-path inside the kept columns; no subsets, no warm-up
     trainer = Trainer(_config(scale, Path(out) / "standalone" / name, scale.standalone_epochs,
-                              scale.kwargs(paths=paths, **v), num_threads=1))
+                              scale.kwargs(paths=paths, **model), num_threads=1))
     for _ in trainer.epochs():
         pass
     test = trainer.test()
@@ -165,8 +175,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="stand-alone trainings at once (one thread each); also the main supernet's threads")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                    help="supernet sampling choices to compare (uniform+dp, what --strategy oneshot trains, always)")
+    p.add_argument("--bn", type=int, nargs="+", default=list(BN_CHOICES), choices=BN_CHOICES,
+                   help="batch-norm re-estimation batches to score with (10, what --strategy oneshot uses, always)")
+    p.add_argument("--rescore", action="store_true",
+                   help="train only the --variants supernets and score them against the sub-fractals and stand-alone "
+                        "results this scale recorded in docs/oneshot-<scale>.json (no stand-alone training)")
     p.add_argument("--doc", help="the document to write (default: docs/oneshot-<scale>.md; its data beside it, .json)")
     args = p.parse_args(argv)
+    args.bn = sorted({*args.bn, 10})
     scale = SCALES[args.scale]
     variants = ["uniform+dp", *(v for v in args.variants if v != "uniform+dp")]
     load: list[float] = []
@@ -176,8 +192,15 @@ def main(argv: list[str] | None = None) -> None:
     scores = _load(scores_path)
     started = time.perf_counter()
     doc = Path(args.doc) if args.doc else REPO / "docs" / f"oneshot-{args.scale}.md"
-    source = recorded(scale, out, doc.parent)
-    if source:
+    source = recorded(scale, out, doc.parent) if not args.rescore else None
+    rescored = None
+    if args.rescore:
+        rescored = json.loads((doc.parent / f"oneshot-{args.scale}.json").read_text())
+        chosen, alone = rescored["chosen"], rescored["standalone"]
+        scores.setdefault("rank", {}).update(rescored["scores"]["rank"])
+        nets = {v: supernet(scale, out, v, args.processes, load) for v in variants}
+        supernet_seconds = score_chosen(scale, nets, chosen, args.bn, scores, scores_path, load)
+    elif source:
         print(f"one-shot side recorded by --scale {scale.supernets} ({source['machine']}); training the "
               f"{len(source['chosen'])} sub-fractals alone", flush=True)
         scores.update(source["scores"])
@@ -192,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     scores.setdefault("load", []).extend(load)
     write_atomic(scores_path, json.dumps(scores, indent=1))
     write_doc(doc, args, scale, variants, chosen, scores, alone, supernet_seconds, time.perf_counter() - started,
-              source)
+              source, rescored)
 
 
 def one_shot_side(args: argparse.Namespace, scale: Scale, out: Path, variants: list[str], scores: dict[str, Any],
@@ -217,33 +240,43 @@ def one_shot_side(args: argparse.Namespace, scale: Scale, out: Path, variants: l
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
         pending = pool.map_async(standalone, [(scale, str(out), name) for name in chosen])
         nets = {"uniform+dp": main_net, **{v: supernet(scale, out, v, 1, load) for v in variants[1:]}}
-        for variant, trainer in nets.items():
-            for bn in BN_CHOICES:
-                key = f"{variant}/bn{bn}"
-                done = scores.setdefault(key, {})
-                for name in chosen:
-                    if name not in done:
-                        acc, seconds = score(trainer, scale.paths(name), bn)
-                        done[name] = acc
-                        scores.setdefault("score_seconds", []).append(seconds)
-                        load.append(os.getloadavg()[0])
-                        write_atomic(scores_path, json.dumps(scores, indent=1))
+        seconds = score_chosen(scale, nets, chosen, args.bn, scores, scores_path, load)
         alone = {r["name"]: r for r in pending.get()}
-    return chosen, alone, {v: sum(r.epoch_seconds for r in t.history) for v, t in nets.items()}
+    return chosen, alone, seconds
+
+
+def score_chosen(scale: Scale, nets: dict[str, Trainer], chosen: list[str], bns: list[int], scores: dict[str, Any],
+                 scores_path: Path, load: list[float]) -> dict[str, float]:
+    """Score each chosen sub-fractal on every supernet at every BN choice (into ``scores``, saved as it goes);
+    returns each supernet's training seconds."""
+    for variant, trainer in nets.items():
+        for bn in bns:
+            done = scores.setdefault(f"{variant}/bn{bn}", {})
+            for name in chosen:
+                if name not in done:
+                    acc, seconds = score(trainer, scale.paths(name), bn)
+                    done[name] = acc
+                    scores.setdefault("score_seconds", []).append(seconds)
+                    load.append(os.getloadavg()[0])
+                    write_atomic(scores_path, json.dumps(scores, indent=1))
+    return {v: sum(r.epoch_seconds for r in t.history) for v, t in nets.items()}
 
 
 def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[str], chosen: list[str],
               scores: dict[str, Any], alone: dict[str, dict[str, Any]], supernet_seconds: dict[str, float],
-              wall: float, source: dict[str, Any] | None = None) -> None:
-    """The document, and beside it (``.json``) its one-shot side, for a scale that shares this one's supernets."""
+              wall: float, source: dict[str, Any] | None = None, rescored: dict[str, Any] | None = None) -> None:
+    """The document, and beside it (``.json``) its one-shot side, for a scale that shares this one's supernets.
+    ``source`` is the recorded one-shot side a stand-alone-only run used, ``rescored`` the recorded stand-alone side
+    a ``--rescore`` run scored its new supernets against."""
     keys = [f"{v}/bn{bn}" for v, bn in product(variants, BN_CHOICES) if f"{v}/bn{bn}" in scores]
-    machine, sample = (source["machine"], source["sample"]) if source else (describe(), args.sample)
+    machine = source["machine"] if source else describe()
+    sample = source["sample"] if source else rescored["sample"] if rescored else args.sample
     record = {"machine": machine, "sample": sample, "variants": variants, "chosen": chosen,
               "supernet_seconds": supernet_seconds,
               "scores": {"rank": {n: scores["rank"][n] for n in chosen},
                          **{k: {n: scores[k][n] for n in chosen} for k in keys},
                          "score_seconds": scores.get("score_seconds", [])},
-              "standalone": alone}
+              "standalone": alone, **({"standalone_machine": rescored["machine"]} if rescored else {})}
     write_atomic(doc.with_suffix(".json"), json.dumps(record, indent=1))
     y = [alone[n]["val_acc"] for n in chosen]
     rows = []
@@ -289,8 +322,17 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[
     provenance = (f"\n\nThe one-shot side (the ranking, the sub-fractals chosen from it, their scores, the supernet's"
                   f" seconds) is what `--scale {scale.supernets}` recorded in `docs/oneshot-{scale.supernets}.json` on"
                   f" {machine}: the supernet was not retrained for this run, only the stand-alone nets."
-                  if source else "")
+                  if source else
+                  f"\n\nThe sub-fractals (chosen from the ranking column's scores) and their stand-alone results are"
+                  f" what this scale recorded in `docs/oneshot-{args.scale}.json` on {rescored['machine']}"
+                  f" (`--rescore`): only the supernets were trained and scored for this run, on this machine."
+                  if rescored else "")
     elsewhere = f"; recorded by `--scale {scale.supernets}`, not run here" if source else ""
+    threads = (f"each on {args.processes} threads, one after the other" if rescored else
+               f"the first ran alone on {args.processes} threads, any others on one thread beside the stand-alone"
+               " trainings")
+    warmup = ("" if "uniform+dp+warmup" in variants else
+              "\n- Drop-path warm-up (`drop_path_warmup`) in the supernet was not varied.")
     scope = ("the issue's scale" if args.scale == "cpu" else
              "the default search space at a third of the issue's stand-alone budget" if args.scale == "medium" else
              "smaller than the issue asks")
@@ -324,7 +366,9 @@ scored on the `uniform+dp` supernet (10 BN batches), taken evenly by rank, best 
 {chr(10).join(rows)}
 
 `uniform+dp` is what `search/run.py --strategy oneshot` trains; `uniform` is subsets alone (SPOS-style); `local-dp`
-is the paper's local drop-path alone (no subsets, no global drop-path); this run compared {', '.join(variants)}.
+is the paper's local drop-path alone (no subsets, no global drop-path); `uniform+dp+warmup` is `uniform+dp` with
+the local drop-path rate ramped up from 0 over the first half of training (`drop_path_warmup=0.5`, the most the
+search space allows); this run compared {', '.join(variants)}.
 BN 0 scores each sub-fractal with the supernet's all-paths statistics.
 
 ## What this says
@@ -354,12 +398,11 @@ Best stand-alone: `{best}` ({alone[best]['val_acc']:.1%} val, {alone[best]['test
 ## Compute (wall seconds)
 
 - Supernets: {', '.join(f'{v} {s:.0f} s' for v, s in supernet_seconds.items())} (training + per-epoch validation;
-  the first ran alone on {args.processes} threads, any others on one thread beside the stand-alone
-  trainings){elsewhere}.
+  {threads}){elsewhere}.
 - One-shot score of one sub-fractal (extract, BN re-estimation, 2,000 validation images):
   median {per_score:.1f} s{elsewhere}.
 - Stand-alone training: median {np.median([alone[n]['seconds'] for n in chosen]):.0f} s each, \
-{sum(alone[n]['seconds'] for n in chosen):.0f} s for all {len(chosen)}.
+{sum(alone[n]['seconds'] for n in chosen):.0f} s for all {len(chosen)}{"; recorded, not run here" if rescored else ""}.
 - This invocation: {wall / 60:.0f} min (a re-run reuses every finished run and score; the training above is the
   whole cost).
 
@@ -367,8 +410,7 @@ Best stand-alone: `{best}` ({alone[best]['val_acc']:.1%} val, {alone[best]['test
 
 - **The one-shot best against the multi-trial search's best at equal total compute**, as two real searches over the
   same space at the same compute, each retrained by the final stage, is not part of this script (`search/run.py`
-  with `--strategy oneshot` and without it); the estimate above stands in for it.
-- Drop-path warm-up (`drop_path_warmup`) in the supernet was not varied.
+  with `--strategy oneshot` and without it); the estimate above stands in for it.{warmup}
 """
     write_atomic(doc, text)
     print(f"wrote {doc}")

@@ -66,3 +66,40 @@ def test_a_full_run_records_the_one_shot_side_its_sharers_read(tmp_path):
     record = json.loads((docs / "oneshot-smoke.json").read_text())
     assert len(record["chosen"]) == 2 and set(record["scores"]["uniform+dp/bn0"]) == set(record["chosen"])
     assert record["sample"] == 4 and record["supernet_seconds"]["uniform+dp"] > 0
+
+
+def test_a_variant_splits_into_model_keywords_and_train_fields():
+    model, train = bench.variant_settings("uniform+dp+warmup")
+    assert train == {"supernet_sampling": "uniform", "drop_path_warmup": 0.5}
+    assert model == {"drop_path_rate": 0.15, "global_drop_fraction": 0.5}
+    assert bench.variant_settings("local-dp")[1] == {"supernet_sampling": "none"}
+
+
+@pytest.mark.slow
+def test_rescore_trains_new_supernets_against_the_recorded_stand_alone_side(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    chosen = ["12-2", "1-1"]
+    alone = {n: {"name": n, "val_acc": acc, "test_acc": acc, "params": 100, "seconds": 3.0}
+             for n, acc in zip(chosen, (0.3, 0.2), strict=True)}
+    (docs / "oneshot-smoke.json").write_text(json.dumps({
+        "machine": "the stand-alone machine", "sample": 4, "variants": ["uniform+dp"], "chosen": chosen,
+        "supernet_seconds": {"uniform+dp": 12.0}, "standalone": alone,
+        "scores": {"rank": {"12-2": 0.3, "1-1": 0.2}, "uniform+dp/bn10": {"12-2": 0.9, "1-1": 0.8}}}))
+    bench.main(["--scale", "smoke", "--out-dir", str(tmp_path / "runs"), "--doc", str(docs / "oneshot-warm.md"),
+                "--processes", "1", "--rescore", "--variants", "uniform+dp", "uniform+dp+warmup", "--bn", "10"])
+    runs = tmp_path / "runs" / "smoke"
+    assert not (runs / "standalone").exists()  # nothing trained alone
+    run = runs / "supernet-uniform+dp+warmup"
+    manifest = json.loads((run / json.loads((run / "checkpoint.json").read_text())["manifest"]).read_text())
+    config = manifest["state"]["config"]
+    assert config["drop_path_warmup"] == 0.5 and config["supernet_sampling"] == "uniform"
+    record = json.loads((docs / "oneshot-warm.json").read_text())
+    assert record["standalone"] == alone and record["standalone_machine"] == "the stand-alone machine"
+    for variant in ("uniform+dp", "uniform+dp+warmup"):
+        scored = record["scores"][f"{variant}/bn10"]
+        assert set(scored) == set(chosen) and all(0 <= v <= 1 for v in scored.values())
+    assert record["scores"]["uniform+dp/bn10"] != {"12-2": 0.9, "1-1": 0.8}  # scored here, not copied
+    text = (docs / "oneshot-warm.md").read_text()
+    assert "| uniform+dp+warmup | 10 |" in text and "was not varied" not in text
+    assert "recorded in `docs/oneshot-smoke.json` on the stand-alone machine (`--rescore`)" in text
