@@ -194,16 +194,19 @@ def main(argv: list[str] | None = None) -> None:
     doc = Path(args.doc) if args.doc else REPO / "docs" / f"oneshot-{args.scale}.md"
     source = recorded(scale, out, doc.parent) if not args.rescore else None
     rescored = None
+    # Recorded scores the document shows but scores.json never caches: a cached score counts as scored here, so a
+    # later --rescore in this folder would skip scoring its own supernet and show the recorded number.
+    borrowed: dict[str, Any] = {}
     if args.rescore:
         rescored = json.loads((doc.parent / f"oneshot-{args.scale}.json").read_text())
         chosen, alone = rescored["chosen"], rescored["standalone"]
-        scores.setdefault("rank", {}).update(rescored["scores"]["rank"])
+        borrowed = {"rank": rescored["scores"]["rank"]}
         nets = {v: supernet(scale, out, v, args.processes, load) for v in variants}
         supernet_seconds = score_chosen(scale, nets, chosen, args.bn, scores, scores_path, load)
     elif source:
         print(f"one-shot side recorded by --scale {scale.supernets} ({source['machine']}); training the "
               f"{len(source['chosen'])} sub-fractals alone", flush=True)
-        scores.update(source["scores"])
+        borrowed = source["scores"]
         variants, chosen, supernet_seconds = source["variants"], source["chosen"], source["supernet_seconds"]
         with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
             alone = {}
@@ -214,8 +217,8 @@ def main(argv: list[str] | None = None) -> None:
         chosen, alone, supernet_seconds = one_shot_side(args, scale, out, variants, scores, scores_path, load)
     scores.setdefault("load", []).extend(load)
     write_atomic(scores_path, json.dumps(scores, indent=1))
-    write_doc(doc, args, scale, variants, chosen, scores, alone, supernet_seconds, time.perf_counter() - started,
-              source, rescored)
+    write_doc(doc, args, scale, variants, chosen, {**scores, **borrowed}, alone, supernet_seconds,
+              time.perf_counter() - started, source, rescored)
 
 
 def one_shot_side(args: argparse.Namespace, scale: Scale, out: Path, variants: list[str], scores: dict[str, Any],

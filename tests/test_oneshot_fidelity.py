@@ -45,6 +45,8 @@ def test_shared_scale_trains_the_recorded_sub_fractals_alone(tmp_path, shared_sc
     bench.main(["--scale", "smoke-shared", "--out-dir", str(tmp_path / "runs"), "--doc",
                 str(docs / "oneshot-smoke-shared.md"), "--processes", "1"])
     assert not (tmp_path / "runs" / "smoke").exists()  # no supernet was trained
+    cached = json.loads((tmp_path / "runs" / "smoke-shared" / "scores.json").read_text())
+    assert "uniform+dp/bn10" not in cached and "rank" not in cached  # shown, never cached as scored here
     record = json.loads((docs / "oneshot-smoke-shared.json").read_text())
     assert record["chosen"] == chosen and record["machine"] == "the source machine"
     assert record["scores"]["uniform+dp/bn10"] == source["scores"]["uniform+dp/bn10"]
