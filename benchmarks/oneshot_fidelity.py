@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         chosen, alone = rescored["chosen"], rescored["standalone"]
         borrowed = {"rank": rescored["scores"]["rank"]}
         nets = {v: supernet(scale, out, v, args.processes, load) for v in variants}
-        supernet_seconds = score_chosen(scale, nets, chosen, args.bn, scores, scores_path, load)
+        score_chosen(scale, nets, chosen, args.bn, scores, scores_path, load)
+        supernet_seconds = trained_seconds(nets)
     elif source:
         print(f"one-shot side recorded by --scale {scale.supernets} ({source['machine']}); training the "
               f"{len(source['chosen'])} sub-fractals alone", flush=True)
@@ -243,15 +244,14 @@ def one_shot_side(args: argparse.Namespace, scale: Scale, out: Path, variants: l
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
         pending = pool.map_async(standalone, [(scale, str(out), name) for name in chosen])
         nets = {"uniform+dp": main_net, **{v: supernet(scale, out, v, 1, load) for v in variants[1:]}}
-        seconds = score_chosen(scale, nets, chosen, args.bn, scores, scores_path, load)
+        score_chosen(scale, nets, chosen, args.bn, scores, scores_path, load)
         alone = {r["name"]: r for r in pending.get()}
-    return chosen, alone, seconds
+    return chosen, alone, trained_seconds(nets)
 
 
 def score_chosen(scale: Scale, nets: dict[str, Trainer], chosen: list[str], bns: list[int], scores: dict[str, Any],
-                 scores_path: Path, load: list[float]) -> dict[str, float]:
-    """Score each chosen sub-fractal on every supernet at every BN choice (into ``scores``, saved as it goes);
-    returns each supernet's training seconds."""
+                 scores_path: Path, load: list[float]) -> None:
+    """Score each chosen sub-fractal on every supernet at every BN choice (into ``scores``, saved as it goes)."""
     for variant, trainer in nets.items():
         for bn in bns:
             done = scores.setdefault(f"{variant}/bn{bn}", {})
@@ -262,6 +262,10 @@ def score_chosen(scale: Scale, nets: dict[str, Trainer], chosen: list[str], bns:
                     scores.setdefault("score_seconds", []).append(seconds)
                     load.append(os.getloadavg()[0])
                     write_atomic(scores_path, json.dumps(scores, indent=1))
+
+
+def trained_seconds(nets: dict[str, Trainer]) -> dict[str, float]:
+    """Each supernet's training seconds, summed over its epochs."""
     return {v: sum(r.epoch_seconds for r in t.history) for v, t in nets.items()}
 
 
