@@ -2,7 +2,7 @@
 
     python baselines/run.py --models fractalnet_c3 resnet20_cifar densenet_bc100_cifar --epochs 10
 
-The logic lives in ``fractal_space.compare``; re-running the same command resumes an interrupted comparison.
+The logic lives in ``fractal_space.engine.compare``; re-running the same command resumes an interrupted comparison.
 """
 
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, also when not pip-installed
 
-from fractal_space.compare import main  # noqa: E402
+from fractal_space.engine.compare import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -25,7 +25,7 @@ import torch._dynamo
 import torch.nn.functional as F
 
 import fractal_space  # noqa: F401  (registers the models)
-from fractal_space.recipe import PAPER
+from fractal_space.core.paper import PAPER
 
 
 def _step_fn(model: torch.nn.Module, train: bool, batch: int) -> Callable[[], None]:

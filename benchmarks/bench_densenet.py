@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import Variant, interleaved_seconds  # noqa: E402
 
 import fractal_space  # noqa: E402,F401  (registers the models)
-from fractal_space.hardware import describe  # noqa: E402
-from fractal_space.metrics import count_flops  # noqa: E402
+from fractal_space.core.hardware import describe  # noqa: E402
+from fractal_space.deploy.metrics import count_flops  # noqa: E402
 
 RESNET, DENSENET = "resnet56_cifar", "densenet_bc100_cifar"
 #: The profiler's names for convolution work, forward and backward, on CPU.

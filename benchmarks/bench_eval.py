@@ -1,9 +1,9 @@
 """Eval-mode PyTorch against ONNX Runtime on the same weights, side by side in one run (issue 21, goal 2).
 
 For each model: ``timm.create_model(name).eval()`` and nothing else, timed under ``torch.inference_mode()`` on an
-NCHW batch, against the same weights exported by ``fractal_space.deploy.onnx_graph`` (checked against PyTorch) in an
-ONNX Runtime CPU session with torch's thread count. A third row runs the eager model with batch-norm folding
-switched off (``models/fold.py``'s ``folds`` patched to False for the run: conv -> BN -> ReLU as before), so the
+NCHW batch, against the same weights exported by ``fractal_space.deploy.onnx.onnx_graph`` (checked against
+PyTorch) in an ONNX Runtime CPU session with torch's thread count. A third row runs the eager model with batch-norm
+folding switched off (``models/fold.py``'s ``folds`` patched to False for the run: conv -> BN -> ReLU as before), so the
 fold's own share is visible. Rows are interleaved round by round (A B C, B C A, ...), each cell the median over the
 rounds; the ratio is eager time / ONNX Runtime time (1.0 = as fast as ONNX Runtime). One thread each by default:
 on the 2-core machine, 2 threads each gave eager/ORT ratios of 5-300x, ONNX Runtime's spinning worker threads taking
@@ -27,8 +27,8 @@ import timm
 import torch
 
 import fractal_space  # noqa: F401  (registers the models)
-from fractal_space.deploy import OrtModel, onnx_graph
-from fractal_space.hardware import describe
+from fractal_space.core.hardware import describe
+from fractal_space.deploy.onnx import OrtModel, onnx_graph
 from fractal_space.models import densenet_cifar, fold, resnet_cifar
 
 MODELS = ("fractalnet_c3", "fractalnet_c4", "resnet20_cifar", "resnet56_cifar", "densenet_bc100_cifar")

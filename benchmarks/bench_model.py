@@ -1,10 +1,10 @@
 """FractalNet speed: fractal_space vs a straightforward public-style implementation, side by side in one run.
 
 For each configuration it times the train step (forward + backward + SGD with the paper's drop-path and block dropout,
-``fractal_space.recipe.PAPER.regularization``) and eval, interleaving the variants round by round (A B C, B C A, ...) so
-that load from other processes hits every variant alike. A fractal_space train step's cost depends on its drop-path
-draw, so its expected cost is measured stratified (``Variant.train_expectation``): each global column plan timed
-alone, local draws averaged, weighted as the sampler weights them. Achieved GFLOP/s counts the FLOPs a variant
+``fractal_space.core.paper.PAPER.regularization``) and eval, interleaving the variants round by round (A B C, B C A,
+...) so that load from other processes hits every variant alike. A fractal_space train step's cost depends on its
+drop-path draw, so its expected cost is measured stratified (``Variant.train_expectation``): each global column plan
+timed alone, local draws averaged, weighted as the sampler weights them. Achieved GFLOP/s counts the FLOPs a variant
 actually executes (FlopCounterMode, same expectation), and a CIFAR ResNet-56 measured in the same run gives the
 reference rate. Both implementations run in NCHW and in channels_last, fractal_space also in its per-block 'auto'
 layout (``FractalNet.set_memory_format``, the engine's CPU default), and in that layout under bf16 autocast (the
@@ -48,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from public_fractalnet import PublicFractalNet  # noqa: E402
 
 import fractal_space  # noqa: E402,F401  (registers the models)
+from fractal_space.core.paper import PAPER  # noqa: E402
 from fractal_space.models.fractalnet import FractalNet  # noqa: E402
-from fractal_space.recipe import PAPER  # noqa: E402
 
 CONFIGS = {
     "c3": dict(num_columns=3, widths=(16, 32, 64, 128, 128), label="C=3 reduced (16..128)"),

@@ -210,9 +210,9 @@ def step_families(ctx: Context, out: Outcome) -> None:
     """Every family trains ``family_steps`` steps with bf16 autocast and channels_last and is evaluated."""
     import torch
 
+    from fractal_space.core.hardware import peak_memory_mb, reset_peak_memory
     from fractal_space.engine import Trainer
-    from fractal_space.hardware import peak_memory_mb, reset_peak_memory
-    from fractal_space.search.record import first_line
+    from fractal_space.search.trial.record import first_line
 
     s = ctx.sizes
     models = family_models()
@@ -251,8 +251,8 @@ def step_families(ctx: Context, out: Outcome) -> None:
 
 def throughput_variants(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, timm model, kwargs): the four networks and the public-style FractalNet of both FractalNet configs."""
+    from fractal_space.core.paper import PAPER
     from fractal_space.models.fractalnet import PAPER_WIDTHS, REDUCED_WIDTHS
-    from fractal_space.recipe import PAPER
 
     widths = {"c4": REDUCED_WIDTHS, "20layer": PAPER_WIDTHS}
     if ctx.sizes.small_models:
@@ -428,8 +428,8 @@ def _round(value: float | None) -> float | None:
 
 def run_step(name: str, ctx: Context) -> dict[str, Any]:
     """Run one step in this process; never raises (an exception is the step's error)."""
-    from fractal_space.hardware import peak_memory_mb, reset_peak_memory
-    from fractal_space.search.record import first_line
+    from fractal_space.core.hardware import peak_memory_mb, reset_peak_memory
+    from fractal_space.search.trial.record import first_line
 
     out = Outcome()
     reset_peak_memory(ctx.device)
@@ -575,8 +575,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import torch
 
+    from fractal_space.core.hardware import describe
     from fractal_space.data import DataNotFoundError
-    from fractal_space.hardware import describe
 
     if not args.dry_run and not torch.cuda.is_available():
         print("error: no CUDA device here: the GPU check needs one (--dry-run runs its steps on CPU)", file=sys.stderr)

@@ -30,9 +30,9 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from fractal_space.hardware import describe  # noqa: E402
-from fractal_space.io import write_atomic  # noqa: E402
-from fractal_space.search.settings import SUPERNET_DIR  # noqa: E402
+from fractal_space.core.files import write_atomic  # noqa: E402
+from fractal_space.core.hardware import describe  # noqa: E402
+from fractal_space.search.study.settings import SUPERNET_DIR  # noqa: E402
 
 STUDIES = {"multitrial": "fractal-cifar10-accuracy", "oneshot": "fractal-cifar10-accuracy-oneshot"}
 

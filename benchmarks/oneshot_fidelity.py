@@ -50,11 +50,11 @@ from typing import Any
 
 import numpy as np
 
+from fractal_space.core.files import write_atomic
+from fractal_space.core.hardware import describe
 from fractal_space.engine import TrainConfig, Trainer
-from fractal_space.hardware import describe
-from fractal_space.io import write_atomic
-from fractal_space.search.fidelity import bootstrap_interval, kendall_tau, spearman
-from fractal_space.search.oneshot import parse_label, subset_labels
+from fractal_space.search.backends.oneshot import parse_label, subset_labels
+from fractal_space.search.results.fidelity import bootstrap_interval, kendall_tau, spearman
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = dict(model="fractalnet_c3", regularization="none", schedule="cosine", batch_size=100, lr=0.02,

@@ -37,15 +37,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fractal_space.anytime import reestimate_bn_stats  # noqa: E402
+from fractal_space.core.files import write_atomic  # noqa: E402
+from fractal_space.core.hardware import describe  # noqa: E402
+from fractal_space.core.paper import PAPER  # noqa: E402
 from fractal_space.data import BatchLoader, ImageSet  # noqa: E402
+from fractal_space.deploy.metrics import deployment_latency  # noqa: E402
 from fractal_space.engine import TrainConfig, Trainer  # noqa: E402
 from fractal_space.engine.config import recipe_changes  # noqa: E402
 from fractal_space.engine.trainer import EVAL_BATCH  # noqa: E402
-from fractal_space.hardware import describe  # noqa: E402
-from fractal_space.io import write_atomic  # noqa: E402
-from fractal_space.metrics import deployment_latency  # noqa: E402
-from fractal_space.recipe import PAPER  # noqa: E402
+from fractal_space.models.anytime import reestimate_bn_stats  # noqa: E402
 
 FRACTAL = "fractalnet_c4"  # B=5, C=4, widths 16-128: the 40-layer reduced-width net of the paper's Table 4
 NUM_BLOCKS, NUM_COLUMNS = 5, 4

@@ -47,9 +47,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fractal_space.hardware import describe, usable_cpus  # noqa: E402
-from fractal_space.io import write_atomic  # noqa: E402
-from fractal_space.search.fidelity import bootstrap_interval, kendall_tau, spearman  # noqa: E402
+from fractal_space.core.files import write_atomic  # noqa: E402
+from fractal_space.core.hardware import describe, usable_cpus  # noqa: E402
+from fractal_space.search.results.fidelity import bootstrap_interval, kendall_tau, spearman  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"tpe-sh": "TPE + successive halving", "random-sh": "random + successive halving",
@@ -82,7 +82,7 @@ class Scale:
     @property
     def full_trials(self) -> int:
         """Trials without early stopping that the successive-halving runs' expected images pay for."""
-        from fractal_space.search.rungs import Rungs
+        from fractal_space.search.trial.rungs import Rungs
 
         return max(1, round(Rungs(self.rung_images, self.rungs).expected_images(self.trials) / self.top))
 
@@ -346,7 +346,7 @@ def write_doc(results: list[RunResult], scale: Scale, name: str, command: str, w
 def study_scale_of(method: str, scale: Scale, runs_dir: Path, dataset: str) -> dict[str, Any]:
     """The TPE study's scale as the search report computes it, so a study of this scale quotes the finding."""
     from fractal_space.search.cli import build_parser, settings_from_args
-    from fractal_space.search.report import study_scale
+    from fractal_space.search.results.report import study_scale
 
     return study_scale(settings_from_args(build_parser().parse_args(cli_args(method, 0, scale, runs_dir, dataset))))
 

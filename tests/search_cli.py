@@ -11,9 +11,9 @@ import optuna
 import pandas as pd
 from small_data import tiny_dataset
 
-from fractal_space.search.accounting import counts_as_finished
 from fractal_space.search.cli import main
-from fractal_space.search.storage import open_storage
+from fractal_space.search.study.accounting import counts_as_finished
+from fractal_space.search.study.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 # Small, fast corner of the space: B <= 3, C <= 3, 4-8 channels; trials take seconds on 2 cores.

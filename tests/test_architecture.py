@@ -39,6 +39,28 @@ def _imports(name: str) -> set[str]:
 GRAPH = {name: _imports(name) for name in MODULES}
 
 
+#: The layers of docs/architecture.md, bottom to top: a module may import its own layer and the layers below it.
+#: Each entry is a module-name prefix; the longest matching prefix places a module.
+LAYERS: dict[str, int] = {
+    "fractal_space.core": 0,
+    "fractal_space.data": 1,
+    "fractal_space.models": 1,
+    "fractal_space": 1,  # the package's __init__: importing it registers the models
+    "fractal_space.deploy": 2,
+    "fractal_space.engine": 3,
+    "fractal_space.search.space": 4,
+    "fractal_space.search.trial": 5,
+    "fractal_space.search.study": 6,
+    "fractal_space.search.results": 7,
+    "fractal_space.search.backends": 7,
+    "fractal_space.search": 8,  # the public surface, the command line and ``python -m fractal_space.search``
+}
+
+
+def _layer(name: str) -> str:
+    return max((prefix for prefix in LAYERS if name == prefix or name.startswith(prefix + ".")), key=len)
+
+
 def test_there_is_no_import_cycle_in_the_package():
     state: dict[str, int] = {}
 
@@ -57,23 +79,38 @@ def test_there_is_no_import_cycle_in_the_package():
             visit(name, [name])
 
 
-@pytest.mark.parametrize("name", ["fractal_space.recipe", "fractal_space.io", "fractal_space.hardware"])
-def test_the_bottom_layer_imports_nothing_from_the_package(name):
-    assert GRAPH[name] == set()
+def test_every_module_sits_in_a_layer_the_architecture_page_names():
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    for name in MODULES:
+        folder = _layer(name).replace(".", "/")
+        assert f"`{folder}/`" in page or folder == "fractal_space", f"{name}: {folder}/ is not in docs/architecture.md"
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    for name, imported in GRAPH.items():
+        up = {other for other in imported if LAYERS[_layer(other)] > LAYERS[_layer(name)]}
+        assert not up, f"{name} imports {sorted(up)}, a layer above its own"
+
+
+def test_the_core_layer_imports_nothing_from_the_package():
+    for name in MODULES:
+        if _layer(name) == "fractal_space.core":
+            assert GRAPH[name] == set(), f"{name} imports {GRAPH[name]}"
+
+
+def test_results_and_backends_are_siblings():
+    """The final stage and the report read what any backend wrote; a backend never reads the report's code."""
+    for name, imported in GRAPH.items():
+        for mine, other in (("results", "backends"), ("backends", "results")):
+            if _layer(name) == f"fractal_space.search.{mine}":
+                assert not {i for i in imported if _layer(i) == f"fractal_space.search.{other}"}, name
 
 
 def test_the_search_backends_import_neither_the_cli_nor_each_other():
-    for backend, other in (("optuna_backend", "ray_backend"), ("ray_backend", "optuna_backend")):
-        imported = GRAPH[f"fractal_space.search.{backend}"]
-        assert "fractal_space.search.cli" not in imported and f"fractal_space.search.{other}" not in imported
-
-
-def test_the_shared_search_modules_import_no_backend_and_no_cli():
-    top = {"fractal_space.search.cli", "fractal_space.search.optuna_backend", "fractal_space.search.ray_backend"}
-    entry_points = {"fractal_space.search", "fractal_space.search.__main__"}
-    for name, imported in GRAPH.items():
-        if name.startswith("fractal_space.search.") and name not in top | entry_points:
-            assert not imported & top, f"{name} imports {imported & top}"
+    backends = {n for n in MODULES if n.startswith("fractal_space.search.backends.") and n.endswith("_backend")}
+    assert len(backends) == 2
+    for backend in backends:
+        assert not GRAPH[backend] & (backends - {backend}) and "fractal_space.search.cli" not in GRAPH[backend]
 
 
 def test_the_model_families_are_siblings():
@@ -83,27 +120,6 @@ def test_the_model_families_are_siblings():
         assert not GRAPH[family] & (families - {family}), f"{family} imports {GRAPH[family] & families}"
 
 
-def test_the_engine_and_data_never_import_the_search_or_the_space():
-    upward = {n for n in MODULES if n.startswith("fractal_space.search")} | {"fractal_space.space"}
-    for name, imported in GRAPH.items():
-        if name.startswith(("fractal_space.engine", "fractal_space.data", "fractal_space.models")):
-            assert not imported & upward, f"{name} imports {imported & upward}"
-
-
-def test_the_shared_search_modules_import_only_what_the_architecture_table_lists_above_them():
-    """docs/architecture.md orders the search modules bottom-up; an import of a module listed later is a layering
-    error (or the table is out of date)."""
-    import re
-
-    table = (PACKAGE.parent / "docs" / "architecture.md").read_text()
-    order = [f"fractal_space.search.{m}" for m in re.findall(r"`search/(\w+)\.py`", table)]
-    assert set(order) >= {n for n in MODULES if n.startswith("fractal_space.search.") and not n.endswith("__main__")}
-    shared = order[: order.index("fractal_space.search.optuna_backend")]
-    for i, name in enumerate(shared):
-        later = (GRAPH[name] & set(order)) - set(shared[:i])
-        assert not later, f"{name} imports {later}, listed after it in docs/architecture.md"
-
-
-def test_deploy_imports_only_the_bottom_layer_and_metrics_reaches_it():
-    assert GRAPH["fractal_space.deploy"] <= {"fractal_space.io", "fractal_space.recipe", "fractal_space.hardware"}
-    assert "fractal_space.deploy" in GRAPH["fractal_space.metrics"]
+def test_deploy_onnx_imports_only_the_core_and_metrics_reaches_it():
+    assert {_layer(n) for n in GRAPH["fractal_space.deploy.onnx"]} <= {"fractal_space.core"}
+    assert "fractal_space.deploy.onnx" in GRAPH["fractal_space.deploy.metrics"]

@@ -15,7 +15,7 @@ MODELS = ["resnet20_cifar", "resnet32_cifar"]
 
 @pytest.fixture(scope="module")
 def run_module():
-    from fractal_space import compare
+    from fractal_space.engine import compare
 
     return compare
 
@@ -63,7 +63,7 @@ def test_rejects_a_bad_recipe_before_training(run_module, tmp_path: Path) -> Non
 
 
 def test_the_script_is_the_package_command_line(tmp_path: Path) -> None:
-    """``baselines/run.py`` is a thin entry point over ``fractal_space.compare`` (same parser, same exit codes)."""
+    """``baselines/run.py`` is a thin entry point over ``fractal_space.engine.compare`` (same parser and exit codes)."""
     done = subprocess.run([sys.executable, str(REPO_ROOT / "baselines" / "run.py"), "--models", "resnet20_cifar",
                            "--epochs", "0", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "epochs" in done.stderr and not (tmp_path / "resnet20_cifar").exists()

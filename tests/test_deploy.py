@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import fractal_space  # noqa: F401  (registers the models)
-from fractal_space.deploy import OrtModel, export_onnx, onnx_graph
-from fractal_space.export import export_model
-from fractal_space.metrics import deployment_latency
-from fractal_space.train import main
+from fractal_space.deploy.export import export_model
+from fractal_space.deploy.metrics import deployment_latency
+from fractal_space.deploy.onnx import OrtModel, export_onnx, onnx_graph
+from fractal_space.engine.cli import main
 
 WIDTHS = (4, 4, 8, 8, 8)
 
@@ -119,7 +119,7 @@ def test_fractal_train_export_writes_a_timm_folder_and_onnx_that_agree(tmp_path,
 def test_the_report_says_whether_eager_latency_would_change_the_front():
     import pandas as pd
 
-    from fractal_space.search.report import _eager_front_note
+    from fractal_space.search.results.report import _eager_front_note
 
     # trial 2 is fast deployed but slow eager (many small modules)
     df = pd.DataFrame({"number": [0, 1, 2], "state": ["COMPLETE"] * 3, "val_acc": [0.5, 0.6, 0.7],

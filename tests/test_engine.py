@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from small_data import tiny_dataset
 
+from fractal_space.core.hardware import native_bf16_flag
 from fractal_space.data import Normalize
 from fractal_space.engine import (
     EpochReport,
@@ -23,9 +24,8 @@ from fractal_space.engine import (
     precision,
     train,
 )
+from fractal_space.engine.cli import build_parser, main
 from fractal_space.engine.config import RECIPE_FIELDS, RUN_TIME, recipe_changes, recipe_fields
-from fractal_space.hardware import native_bf16_flag
-from fractal_space.train import build_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # One thread: on a shared 2-core machine, 2-thread OpenMP regions stall on every small op (measured 88 s vs 16 s for
@@ -253,7 +253,7 @@ def test_cli_bad_arguments_exit_nonzero(tmp_path, capsys):
     assert str(tmp_path / "cifar10" / "train.parquet") in capsys.readouterr().err
     assert main(["--model", "fractalnet_c2", "--model-kwargs", '{"widthz": 8}', "--train-subset", "50"]) == 2
     assert "widthz" in capsys.readouterr().err
-    proc = subprocess.run([sys.executable, "-m", "fractal_space.train", "--augment", "+++"], cwd=REPO_ROOT,
+    proc = subprocess.run([sys.executable, "-m", "fractal_space.engine.cli", "--augment", "+++"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "'+++'" in proc.stderr
 

@@ -8,9 +8,9 @@ import timm
 import torch
 
 import fractal_space  # noqa: F401  (registers the models)
-from fractal_space.anytime import reestimate_bn_stats
-from fractal_space.deploy import OrtModel
-from fractal_space.export import export_column, export_model, load_line
+from fractal_space.deploy.export import export_column, export_model, load_line
+from fractal_space.deploy.onnx import OrtModel
+from fractal_space.models.anytime import reestimate_bn_stats
 
 WIDTHS = (4, 4, 8, 8, 8)
 

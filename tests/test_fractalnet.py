@@ -10,7 +10,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import fractal_space  # noqa: F401  (registers the models)
-from fractal_space.anytime import reestimate_bn_stats
+from fractal_space.models.anytime import reestimate_bn_stats
 from fractal_space.models.fractalnet import FractalBlock, FractalNet, Join, paper_block_dropout
 
 TINY = dict(widths=(8, 8, 8, 8, 8))

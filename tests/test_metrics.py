@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fractal_space  # noqa: F401  (registers the FractalNet models)
-from fractal_space.metrics import count_flops, count_params, deployment_latency, measure_latency, torch_threads
+from fractal_space.deploy.metrics import count_flops, count_params, deployment_latency, measure_latency, torch_threads
 
 
 def test_count_params_counts_trainable_only():

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import fractal_space  # noqa: F401  (registers the models)
-from fractal_space.anytime import reestimate_bn_stats
 from fractal_space.data import BatchLoader, DataSplits, load_splits
+from fractal_space.models.anytime import reestimate_bn_stats
 
 PAPER_DROP_PATH = dict(drop_path_rate=0.15, global_drop_fraction=0.5)
 SMALL = dict(widths=(8, 16, 16, 32, 32), **PAPER_DROP_PATH)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fractal_space.search.fidelity import bootstrap_interval, kendall_tau, spearman
+from fractal_space.search.results.fidelity import bootstrap_interval, kendall_tau, spearman
 
 
 def test_rank_correlations_match_scipys_documented_values_ties_included():
@@ -43,11 +43,11 @@ def test_bootstrap_interval_of_too_few_or_bad_input():
 def test_the_report_quotes_the_sampler_benchmark_only_for_a_study_of_its_scale(tmp_path, monkeypatch):
     import json
 
-    from fractal_space.search import report
-    from fractal_space.search.budget import Budget
-    from fractal_space.search.rungs import Rungs
-    from fractal_space.search.settings import SearchSettings
-    from fractal_space.space import SearchSpace
+    from fractal_space.search.results.table import report
+    from fractal_space.search.space import SearchSpace
+    from fractal_space.search.study.settings import SearchSettings
+    from fractal_space.search.trial.budget import Budget
+    from fractal_space.search.trial.rungs import Rungs
 
     def settings(trials: int) -> SearchSettings:
         budget = Budget.default("cpu", Rungs(300, 3), dataset="cifar10", val_size=300, train_subset=2700)
@@ -65,7 +65,7 @@ def test_the_report_quotes_the_sampler_benchmark_only_for_a_study_of_its_scale(t
 def test_the_fidelity_line_says_when_the_top_rung_had_no_more_architectures_to_spread():
     import pandas as pd
 
-    from fractal_space.search import report
+    from fractal_space.search.results.table import report
 
     final = pd.DataFrame({"architecture": list("abcdef"), "trial": range(6),
                           "search_val_acc": [0.5, 0.4, 0.3, 0.2, 0.1, 0.05], "test_acc": [0.5, 0.4, 0.3, 0.2, 0.1, 0.0],

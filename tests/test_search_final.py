@@ -15,15 +15,15 @@ import torch
 from search_cli import load_study, spawn_search, tiny_args
 
 import fractal_space  # noqa: F401  (registers the timm models)
-from fractal_space.deploy import OrtModel
+from fractal_space.core.hardware import usable_cpus
+from fractal_space.deploy.onnx import OrtModel
 from fractal_space.engine.checkpoint import read_checkpoint
-from fractal_space.hardware import usable_cpus
-from fractal_space.search.budget import Budget
 from fractal_space.search.cli import main
-from fractal_space.search.final import distinct_architectures, plan, spread_architectures
-from fractal_space.search.record import FRACTAL_MODEL
-from fractal_space.search.settings import FinalSettings, SearchSettings
-from fractal_space.space import JOIN_DIMS, SearchSpace
+from fractal_space.search.results.final import distinct_architectures, plan, spread_architectures
+from fractal_space.search.space import JOIN_DIMS, SearchSpace
+from fractal_space.search.study.settings import FinalSettings, SearchSettings
+from fractal_space.search.trial.budget import Budget
+from fractal_space.search.trial.record import FRACTAL_MODEL
 
 FINAL = ("--final-top", "2", "--final-spread", "1", "--final-epochs", "1", "--final-baselines", "resnet20_cifar")
 

@@ -16,13 +16,13 @@ from optuna.trial import TrialState
 from search_cli import REPO, finished, load_study, run_search, tiny_args
 
 import fractal_space  # noqa: F401  (registers the timm models)
+from fractal_space.deploy.metrics import count_flops
 from fractal_space.engine import precision
-from fractal_space.metrics import count_flops
+from fractal_space.search.backends.oneshot import subset_labels, supernet_config, supernet_images
 from fractal_space.search.cli import build_parser, main, settings_from_args
-from fractal_space.search.faults import ENV as KILL_AT
-from fractal_space.search.oneshot import subset_labels, supernet_config, supernet_images
-from fractal_space.search.settings import SUPERNET_DIR
-from fractal_space.search.storage import open_storage
+from fractal_space.search.study.settings import SUPERNET_DIR
+from fractal_space.search.study.storage import open_storage
+from fractal_space.search.trial.stops import ENV as KILL_AT
 
 ONESHOT = ("--strategy", "oneshot")
 

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from search_cli import finished, load_study, run_search, trials_table
 
 from fractal_space.search.cli import main
-from fractal_space.search.results import FIXED_SCHEMA
+from fractal_space.search.results.table import FIXED_SCHEMA
 
 
 def test_search_with_baseline_writes_parquet_report_and_resumes(tmp_path, capsys):
@@ -133,7 +133,7 @@ def test_bad_input_is_one_line_and_exits_before_any_trial(tmp_path, capsys, args
 
 
 def _open_after(barrier, url: str) -> None:
-    from fractal_space.search.storage import open_storage
+    from fractal_space.search.study.storage import open_storage
 
     barrier.wait()
     open_storage(url, Path("."), heartbeat_s=None)
@@ -145,7 +145,7 @@ def test_workers_opening_a_fresh_sqlite_storage_together_all_succeed(tmp_path):
     Separate processes as in a real search, forked from a server that imported the storage module once (spawning
     each worker re-imported torch, timm and this module: 12 of those took most of this test's minute or more)."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["fractal_space.search.storage", __name__])
+    ctx.set_forkserver_preload(["fractal_space.search.study.storage", __name__])
     for round_ in range(3):
         url = f"sqlite:///{tmp_path / f'fresh{round_}.db'}"
         barrier = ctx.Barrier(4)
@@ -227,8 +227,8 @@ def test_the_dashboard_takes_the_next_port_when_its_own_is_bound_but_not_yet_lis
     import socket
     import urllib.request
 
-    from fractal_space.search.dashboard import serve
-    from fractal_space.search.storage import open_storage
+    from fractal_space.search.study.storage import open_storage
+    from fractal_space.search.study.watch import serve
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # bound, not listening
@@ -268,8 +268,8 @@ def test_samplers_draw_per_trial_from_the_seed_and_random_shares_tpes_start_up_d
     control draws exactly TPE's start-up configurations, so the two differ only where TPE models the results."""
     import optuna
 
-    from fractal_space.search.lifecycle import make_sampler
-    from fractal_space.space import SearchSpace
+    from fractal_space.search.space import SearchSpace
+    from fractal_space.search.study.lifecycle import make_sampler
 
     space = SearchSpace.default(32, "cpu")
 

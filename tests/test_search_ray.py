@@ -8,11 +8,11 @@ import pytest
 from optuna.trial import TrialState
 from search_cli import finished, load_study, spawn_search, tiny_args, trials_table
 
+from fractal_space.search.backends.ray_backend import StudySearch
 from fractal_space.search.cli import build_parser, settings_from_args
-from fractal_space.search.lifecycle import make_sampler
-from fractal_space.search.ray_backend import StudySearch
-from fractal_space.search.record import TrialRecord
-from fractal_space.search.storage import open_storage
+from fractal_space.search.study.lifecycle import make_sampler
+from fractal_space.search.study.storage import open_storage
+from fractal_space.search.trial.record import TrialRecord
 
 
 def test_ray_search_end_to_end_with_dashboard(tmp_path):
@@ -136,8 +136,8 @@ def test_ray_search_ctrl_c_exits_130_and_leaves_nothing_running(tmp_path):
 
 def test_gpu_trials_get_the_cores_shared_among_the_trials_the_gpus_fit():
     """Every core for each trial (the old GPU default) let Ray run one quarter-GPU trial at a time."""
+    from fractal_space.search.backends.ray_backend import trials_at_once
     from fractal_space.search.cli import gpu_trial_cpus
-    from fractal_space.search.ray_backend import trials_at_once
 
     assert gpu_trial_cpus(cores=16, gpus_per_trial=0.25, gpus=1) == 4.0
     assert trials_at_once({"CPU": 16.0, "GPU": 1.0}, 4.0, 0.25) == 4

@@ -17,12 +17,14 @@ import pytest
 from optuna.trial import TrialState
 from search_cli import REPO, finished, free_port, load_study, run_search, spawn_search, tiny_args, trials_table
 
-from fractal_space.search import interrupt, lifecycle, optuna_backend
+from fractal_space.search.backends import optuna_backend
 from fractal_space.search.cli import build_parser, main, settings_from_args
-from fractal_space.search.faults import ENV as KILL_AT
-from fractal_space.search.objective import SurplusTrial
-from fractal_space.search.results import write_trials
-from fractal_space.search.storage import open_storage
+from fractal_space.search.results.table import write_trials
+from fractal_space.search.study import lifecycle
+from fractal_space.search.study.runner import SurplusTrial
+from fractal_space.search.study.storage import open_storage
+from fractal_space.search.trial import stops
+from fractal_space.search.trial.stops import ENV as KILL_AT
 
 POINTS = ("trial-running", "trial-tagged", "epoch-recorded", "trial-finished")
 
@@ -274,7 +276,7 @@ def test_killing_the_main_process_takes_its_workers_with_it_and_the_next_run_wri
 
 def test_a_swallowed_ctrl_c_still_stops_the_worker_before_its_next_trial(tmp_path):
     settings = _settings(tmp_path, "swallowed", "--trials", "3")
-    previous = interrupt.install()
+    previous = stops.install()
     try:
         try:
             os.kill(os.getpid(), signal.SIGINT)
@@ -284,7 +286,7 @@ def test_a_swallowed_ctrl_c_still_stops_the_worker_before_its_next_trial(tmp_pat
         with pytest.raises(KeyboardInterrupt):
             optuna_backend.worker(settings)
     finally:
-        interrupt.restore(previous)
+        stops.restore(previous)
     assert lifecycle.load(settings).get_trials() == []  # no trial was started after Ctrl-C
 
 
@@ -293,7 +295,7 @@ def test_surplus_trials_say_why_they_exist(tmp_path):
     study = lifecycle.load(settings)
     study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"kind": "fractalnet"}))
     with pytest.raises(SurplusTrial):
-        study.optimize(lifecycle.objective(settings).search, n_trials=1, catch=())
+        study.optimize(lifecycle.trial_runner(settings).search, n_trials=1, catch=())
     extra = study.get_trials()[-1]
     assert extra.state == TrialState.FAIL and extra.user_attrs["surplus"]
     assert extra.user_attrs["fail_reason"] == "surplus: 1 trials already finished or running"

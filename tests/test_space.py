@@ -8,9 +8,9 @@ import timm
 import torch
 
 import fractal_space  # noqa: F401  (registers the timm models)
-from fractal_space.recipe import PAPER
-from fractal_space.search.record import FRACTAL_MODEL
-from fractal_space.space import DEFAULT, SearchSpace, max_blocks, widths_for
+from fractal_space.core.paper import PAPER
+from fractal_space.search.space import DEFAULT, SearchSpace, max_blocks, widths_for
+from fractal_space.search.trial.record import FRACTAL_MODEL
 
 
 def _configs(space: SearchSpace, n: int) -> list[dict]:
@@ -155,7 +155,7 @@ def test_ray_optuna_search_uses_the_same_define_by_run_function(tmp_path):
 
     from ray.tune.search.optuna import OptunaSearch
 
-    from fractal_space.search.ray_backend import define_by_run
+    from fractal_space.search.backends.ray_backend import define_by_run
 
     space = SearchSpace.default(32, "cpu")
     searcher = OptunaSearch(functools.partial(define_by_run, space), metric="val_acc", mode="max")

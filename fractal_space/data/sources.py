@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fractal_space.io import atomic_path
+from fractal_space.core.files import atomic_path
 
 ENV_DATA = "FRACTAL_SPACE_DATA"
 ENV_CACHE = "FRACTAL_SPACE_CACHE"

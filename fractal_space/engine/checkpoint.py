@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fractal_space.io import atomic_path, write_atomic
+from fractal_space.core.files import atomic_path, write_atomic
 
 POINTER = "checkpoint.json"
 KEEP_EPOCHS = 2  # the newest and the one before, so a damaged newest one has a fallback

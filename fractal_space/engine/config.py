@@ -9,9 +9,9 @@ from typing import Any
 
 import timm
 
+from fractal_space.core.hardware import DEVICES, is_device_name
+from fractal_space.core.paper import PAPER, PATH_SAMPLINGS
 from fractal_space.data import AUGMENTS, NAMED, check_dataset_spec
-from fractal_space.hardware import DEVICES, is_device_name
-from fractal_space.recipe import PAPER, PATH_SAMPLINGS
 
 SCHEDULES = ("paper", "cosine", "constant")
 REGULARIZATIONS = ("paper", "none")
@@ -34,9 +34,9 @@ def _option(default: Any, help: str, *, run_time: bool = False, choices: tuple[s
 class TrainConfig:
     """A JSON-serialisable training run: model, data, recipe and where to write checkpoints and metrics.
 
-    The recipe's defaults come from ``fractal_space.recipe.PAPER``. ``regularization="paper"`` gives FractalNet models
-    the paper's drop-path and per-block dropout (``PAPER.regularization``); keys given in ``model_kwargs`` win. Other
-    models are unchanged.
+    The recipe's defaults come from ``fractal_space.core.paper.PAPER``. ``regularization="paper"`` gives FractalNet
+    models the paper's drop-path and per-block dropout (``PAPER.regularization``); keys given in ``model_kwargs`` win.
+    Other models are unchanged.
     """
 
     model: str = _option("fractalnet_c3", "timm model name (fractal_space registers fractalnet_* and the *_cifar "

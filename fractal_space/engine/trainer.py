@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from fractal_space.core.files import remove_stale_temps, write_atomic
+from fractal_space.core.hardware import native_bf16_flag, resolve_device, usable_cpus
+from fractal_space.core.paper import PAPER
 from fractal_space.data import BatchLoader, load_splits
+from fractal_space.deploy.metrics import count_flops, count_params, measure_latency
 from fractal_space.engine.checkpoint import read_checkpoint, save_checkpoint
 from fractal_space.engine.config import TrainConfig, recipe_changes
-from fractal_space.hardware import native_bf16_flag, resolve_device, usable_cpus
-from fractal_space.io import remove_stale_temps, write_atomic
-from fractal_space.metrics import count_flops, count_params, measure_latency
-from fractal_space.recipe import PAPER
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_BATCH = 500
@@ -68,7 +68,7 @@ class ColumnReport:
 class EpochReport:
     """What one epoch produced; accuracies are fractions in [0, 1], ``lr`` the epoch's last step's learning rate,
     ``latency_ms`` the full model's eager PyTorch per-image latency at batch 1 (cheap enough for every epoch; the
-    deployment latency, ONNX Runtime's, is :func:`fractal_space.metrics.deployment_latency`, measured once)."""
+    deployment latency, ONNX Runtime's, is :func:`fractal_space.deploy.metrics.deployment_latency`, measured once)."""
 
     epoch: int
     train_loss: float
@@ -380,7 +380,7 @@ class Trainer:
         loader = self._loader(split)
         bn_inputs = None
         if self.num_columns:
-            from fractal_space.anytime import reestimate_bn_stats
+            from fractal_space.models.anytime import reestimate_bn_stats
 
             bn_inputs = self.bn_inputs()
             reestimate_bn_stats(self.model, bn_inputs)
@@ -396,7 +396,7 @@ class Trainer:
         network again: a search trial wants its columns once, after the last epoch's validation."""
         if not self.num_columns:
             return []
-        from fractal_space.anytime import reestimate_bn_stats
+        from fractal_space.models.anytime import reestimate_bn_stats
 
         loader = self._loader(split)
         bn_inputs = self.bn_inputs() if bn_inputs is None else bn_inputs
@@ -469,9 +469,9 @@ def train(cfg: TrainConfig, callbacks: Sequence[Callable[[EpochReport], None]] =
 
 
 def _export(trainer: Trainer, folder: Path) -> dict[str, Any]:
-    """Export ``trainer``'s model (:func:`fractal_space.export.export_trained`); what the summary says of it."""
-    from fractal_space.deploy import run_line
-    from fractal_space.export import export_trained, load_line
+    """Export ``trainer``'s model (:func:`fractal_space.deploy.export.export_trained`); what the summary says of it."""
+    from fractal_space.deploy.export import export_trained, load_line
+    from fractal_space.deploy.onnx import run_line
 
     batch = trainer.cfg.batch_size
     done = export_trained(trainer.model, folder, trainer.bn_inputs(), data=trainer.data, batch_sizes=(1, batch))

@@ -30,11 +30,7 @@ from timm.layers import ClassifierHead, get_norm_act_layer
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from fractal_space.anytime import reestimate_bn_stats
-from fractal_space.models.cifar import CifarStageNet, ClassifierHeadMixin, cifar_cfg
-from fractal_space.models.cpu_conv import SmallMapConv2d, cpu_prefers_channels_last
-from fractal_space.models.fold import FoldedConvNormAct, eager_inference
-from fractal_space.recipe import (
+from fractal_space.core.paper import (
     BLOCK_DROPOUT,
     DROP_PATH_RATE,
     GLOBAL_DROP_FRACTION,
@@ -44,8 +40,12 @@ from fractal_space.recipe import (
     check_rate,
     paper_block_dropout,
 )
+from fractal_space.models.anytime import reestimate_bn_stats
+from fractal_space.models.cifar import CifarStageNet, ClassifierHeadMixin, cifar_cfg
+from fractal_space.models.cpu_conv import SmallMapConv2d, cpu_prefers_channels_last
+from fractal_space.models.fold import FoldedConvNormAct, eager_inference
 
-# paper_block_dropout lives in fractal_space.recipe; it stays importable from here for existing callers.
+# paper_block_dropout lives in fractal_space.core.paper; it stays importable from here for existing callers.
 __all__ = ["FractalNet", "FractalColumn", "paper_block_dropout"]
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
@@ -374,7 +374,7 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
     Further ``eval()`` calls without training in between cost nothing. ``eval_bn_refresh=False`` turns it off. A
     TorchScript or FX-traced copy neither keeps inputs nor refreshes itself. It shares this model's tensors, so
     ``eval()`` on the eager model refreshes the copy too; a copy trained on its own needs
-    :func:`fractal_space.anytime.reestimate_bn_stats`.
+    :func:`fractal_space.models.anytime.reestimate_bn_stats`.
 
     Eval-mode inference without autograd runs every conv unit as one conv with its BN folded in (``models/fold.py``;
     refolded after the refresh or any weight change, dropped by ``train()``); ``timm.utils.reparameterize_model``
@@ -687,7 +687,7 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
     def refresh_bn_stats(self) -> int:
         """Re-estimate every batch-norm layer's running statistics through all paths from the kept training inputs.
 
-        The exact average over the kept batches (:func:`fractal_space.anytime.reestimate_bn_stats`), without
+        The exact average over the kept batches (:func:`fractal_space.models.anytime.reestimate_bn_stats`), without
         gradients; training mode, parameters and random state are as before. Returns the number of batches used.
         """
         weight = next(self.parameters())
@@ -857,7 +857,7 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         It is built by ``timm.create_model(<this variant>, **self.paths_args(paths))``, so it trains, exports and
         loads like any timm model, with only its own weights and cost. Its batch-norm statistics come from this
         network, gathered on other paths; ``bn_batches`` (input batches, e.g. a few training batches) re-estimates
-        them through the sub-fractal alone (:func:`fractal_space.anytime.reestimate_bn_stats`), the fair way to
+        them through the sub-fractal alone (:func:`fractal_space.models.anytime.reestimate_bn_stats`), the fair way to
         evaluate it.
         """
         cfg = getattr(self, "pretrained_cfg", None) or {}
@@ -899,7 +899,7 @@ class FractalColumn(CifarStageNet):
     into it) and the paper's plain baseline of the same depth trained alone (Table 4), so the two are one
     architecture. ``concat_join`` follows every conv with the 1x1 projection + BN a concat join applies to one column.
     Its batch-norm statistics as extracted are the parent's, gathered on joined inputs;
-    :func:`fractal_space.anytime.reestimate_bn_stats` re-estimates them for the column alone.
+    :func:`fractal_space.models.anytime.reestimate_bn_stats` re-estimates them for the column alone.
     """
 
     def __init__(

@@ -1,10 +1,10 @@
-"""FractalNet architecture search: one space (``fractal_space.space``), Optuna and Ray Tune backends, one storage.
+"""FractalNet architecture search: one space (``search.space``), Optuna and Ray Tune backends, one storage.
 
 Run it with ``python search/run.py`` (see ``search/README.md``) or ``python -m fractal_space.search``.
 """
 
-from fractal_space.search.budget import Budget
 from fractal_space.search.cli import main
-from fractal_space.search.record import OBJECTIVES, TrialRecord
+from fractal_space.search.trial.budget import Budget
+from fractal_space.search.trial.record import OBJECTIVES, TrialRecord
 
 __all__ = ["OBJECTIVES", "Budget", "TrialRecord", "main"]

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fractal_space.search.console import Progress, quiet_optuna
-from fractal_space.search.lifecycle import SAMPLERS, check_sampler, check_strategy
-from fractal_space.search.record import OBJECTIVES, first_line
-from fractal_space.search.settings import STRATEGIES, FinalSettings, RaySettings, SearchSettings
-from fractal_space.search.storage import default_url
+from fractal_space.search.study.lifecycle import SAMPLERS, check_sampler, check_strategy
+from fractal_space.search.study.settings import STRATEGIES, FinalSettings, RaySettings, SearchSettings
+from fractal_space.search.study.storage import default_url
+from fractal_space.search.study.watch import Progress, quiet_optuna
+from fractal_space.search.trial.record import OBJECTIVES, first_line
 
 #: Baselines of the final stage (retrained with the winners, tested). The search stage trains them to its top rung too,
 #: but on CPU only ResNet-20: DenseNet-BC-100 runs at ~40 images/s here, 40 min for the top rung's 94,500 images.
@@ -148,12 +148,12 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     import torch
 
     import fractal_space  # noqa: F401  (registers the timm models)
+    from fractal_space.core.hardware import resolve_device, usable_cpus
     from fractal_space.data import resolve_data_root
-    from fractal_space.hardware import resolve_device, usable_cpus
-    from fractal_space.search.budget import DEFAULT_RUNGS, Budget
-    from fractal_space.search.rungs import Rungs
-    from fractal_space.search.storage import open_storage
-    from fractal_space.space import SearchSpace
+    from fractal_space.search.space import SearchSpace
+    from fractal_space.search.study.storage import open_storage
+    from fractal_space.search.trial.budget import DEFAULT_RUNGS, Budget
+    from fractal_space.search.trial.rungs import Rungs
 
     if args.backend not in BACKENDS:
         raise ValueError(f"unknown backend {args.backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -248,9 +248,9 @@ def storage_label(settings: SearchSettings) -> str:
 
 def finish(settings: SearchSettings) -> Path:
     """Write trials.parquet and the report from the storage; returns the report path."""
-    from fractal_space.search.lifecycle import load
-    from fractal_space.search.report import write_report
-    from fractal_space.search.results import write_trials
+    from fractal_space.search.results.report import write_report
+    from fractal_space.search.results.table import write_trials
+    from fractal_space.search.study.lifecycle import load
 
     table = settings.study_dir / "trials.parquet"
     write_trials(load(settings), table)
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"the search of study {settings.study} is already complete ({settings.trials} finished trials and every "
               "baseline); nothing to search. Raise --trials to search further.")
     elif args.backend == "ray":
-        from fractal_space.search import ray_backend as backend
+        from fractal_space.search.backends import ray_backend as backend
 
         try:
             dashboard, address = backend.connect(settings)  # checked before anything is written
@@ -297,9 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Ray uses token authentication: the dashboard's API wants the token in {backend.TOKEN_FILE}, and "
                   f"`ray status` needs it too: RAY_AUTH_MODE=token ray status --address {address}", flush=True)
     elif settings.strategy == "oneshot":
-        from fractal_space.search import oneshot as backend
+        from fractal_space.search.backends import oneshot as backend
     else:
-        from fractal_space.search import optuna_backend as backend
+        from fractal_space.search.backends import optuna_backend as backend
     if not complete:
         code = _search(settings, backend, args.no_progress, optuna_dashboard=args.backend == "optuna")
         if code:
@@ -322,7 +322,7 @@ def _estimate(settings: SearchSettings) -> str:
     line = (f"search stage: about {trial_images + baseline_images:,} training images ({settings.trials} trials under "
             f"successive halving, {len(settings.baselines)} baseline(s) to the top rung)")
     if settings.strategy == "oneshot":
-        from fractal_space.search.oneshot import supernet_images
+        from fractal_space.search.backends.oneshot import supernet_images
 
         line = (f"search stage: one supernet trained on about {supernet_images(settings):,} images (the compute of "
                 f"{settings.trials} multi-trial trials' {trial_images:,}), {len(settings.baselines)} baseline(s) to "
@@ -341,8 +341,8 @@ def _final(settings: SearchSettings, no_progress: bool) -> int:
     """Run (or resume) the final stage; 130 after Ctrl-C, else 0."""
     from tqdm import tqdm
 
-    from fractal_space.search.final import run_final
-    from fractal_space.search.lifecycle import load
+    from fractal_space.search.results.final import run_final
+    from fractal_space.search.study.lifecycle import load
 
     bar = tqdm(desc="final stage", unit="model", disable=no_progress)
 
@@ -367,7 +367,7 @@ def _existing_study(settings: SearchSettings) -> Any:
     """The study of ``settings`` if it exists already (an ``optuna.Study``), else None; creates nothing."""
     import optuna
 
-    from fractal_space.search.storage import open_storage
+    from fractal_space.search.study.storage import open_storage
 
     if settings.storage_url is None and not (settings.study_dir / "study.db").exists():
         return None
@@ -380,7 +380,7 @@ def _existing_study(settings: SearchSettings) -> Any:
 
 def _complete(settings: SearchSettings, study: Any) -> bool:
     """Whether the existing ``study`` already has its ``--trials`` and every baseline."""
-    from fractal_space.search.accounting import tally
+    from fractal_space.search.study.accounting import tally
 
     baselines = {t.user_attrs.get("model") for t in study.get_trials(deepcopy=False)
                  if t.user_attrs.get("kind") == "baseline" and not t.user_attrs.get("interrupted")}
@@ -392,8 +392,8 @@ def _search(settings: SearchSettings, backend: Any, no_progress: bool, optuna_da
     the report of what finished), else 0."""
     from contextlib import nullcontext
 
-    from fractal_space.search.dashboard import serve
-    from fractal_space.search.storage import open_storage
+    from fractal_space.search.study.storage import open_storage
+    from fractal_space.search.study.watch import serve
 
     served = serve(open_storage(settings.storage_url, settings.study_dir, heartbeat_s=None), settings.dashboard_port
                    ) if optuna_dashboard and settings.dashboard else nullcontext(None)

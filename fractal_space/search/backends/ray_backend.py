@@ -1,7 +1,7 @@
 """Ray Tune backend: ``tune.Tuner`` + ASHA, searching with ``OptunaSearch`` over the same define-by-run space.
 
 The searcher writes into the same Optuna storage and study as the Optuna backend, with the same user attributes
-and the same :class:`~fractal_space.search.record.TrialRecord`, so results, report and resume work identically.
+and the same :class:`~fractal_space.search.trial.record.TrialRecord`, so results, report and resume work identically.
 Two things stock ``OptunaSearch`` gets wrong are fixed in :class:`StudySearch`: a trial that ASHA stops is told to
 Optuna as PRUNED (not COMPLETE with a partial score), and a failing trial is FAIL with its reason.
 """
@@ -22,12 +22,15 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from fractal_space.hardware import usable_cpus
-from fractal_space.search import lifecycle
-from fractal_space.search.accounting import fail_interrupted, tally
-from fractal_space.search.budget import Budget
-from fractal_space.search.procedure import run_trial
-from fractal_space.search.record import (
+from fractal_space.core.hardware import usable_cpus
+from fractal_space.search.space import SearchSpace
+from fractal_space.search.study import lifecycle
+from fractal_space.search.study.accounting import fail_interrupted, tally
+from fractal_space.search.study.retention import keep_best_checkpoints, trial_dir
+from fractal_space.search.study.settings import RaySettings, SearchSettings
+from fractal_space.search.study.storage import open_storage
+from fractal_space.search.trial.budget import Budget
+from fractal_space.search.trial.record import (
     FRACTAL_MODEL,
     OBJECTIVES,
     TrialRecord,
@@ -37,10 +40,7 @@ from fractal_space.search.record import (
     tag,
     worker_id,
 )
-from fractal_space.search.retention import keep_best_checkpoints, trial_dir
-from fractal_space.search.settings import RaySettings, SearchSettings
-from fractal_space.search.storage import open_storage
-from fractal_space.space import SearchSpace
+from fractal_space.search.trial.training import run_trial
 
 log = logging.getLogger("fractal_space.search")
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # where Ray keeps the token of clusters it starts

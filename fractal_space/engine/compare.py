@@ -4,7 +4,7 @@ The logic behind ``baselines/run.py``::
 
     python baselines/run.py --models fractalnet_c3 resnet20_cifar densenet_bc100_cifar --epochs 10
 
-Every recipe flag is the training CLI's (``python -m fractal_space.train --help``) and is applied unchanged to every
+Every recipe flag is the training CLI's (``fractal-train --help``) and is applied unchanged to every
 model, so the only difference between rows is the architecture. Each model trains through the project's one engine
 into ``<out-dir>/<model>/`` (checkpoints, metrics.jsonl, summary.json), so an interrupted comparison resumes where it
 stopped; the table goes to ``<out-dir>/results.parquet`` and ``<out-dir>/results.md``.
@@ -19,9 +19,9 @@ from typing import Any
 
 import pandas as pd
 
+from fractal_space.core.files import atomic_path, write_atomic
 from fractal_space.engine import TrainConfig, train
-from fractal_space.io import atomic_path, write_atomic
-from fractal_space.train import recipe_parser
+from fractal_space.engine.cli import recipe_parser
 
 DEFAULT_MODELS = ("fractalnet_c3", "resnet20_cifar", "resnet56_cifar", "densenet_bc100_cifar")
 COLUMNS = ("model", "test_acc", "num_params", "flops", "train_images_per_s", "val_acc", "epochs", "train_seconds")

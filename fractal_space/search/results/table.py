@@ -2,7 +2,7 @@
 
 The schema does not depend on the space's C: per-column metrics are list columns (``column_val_acc[k-1]`` is
 column k), and every sampled parameter is a ``param_<name>`` column. The metric columns are the fields of
-:class:`~fractal_space.search.record.TrialRecord`, so a new metric appears here without an edit.
+:class:`~fractal_space.search.trial.record.TrialRecord`, so a new metric appears here without an edit.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fractal_space.io import atomic_path
-from fractal_space.search.accounting import is_search_trial
-from fractal_space.search.record import record_columns
+from fractal_space.core.files import atomic_path
+from fractal_space.search.study.accounting import is_search_trial
+from fractal_space.search.trial.record import record_columns
 
 TRIAL_SCHEMA = pa.schema([
     ("number", pa.int64()),

@@ -2,7 +2,7 @@
 
 Each loop iteration is ``study.optimize(n_trials=1)`` so Optuna's own machinery (heartbeat, FAIL on exceptions,
 PRUNED on ``TrialPruned``) records the trial; the loop decides when the study has its ``--trials`` and stops at
-exactly that count even with several workers (see ``Objective.search``).
+exactly that count even with several workers (see ``TrialRunner.search``).
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from pathlib import Path
 
 import optuna
 
-from fractal_space.search import interrupt, lifecycle
-from fractal_space.search.accounting import reap_stale, tally
-from fractal_space.search.console import quiet_optuna
-from fractal_space.search.faults import fault_point
-from fractal_space.search.objective import SurplusTrial
-from fractal_space.search.retention import keep_best_checkpoints
-from fractal_space.search.settings import SearchSettings
+from fractal_space.search.study import lifecycle
+from fractal_space.search.study.accounting import reap_stale, tally
+from fractal_space.search.study.retention import keep_best_checkpoints
+from fractal_space.search.study.runner import SurplusTrial
+from fractal_space.search.study.settings import SearchSettings
+from fractal_space.search.study.watch import quiet_optuna
+from fractal_space.search.trial import stops
+from fractal_space.search.trial.stops import fault_point
 
 log = logging.getLogger("fractal_space.search")
 POLL_S = 2.0
@@ -35,9 +36,9 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def worker(settings: SearchSettings, on_trial: Callable[[], None] | None = None) -> None:
     """Run search trials until the study has ``settings.trials`` finished ones (counting every worker's)."""
     study = lifecycle.load(settings)
-    objective = lifecycle.objective(settings)
+    runner = lifecycle.trial_runner(settings)
     while True:
-        interrupt.check()
+        stops.check()
         reap_stale(study, settings.unclaimed_after_s)
         finished, running = tally(study)
         if finished >= settings.trials:
@@ -47,7 +48,7 @@ def worker(settings: SearchSettings, on_trial: Callable[[], None] | None = None)
             continue
         lifecycle.enqueue_reference(study, settings)  # again if an earlier run's reference trial was interrupted
         try:
-            study.optimize(objective.search, n_trials=1, catch=())
+            study.optimize(runner.search, n_trials=1, catch=())
         except SurplusTrial:
             continue
         except Exception as exc:  # noqa: BLE001 - the trial is already FAIL with its reason; go on
@@ -94,7 +95,7 @@ def _exit_if_orphaned(main: int) -> None:
 def _worker_process(settings: SearchSettings, main: int) -> None:
     _die_with(main)
     quiet_optuna()
-    interrupt.install()
+    stops.install()
     try:
         worker(settings, on_trial=lambda: _exit_if_orphaned(main))
     except KeyboardInterrupt:
@@ -103,11 +104,11 @@ def _worker_process(settings: SearchSettings, main: int) -> None:
 
 def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Study:
     """Run the whole Optuna search; ``progress(finished)`` is called as trials finish (for the progress bar)."""
-    previous = interrupt.install()
+    previous = stops.install()
     try:
         return _run(settings, progress)
     finally:
-        interrupt.restore(previous)
+        stops.restore(previous)
 
 
 def _run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Study:

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from fractal_space.recipe import BLOCK_DROPOUT, DROP_PATH_RATE, GLOBAL_DROP_FRACTION, JOINS, MAX_COLUMNS, PAPER
+from fractal_space.core.paper import BLOCK_DROPOUT, DROP_PATH_RATE, GLOBAL_DROP_FRACTION, JOINS, MAX_COLUMNS, PAPER
 
 #: Dimensions the expansion rules above understand; anything else must name a TrainConfig field or a
 #: FractalNet constructor argument and is passed through unchanged.
@@ -194,7 +194,7 @@ class SearchSpace:
 
     def __init__(self, specs: Mapping[str, Any], input_size: int = 32) -> None:
         if not isinstance(specs, Mapping) or not specs:
-            raise ValueError("space: empty; give at least one dimension (see fractal_space.space.DEFAULT)")
+            raise ValueError("space: empty; give at least one dimension (see fractal_space.search.space.DEFAULT)")
         missing = [name for name in CORE if name not in specs]
         if missing:
             raise ValueError(f"space field '{missing[0]}': missing (a fixed value is enough to leave it unsearched)")
@@ -281,8 +281,8 @@ class SearchSpace:
         bad = [v for v in self._dims["num_columns"].values() if v > MAX_COLUMNS]
         if bad:
             raise ValueError(f"space field 'num_columns': {bad[0]!r} is above the model's limit of {MAX_COLUMNS}")
-        # The model's own rules (fractal_space.recipe): a space value the model would reject fails here, not in every
-        # trial.
+        # The model's own rules (fractal_space.core.paper): a space value the model would reject fails here, not in
+        # every trial.
         for name, allowed in (("drop_path_rate", DROP_PATH_RATE), ("global_drop_fraction", GLOBAL_DROP_FRACTION)):
             bad = [v for v in self._dims[name].values() if v not in allowed]
             if bad:

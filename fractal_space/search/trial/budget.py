@@ -1,10 +1,10 @@
 """The per-trial budget: the rungs, and one set of ``TrainConfig`` overrides shared by every trial and baseline.
 
 A trial's resource is training images seen over the whole training split (the validation split excluded), in epochs
-of the lowest rung's size (:mod:`fractal_space.search.rungs`). A budget is not a copy of ``TrainConfig``'s fields: it
-names only what a study fixes for all its trials (data, rungs, schedule, device, ...) and is validated by building a
-``TrainConfig`` from it, so a bad budget fails before the first trial and a new ``TrainConfig`` field needs no edit
-here.
+of the lowest rung's size (:mod:`fractal_space.search.trial.rungs`). A budget is not a copy of ``TrainConfig``'s
+fields: it names only what a study fixes for all its trials (data, rungs, schedule, device, ...) and is validated by
+building a ``TrainConfig`` from it, so a bad budget fails before the first trial and a new ``TrainConfig`` field needs
+no edit here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fractal_space.engine import TrainConfig
-from fractal_space.search.rungs import Rungs
+from fractal_space.search.trial.rungs import Rungs
 
 #: What every search trial sets whatever the budget: no bars; columns are evaluated once, after the last epoch.
 TRIAL_FIELDS: dict[str, Any] = {"eval_columns": False, "progress": False}

@@ -1,4 +1,4 @@
-"""Command line for the training engine: ``python -m fractal_space.train --model fractalnet_c3 --dataset cifar10``.
+"""Command line for the training engine: ``python -m fractal_space.engine.cli --model fractalnet_c3 --dataset cifar10``.
 
 Every ``TrainConfig`` field is a flag (``--batch-size``, ``--model-kwargs '{"drop_path_rate": 0.15}'``,
 ``--no-eval-columns``, ...), so the CLI can never drift from the config the search and baselines use.

@@ -1,8 +1,9 @@
-"""The Optuna dashboard, served live from this process while an Optuna-backend search runs.
+"""What a person watching a search sees: a quiet console with one progress bar, and the Optuna dashboard.
 
-It shows trials, their learning curves, parameters and importances from the study's storage (the Ray dashboard, with
-the Ray backend, shows jobs, actors, logs and resources instead). It runs on 127.0.0.1 in a daemon thread and is shut
-down with the search.
+The console: Optuna kept quiet (failed trials are one line with their reason), one bar of finished trials.
+The dashboard shows trials, their learning curves, parameters and importances from the study's storage (the Ray
+dashboard, with the Ray backend, shows jobs, actors, logs and resources instead). It runs on 127.0.0.1 in a daemon
+thread of this process and is shut down with the search.
 """
 
 from __future__ import annotations
@@ -10,13 +11,36 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
+from tqdm import tqdm
 
 DEFAULT_PORT = 8080
+
+
+def quiet_optuna() -> None:
+    """Failed trials are logged once, as one line with their reason, not as Optuna's traceback."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+class Progress:
+    """A bar of finished trials out of ``total``; ``update(finished)`` may be called from any backend's hook."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.total = total
+        self.bar = tqdm(total=total, desc="trials", unit="trial", disable=not enabled)
+
+    def update(self, finished: int) -> None:
+        self.bar.n = min(finished, self.total)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class _Quiet(WSGIRequestHandler):

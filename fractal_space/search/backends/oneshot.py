@@ -33,15 +33,16 @@ from typing import Any
 import optuna
 import timm
 
+from fractal_space.core.hardware import device_label, peak_memory_mb, usable_cpus
+from fractal_space.deploy.metrics import count_flops, count_params, deployment_latency, measure_latency
 from fractal_space.engine import TrainConfig, Trainer
-from fractal_space.hardware import device_label, peak_memory_mb, usable_cpus
-from fractal_space.metrics import count_flops, count_params, deployment_latency, measure_latency
-from fractal_space.search import interrupt, lifecycle
-from fractal_space.search.accounting import reap_stale, tally
-from fractal_space.search.faults import fault_point
-from fractal_space.search.objective import recording_failure
-from fractal_space.search.record import FRACTAL_MODEL, TrialRecord, architecture_name, tag
-from fractal_space.search.settings import SearchSettings
+from fractal_space.search.study import lifecycle
+from fractal_space.search.study.accounting import reap_stale, tally
+from fractal_space.search.study.runner import recording_failure
+from fractal_space.search.study.settings import SearchSettings
+from fractal_space.search.trial import stops
+from fractal_space.search.trial.record import FRACTAL_MODEL, TrialRecord, architecture_name, tag
+from fractal_space.search.trial.stops import fault_point
 
 
 def subset_labels(num_columns: int) -> list[str]:
@@ -136,7 +137,7 @@ def train_supernet(settings: SearchSettings, progress: bool = False) -> Trainer:
     trainer = Trainer(supernet_train_config(settings, progress))
     for report in trainer.epochs():
         fault_point("epoch-recorded")
-        interrupt.check()
+        stops.check()
         print(f"supernet epoch {report.epoch}/{trainer.cfg.epochs}: val_acc {report.val_acc:.3f} (all paths)",
               flush=True)
     return trainer
@@ -192,7 +193,7 @@ class SubFractalObjective:
 
 def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Study:
     """The whole one-shot search (resumable): baselines, supernet, then sub-fractal trials up to ``--trials``."""
-    previous = interrupt.install()
+    previous = stops.install()
     try:
         study = lifecycle.load(settings)
         lifecycle.check_strategy(study, "oneshot")
@@ -201,7 +202,7 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
         progress(tally(study)[0])
         objective = SubFractalObjective(settings, train_supernet(settings))
         while tally(study)[0] < settings.trials:
-            interrupt.check()
+            stops.check()
             reap_stale(study, settings.unclaimed_after_s)  # a trial killed before it was tagged ages into reaping
             try:
                 study.optimize(objective, n_trials=1, catch=())
@@ -213,4 +214,4 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
             progress(tally(study)[0])
         return study
     finally:
-        interrupt.restore(previous)
+        stops.restore(previous)

@@ -20,11 +20,11 @@ import torch
 from timm.models import save_for_hf
 from torch import nn
 
-from fractal_space.anytime import reestimate_bn_stats
+from fractal_space.core.files import display_path
 from fractal_space.data import DataSplits
-from fractal_space.deploy import deployable_copy, deployable_graph
-from fractal_space.io import display_path
-from fractal_space.metrics import Latency, deployment_latency
+from fractal_space.deploy.metrics import Latency, deployment_latency
+from fractal_space.deploy.onnx import deployable_copy, deployable_graph
+from fractal_space.models.anytime import reestimate_bn_stats
 from fractal_space.models.fractalnet import FractalNet
 
 FILES = ("model.safetensors", "model.onnx", "config.json")  # written in this order: config.json marks a complete export
@@ -94,7 +94,7 @@ def export_trained(model: nn.Module, folder: str | Path, bn_batches: Sequence[to
                    data: DataSplits | None = None, batch_sizes: Sequence[int] = (1,)) -> ExportReport:
     """Export a trained model to ``folder`` and each column of a multi-column FractalNet alone to
     ``folder/columns/column<k>/`` (:func:`export_column`), then time each exported ``model.onnx`` on the model's device
-    (:func:`fractal_space.metrics.deployment_latency`): the full model at ``batch_sizes``, columns at batch 1.
+    (:func:`fractal_space.deploy.metrics.deployment_latency`): the full model at ``batch_sizes``, columns at batch 1.
 
     ``bn_batches`` (un-augmented training inputs) re-estimate the columns' statistics; the first is the check batch.
     """

@@ -21,14 +21,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from fractal_space.core.hardware import describe  # noqa: E402
+from fractal_space.deploy.metrics import RUNTIMES  # noqa: E402
 from fractal_space.engine import precision  # noqa: E402
-from fractal_space.hardware import describe  # noqa: E402
-from fractal_space.metrics import RUNTIMES  # noqa: E402
-from fractal_space.search.fidelity import bootstrap_interval, kendall_tau, spearman  # noqa: E402
-from fractal_space.search.final import read_results  # noqa: E402
-from fractal_space.search.record import OBJECTIVES  # noqa: E402
-from fractal_space.search.retention import pareto  # noqa: E402
-from fractal_space.search.settings import SearchSettings  # noqa: E402
+from fractal_space.search.results.fidelity import bootstrap_interval, kendall_tau, spearman  # noqa: E402
+from fractal_space.search.results.final import read_results  # noqa: E402
+from fractal_space.search.study.retention import pareto  # noqa: E402
+from fractal_space.search.study.settings import SearchSettings  # noqa: E402
+from fractal_space.search.trial.record import OBJECTIVES  # noqa: E402
 
 MULTI_NOTE = "Optuna cannot prune multi-objective studies: every trial of this study ran its full budget."
 #: What benchmarks/search_efficiency.py measured (its scale, its finding), next to docs/search-efficiency.md.

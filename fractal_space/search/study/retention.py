@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from fractal_space.search.accounting import FINISHED, is_search_trial
+from fractal_space.search.study.accounting import FINISHED, is_search_trial
 
 
 def trial_dir(study_dir: Path, number: int) -> Path:

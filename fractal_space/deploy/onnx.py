@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from fractal_space.io import display_path, write_atomic
+from fractal_space.core.files import display_path, write_atomic
 
 #: ONNX opset of every export (supported by ONNX Runtime >= 1.13 on every provider).
 OPSET = 17

@@ -9,7 +9,7 @@ every core, so their latencies (batch 1 and the training batch; deployed in ONNX
 ``model.onnx``, and eager PyTorch's beside them) are measured with nothing else running.
 
 Each model trains through the engine into ``final/<name>/run/`` (checkpointed, resumable) and is exported to
-``final/<name>/`` as a timm model with its ONNX graph (:mod:`fractal_space.export`), a multi-column FractalNet's
+``final/<name>/`` as a timm model with its ONNX graph (:mod:`fractal_space.deploy.export`), a multi-column FractalNet's
 columns each alone to ``final/<name>/columns/column<k>/`` with their own batch-norm statistics;
 ``final/results.parquet`` gains its row when the export is complete, so a re-run skips finished models and a SIGKILL
 loses none.
@@ -30,15 +30,15 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from fractal_space.deploy import run_line
+from fractal_space.core.files import atomic_path
+from fractal_space.core.hardware import usable_cpus
+from fractal_space.deploy.export import export_trained, load_line
+from fractal_space.deploy.metrics import measure_latency
+from fractal_space.deploy.onnx import run_line
 from fractal_space.engine import Trainer
-from fractal_space.export import export_trained, load_line
-from fractal_space.hardware import usable_cpus
-from fractal_space.io import atomic_path
-from fractal_space.metrics import measure_latency
-from fractal_space.search.accounting import is_search_trial
-from fractal_space.search.record import FRACTAL_MODEL, architecture_name
-from fractal_space.search.settings import SearchSettings
+from fractal_space.search.study.accounting import is_search_trial
+from fractal_space.search.study.settings import SearchSettings
+from fractal_space.search.trial.record import FRACTAL_MODEL, architecture_name
 
 log = logging.getLogger("fractal_space.search")
 RESULTS = "results.parquet"

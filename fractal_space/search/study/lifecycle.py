@@ -10,13 +10,13 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from fractal_space.search.accounting import counts_as_finished, reap_stale
-from fractal_space.search.budget import Budget
-from fractal_space.search.objective import Objective
-from fractal_space.search.record import OBJECTIVES, directions
-from fractal_space.search.rungs import Rungs
-from fractal_space.search.settings import SearchSettings
-from fractal_space.search.storage import open_storage
+from fractal_space.search.study.accounting import counts_as_finished, reap_stale
+from fractal_space.search.study.runner import TrialRunner
+from fractal_space.search.study.settings import SearchSettings
+from fractal_space.search.study.storage import open_storage
+from fractal_space.search.trial.budget import Budget
+from fractal_space.search.trial.record import OBJECTIVES, directions
+from fractal_space.search.trial.rungs import Rungs
 
 log = logging.getLogger("fractal_space.search")
 
@@ -125,9 +125,10 @@ def load(settings: SearchSettings, heartbeat: bool = True) -> optuna.Study:
                         settings.sampler)
 
 
-def objective(settings: SearchSettings, budget: Budget | None = None) -> Objective:
-    """The Optuna objective of this study's trials (with ``budget`` in place of the trials' own: the baselines')."""
-    return Objective(settings.space, budget or settings.budget, settings.objective, settings.study_dir, settings.trials)
+def trial_runner(settings: SearchSettings, budget: Budget | None = None) -> TrialRunner:
+    """What runs this study's trials (with ``budget`` in place of the trials' own: the baselines')."""
+    return TrialRunner(settings.space, budget or settings.budget, settings.objective, settings.study_dir,
+                       settings.trials)
 
 
 def run_baselines(settings: SearchSettings, study: optuna.Study) -> None:
@@ -136,7 +137,7 @@ def run_baselines(settings: SearchSettings, study: optuna.Study) -> None:
     done = {t.user_attrs.get("model") for t in study.get_trials(deepcopy=False)
             if t.user_attrs.get("kind") == "baseline" and t.state in (TrialState.COMPLETE, TrialState.FAIL)
             and not t.user_attrs.get("interrupted")}
-    procedure = objective(settings, settings.baseline_budget())
+    procedure = trial_runner(settings, settings.baseline_budget())
     for model in settings.baselines:
         if model in done:
             continue
@@ -151,7 +152,7 @@ def enqueue_reference(study: optuna.Study, settings: SearchSettings) -> None:
     """Queue the paper's recipe (projected into the space) as the next search trial unless it ran, runs or waits.
 
     An interrupted reference trial does not count, so it is queued again. Invocations that start together may both
-    queue it; the objective runs only the first and records the others as surplus.
+    queue it; the trial runner runs only the first and records the others as surplus.
     """
     live = (TrialState.WAITING, TrialState.RUNNING)
     if not any(t.user_attrs.get("reference") and not t.user_attrs.get("surplus")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fractal_space.deploy import OrtModel, onnx_graph, providers
+from fractal_space.deploy.onnx import OrtModel, onnx_graph, providers
 
 
 def count_params(model: nn.Module) -> int:

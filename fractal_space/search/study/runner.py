@@ -1,4 +1,4 @@
-"""The Optuna objective of a search trial or a baseline: sample, run the trial procedure, record, prune.
+"""The trial runner: one Optuna trial of a study (search or baseline): sample, train, record, prune.
 
 Used by the Optuna backend's workers and, for baselines, by both backends (baselines always run through Optuna's
 ``study.optimize`` before the search starts).
@@ -18,14 +18,14 @@ import optuna
 from optuna.trial import TrialState
 from optuna_dashboard import save_note
 
-from fractal_space.search import interrupt
-from fractal_space.search.accounting import counts_as_finished, is_search_trial
-from fractal_space.search.budget import Budget
-from fractal_space.search.faults import fault_point
-from fractal_space.search.procedure import Pruned, run_trial
-from fractal_space.search.record import FRACTAL_MODEL, TrialRecord, architecture_name, fail_reason, tag
-from fractal_space.search.retention import trial_dir
-from fractal_space.space import SearchSpace
+from fractal_space.search.space import SearchSpace
+from fractal_space.search.study.accounting import counts_as_finished, is_search_trial
+from fractal_space.search.study.retention import trial_dir
+from fractal_space.search.trial import stops
+from fractal_space.search.trial.budget import Budget
+from fractal_space.search.trial.record import FRACTAL_MODEL, TrialRecord, architecture_name, fail_reason, tag
+from fractal_space.search.trial.stops import fault_point
+from fractal_space.search.trial.training import Pruned, run_trial
 
 
 class SurplusTrial(Exception):
@@ -33,7 +33,7 @@ class SurplusTrial(Exception):
 
 
 @dataclass
-class Objective:
+class TrialRunner:
     """Trains one Optuna trial (search or baseline) of a study and records it."""
 
     space: SearchSpace
@@ -80,7 +80,7 @@ class Objective:
         def on_epoch(record: TrialRecord) -> None:
             trial.set_user_attr("record", record.to_dict())
             fault_point("epoch-recorded")
-            interrupt.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed stops the trial here
+            stops.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed stops the trial here
             if single:  # every epoch, the last too, so the dashboard's curves are whole
                 trial.report(record.val_acc, record.epoch)
             if prune and not record.finished_budget and trial.should_prune():  # a finished budget is never pruned

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fractal_space.core.hardware import device_label, peak_memory_mb, reset_peak_memory, resolve_device
+from fractal_space.deploy.metrics import Latency, deployment_latency
 from fractal_space.engine import Trainer
-from fractal_space.hardware import device_label, peak_memory_mb, reset_peak_memory, resolve_device
-from fractal_space.metrics import Latency, deployment_latency
-from fractal_space.search.budget import Budget
-from fractal_space.search.record import TrialRecord
+from fractal_space.search.trial.budget import Budget
+from fractal_space.search.trial.record import TrialRecord
 
 
 class Pruned(Exception):

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fractal_space.hardware import usable_cpus
-from fractal_space.search.budget import Budget
-from fractal_space.space import SearchSpace
+from fractal_space.core.hardware import usable_cpus
+from fractal_space.search.space import SearchSpace
+from fractal_space.search.trial.budget import Budget
 
 #: How a search spends its budget: multitrial trains every trial from scratch; oneshot trains one FractalNet supernet
-#: and scores sub-fractals on its weights (:mod:`fractal_space.search.oneshot`).
+#: and scores sub-fractals on its weights (:mod:`fractal_space.search.backends.oneshot`).
 STRATEGIES = ("multitrial", "oneshot")
 #: The one-shot supernet's engine run, inside the study folder.
 SUPERNET_DIR = "supernet"
@@ -57,7 +57,7 @@ class SearchSettings:
     seed: int | None = 0
     #: multitrial (every trial trained from scratch) or oneshot (one supernet, sub-fractals scored on its weights)
     strategy: str = "multitrial"
-    #: ``tpe`` or ``random`` (:data:`fractal_space.search.lifecycle.SAMPLERS`), recorded in the study.
+    #: ``tpe`` or ``random`` (:data:`fractal_space.search.study.lifecycle.SAMPLERS`), recorded in the study.
     sampler: str = "tpe"
     heartbeat_s: int = 30
     ray: RaySettings = field(default_factory=RaySettings)

@@ -1,0 +1,1 @@
+"""One trial: its budget and rungs, what it records, and the training run behind it."""
