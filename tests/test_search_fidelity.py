@@ -50,7 +50,7 @@ def test_the_report_quotes_the_sampler_benchmark_only_for_a_study_of_its_scale(t
     from fractal_space.search.trial.rungs import Rungs
 
     def settings(trials: int) -> SearchSettings:
-        budget = Budget.default("cpu", Rungs(300, 3), dataset="cifar10", val_size=300, train_subset=2700)
+        budget = Budget(rung_images=Rungs(300, 3), device="cpu", dataset="cifar10", val_size=300, train_subset=2700)
         return SearchSettings("s", tmp_path, None, "accuracy", trials, SearchSpace.default(32, "cpu"), budget)
 
     doc = tmp_path / "search-efficiency.json"

@@ -102,9 +102,9 @@ def test_final_jobs_keep_each_trials_drop_path_warmup_and_baselines_get_none(tmp
     for number, (columns, warmup) in enumerate([(3, 0.4), (2, 0.1), (1, 0.0)]):
         point = {**space.reference_point(), "num_columns": columns, "drop_path_warmup": warmup}
         point = {k: v for k, v in point.items() if columns > 1 or k not in JOIN_DIMS}
-        config = space.suggest(optuna.trial.FixedTrial(point))
+        config = space.config(point).to_dict()
         study.add_trial(optuna.trial.create_trial(value=0.5 - number / 10, user_attrs={"config": config}))
-    settings = SearchSettings("s", tmp_path, None, "accuracy", 3, space, Budget.default("cpu"),
+    settings = SearchSettings("s", tmp_path, None, "accuracy", 3, space, Budget(device="cpu"),
                               final=FinalSettings(top=3, baselines=("resnet20_cifar",)))
     jobs = plan(settings, study)
     assert [j.regularization for j in jobs] == [{"drop_path_warmup": 0.4}, {"drop_path_warmup": 0.1},
@@ -119,7 +119,7 @@ def _ranked_study(space: SearchSpace, scores: list[float]) -> optuna.Study:
         point = {**space.reference_point(), "num_blocks": 2 + number % 4, "num_columns": 1 + number // 4 % 3,
                  "base_width": (4, 8, 16)[number // 12]}
         point = {k: v for k, v in point.items() if point["num_columns"] > 1 or k not in JOIN_DIMS}
-        config = space.suggest(optuna.trial.FixedTrial(point))
+        config = space.config(point).to_dict()
         study.add_trial(optuna.trial.create_trial(value=score, user_attrs={"config": config, "kind": "fractalnet"}))
     return study
 
@@ -138,7 +138,7 @@ def test_spread_architectures_are_distinct_below_the_top_and_evenly_spaced_by_ra
     assert spread == [8, 5, 3, 0] and not set(spread) & set(top)
     assert [t.number for t in spread_architectures(study, 3, 20)] == list(range(8, -1, -1))  # all of the rest
     assert [t.number for t in spread_architectures(study, 3, 1)] == [4]  # the median one
-    settings = SearchSettings("s", tmp_path, None, "accuracy", 12, space, Budget.default("cpu"),
+    settings = SearchSettings("s", tmp_path, None, "accuracy", 12, space, Budget(device="cpu"),
                               final=FinalSettings(top=3, spread=4, baselines=("resnet20_cifar",)))
     jobs = plan(settings, study)
     assert [(j.trial, j.role) for j in jobs] == [(11, "top"), (10, "top"), (9, "top"), (None, "baseline"),
@@ -165,7 +165,7 @@ def test_bad_final_stage_options_are_one_line(tmp_path, capsys, args):
 def test_search_stage_baselines_train_on_every_core_and_are_timed_at_the_trials_threads(tmp_path):
     """They train alone before any trial starts: at a trial's one thread the other cores sat idle."""
     space = SearchSpace.default(32, "cpu")
-    budget = Budget.default("cpu", num_threads=1)
+    budget = Budget(device="cpu", num_threads=1)
     settings = SearchSettings("s", tmp_path, None, "accuracy", 3, space, budget)
     assert settings.baseline_budget()["num_threads"] == usable_cpus()
     assert settings.baseline_budget()["latency_threads"] == 1 and settings.budget["latency_threads"] is None

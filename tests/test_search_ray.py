@@ -71,7 +71,7 @@ def test_asha_stopped_trials_reach_optuna_as_pruned_and_errors_as_fail(searcher)
     search, settings = searcher
     assert isinstance(search._sampler, make_sampler(settings.sampler, 0).__class__)  # noqa: SLF001
     for trial_id in ("stopped", "complete", "raised", "crashed"):
-        assert "model_kwargs" in search.suggest(trial_id)
+        assert "num_blocks" in search.suggest(trial_id)
     search.on_trial_complete("stopped", result=_result(epoch=1))  # ASHA stopped it after epoch 1 of 3
     search.on_trial_complete("complete", result=_result(epoch=3))
     search.on_trial_complete("raised", result=_result(epoch=2, fail_reason="TrainingDiverged: loss became nan"))

@@ -15,7 +15,7 @@ from fractal_space.search.trial.record import FRACTAL_MODEL
 
 def _configs(space: SearchSpace, n: int) -> list[dict]:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    return [space.suggest(study.ask()) for _ in range(n)]
+    return [space.sample(study.ask()).to_dict() for _ in range(n)]
 
 
 def test_every_sample_is_a_consistent_buildable_network():
@@ -57,16 +57,16 @@ def test_blocks_are_bounded_by_the_input_size():
 
 def test_paper_reference_point_is_in_the_space():
     space = SearchSpace.default(32, "cuda")
-    cfg = space.suggest(optuna.trial.FixedTrial(space.reference_point()))
-    assert cfg["model_kwargs"]["widths"] == (16, 32, 64, 128, 128)
-    assert cfg["model_kwargs"]["block_dropout"] == (0.0, 0.1, 0.2, 0.3, 0.4)
+    cfg = space.config(space.reference_point()).to_dict()
+    assert cfg["model_kwargs"]["widths"] == [16, 32, 64, 128, 128]
+    assert cfg["model_kwargs"]["block_dropout"] == [0.0, 0.1, 0.2, 0.3, 0.4]
     # The paper states no weight decay (recipe.PAPER: 0); the default log range cannot hold 0, so the reference point
     # takes its lower bound, the nearest value the space can represent.
     # The paper has no drop-path warm-up: its constant rate from the first step.
     assert cfg["train"] == {"lr": 0.02, "weight_decay": DEFAULT["weight_decay"]["low"], "batch_size": 100,
                             "drop_path_warmup": 0.0}
     fixed = space.replace(weight_decay=PAPER.weight_decay, lr=PAPER.lr, batch_size=PAPER.batch_size)
-    assert fixed.suggest(optuna.trial.FixedTrial(fixed.reference_point()))["train"] == {
+    assert fixed.sample(optuna.trial.FixedTrial(fixed.reference_point())).train == {
         "lr": PAPER.lr, "weight_decay": PAPER.weight_decay, "batch_size": PAPER.batch_size, "drop_path_warmup": 0.0}
 
 
@@ -77,7 +77,7 @@ def test_paper_reference_point_is_in_the_space():
 def test_the_space_rejects_what_the_model_rejects(dim, value):
     """A space value the model would refuse fails when the space is built, not in every trial of the search."""
     space = SearchSpace.default(32, "cpu").replace(num_blocks=5, num_columns=2, base_width=4)
-    config = space.suggest(optuna.trial.FixedTrial(space.reference_point()))["model_kwargs"]
+    config = space.sample(optuna.trial.FixedTrial(space.reference_point())).model_kwargs
     if dim == "dropout_scale":
         config["block_dropout"] = tuple(value * i for i in range(5))
     else:
@@ -101,7 +101,7 @@ def test_user_objective_calls_the_space():
     space = SearchSpace.default(32, "cpu").replace(num_blocks=2, num_columns=2, base_width=4, width_growth=1.0)
 
     def objective(trial: optuna.Trial) -> float:
-        cfg = space.suggest(trial)
+        cfg = space.sample(trial).to_dict()
         model = timm.create_model(FRACTAL_MODEL, num_classes=10, **cfg["model_kwargs"])
         return float(sum(p.numel() for p in model.parameters())) * cfg["train"]["lr"]
 
@@ -161,8 +161,9 @@ def test_ray_optuna_search_uses_the_same_define_by_run_function(tmp_path):
     searcher = OptunaSearch(functools.partial(define_by_run, space), metric="val_acc", mode="max")
     config = searcher.suggest("trial-a")
     assert config["trial_number"] == 0
-    assert len(config["model_kwargs"]["widths"]) == config["model_kwargs"]["num_blocks"]
-    assert set(config["train"]) == {"lr", "weight_decay", "batch_size", "drop_path_warmup"}
+    trial = space.config({k: v for k, v in config.items() if k != "trial_number"})
+    assert len(trial.model_kwargs["widths"]) == trial.model_kwargs["num_blocks"]
+    assert set(trial.train) == {"lr", "weight_decay", "batch_size", "drop_path_warmup"}
 
 
 def test_a_one_column_network_samples_no_join_dimensions():
@@ -172,7 +173,7 @@ def test_a_one_column_network_samples_no_join_dimensions():
     configs = {}
 
     def objective(trial):
-        configs[trial.number] = space.suggest(trial)
+        configs[trial.number] = space.sample(trial).to_dict()
         return 0.0
 
     study.optimize(objective, n_trials=40)
@@ -191,4 +192,4 @@ def test_a_one_column_network_samples_no_join_dimensions():
     one_column = space.replace(num_columns=1)
     point = one_column.reference_point()
     assert "join" not in point
-    assert one_column.suggest(optuna.trial.FixedTrial(point))["model_kwargs"]["num_columns"] == 1
+    assert one_column.sample(optuna.trial.FixedTrial(point)).model_kwargs["num_columns"] == 1

@@ -8,12 +8,13 @@ a finished epoch and a new ``Trainer`` on the same ``out_dir`` continues where t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,49 @@ def _check_model_kwargs(cfg: TrainConfig) -> None:
         raise ValueError(f"model_kwargs {json.dumps(cfg.model_kwargs)} rejected by {cfg.model}: {reason}") from err
 
 
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _seeded_rng_state(seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The global generators' state after ``torch.manual_seed(seed)``, taken without leaving them seeded."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _rng_state(device)
+
+
+def _scoped(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a :class:`Trainer` method inside its :meth:`Trainer._scope`."""
+    @functools.wraps(method)
+    def wrapper(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+        with self._scope():
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
+def _scoped_generator(method: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    """A generator method whose work between two yields runs inside :meth:`Trainer._scope`; the caller's code
+    between them runs with its own thread count and random stream."""
+    @functools.wraps(method)
+    def wrapper(self: Trainer, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        steps = method(self, *args, **kwargs)
+        while True:
+            with self._scope():
+                try:
+                    item = next(steps)
+                except StopIteration:
+                    return
+            yield item
+    return wrapper
+
+
 class Trainer:
     """Builds data, model, optimizer and schedule from a ``TrainConfig``; resumes from ``cfg.out_dir`` if possible."""
 
@@ -177,10 +221,40 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.amp_dtype = amp_dtype(cfg.amp, self.device)
         _check_model_kwargs(cfg)
-        if self.device.type == "cpu":
-            torch.set_num_threads(cfg.num_threads or usable_cpus())
-        self.threads = torch.get_num_threads()
-        torch.manual_seed(cfg.seed)
+        self.threads = (cfg.num_threads or usable_cpus()) if self.device.type == "cpu" else torch.get_num_threads()
+        self._own_rng = _seeded_rng_state(cfg.seed, self.device)
+        self._scope_depth = 0
+        with self._scope():
+            self._build()
+
+    @contextmanager
+    def _scope(self) -> Iterator[None]:
+        """The trainer's thread count and random stream inside the block; the caller's, as they were, after it.
+
+        torch's thread count and global RNG are process state: a library call must not leave them changed (a
+        user's loop, other trainers in the same process). The trainer keeps its own RNG state between blocks, so
+        its random numbers (initialisation, dropout, drop-path) do not depend on what the caller draws meanwhile."""
+        if self._scope_depth:
+            self._scope_depth += 1
+            try:
+                yield
+            finally:
+                self._scope_depth -= 1
+            return
+        caller = _rng_state(self.device), torch.get_num_threads()
+        _set_rng_state(self._own_rng, self.device)
+        torch.set_num_threads(self.threads)
+        self._scope_depth = 1
+        try:
+            yield
+        finally:
+            self._scope_depth = 0
+            self._own_rng = _rng_state(self.device)
+            _set_rng_state(caller[0], self.device)
+            torch.set_num_threads(caller[1])
+
+    def _build(self) -> None:
+        cfg = self.cfg
         self.data = load_splits(cfg.dataset, cfg.data_dir, cfg.val_size, cfg.train_subset, cfg.val_seed,
                                 cfg.download)
         self.input_size = (self.data.in_chans, *self.data.image_size)
@@ -274,6 +348,7 @@ class Trainer:
             self.history = [EpochReport.from_dict(r) for r in lines if r["epoch"] <= self.epoch]
             write_atomic(metrics, "".join(json.dumps(r.to_dict()) + "\n" for r in self.history))
 
+    @_scoped_generator
     def epochs(self) -> Iterator[EpochReport]:
         """Train until ``cfg.epochs`` epochs are done, yielding a validated, checkpointed report after each."""
         while self.epoch < self.cfg.epochs:
@@ -363,10 +438,12 @@ class Trainer:
             seen += len(y)
         return (total_loss / seen, correct / seen) if seen else (math.nan, math.nan)
 
+    @_scoped
     def bn_inputs(self) -> list[torch.Tensor]:
         """The ``bn_batches`` un-augmented training batches (inputs only) every batch-norm re-estimation uses."""
         return [x for x, _ in itertools.islice(self.bn_loader, self.cfg.bn_batches)]
 
+    @_scoped
     def evaluate(self, split: str = "val", columns: bool = True) -> EvalReport:
         """Full-model loss/accuracy on ``split`` (``val``/``test``); with ``columns``, every FractalNet column too.
 
@@ -391,6 +468,7 @@ class Trainer:
         self.model.train()
         return report
 
+    @_scoped
     def evaluate_columns(self, split: str = "val", bn_inputs: list[torch.Tensor] | None = None) -> list[ColumnReport]:
         """Each FractalNet column of :meth:`evaluate` alone (none for other networks), without evaluating the whole
         network again: a search trial wants its columns once, after the last epoch's validation."""
@@ -415,11 +493,13 @@ class Trainer:
             raise ValueError(f"no {split!r} split for dataset {self.cfg.dataset!r}")
         return loader
 
+    @_scoped
     def accuracy(self, model: nn.Module, split: str = "val") -> tuple[float, float]:
         """Loss and accuracy on ``split`` of another model on this run's data (a sub-fractal extracted from this run's
         supernet), measured as :meth:`evaluate` measures this run's model."""
         return self._accuracy(model, self._loader(split))
 
+    @_scoped
     def test(self) -> EvalReport:
         """Test-set accuracy (+ per-column for FractalNet); for final reporting only, never for selection."""
         return self.evaluate("test", columns=self.cfg.eval_columns)

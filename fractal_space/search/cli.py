@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads per trial and, when given, per final-stage model (default: cores / workers; "
                         "the final stage, one model at a time, every core)")
     p.add_argument("--sampler", default="tpe", metavar="{" + ",".join(SAMPLERS) + "}",
-                   help="tpe: Optuna's TPE; random: random search (the control TPE must beat). Recorded in the study; "
-                        "a study is resumed only with its own sampler")
+                   help="; ".join(f"{name}: {what}" for name, what in SAMPLERS.items())
+                   + ". Recorded in the study; a study is resumed only with its own sampler")
     p.add_argument("--objective", default="accuracy", metavar="{" + ",".join(OBJECTIVES) + "}",
                    help="accuracy alone, or accuracy against params, flops or latency (multi-objective, no pruning)")
     p.add_argument("--baselines", default=None,
@@ -183,8 +183,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     if args.final_spread < 0:
         raise ValueError(f"--final-spread {args.final_spread} must be >= 0")
     if args.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {args.sampler!r}; expected one of {', '.join(SAMPLERS)} (Optuna's GP and "
-                         "CMA-ES samplers model only what every trial shares, not the conditional join dimensions)")
+        raise ValueError(f"unknown sampler {args.sampler!r}; expected one of {', '.join(SAMPLERS)}")
     input_size = _input_size(args.dataset, args.data_dir)
     base = SearchSpace.default(input_size, device)
     space = base if args.space is None else SearchSpace.from_file(args.space, input_size, base.to_dict())
@@ -206,7 +205,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     stock = DEFAULT_RUNGS[device]
     rungs = Rungs(min_images=stock.min_images if args.rung_images is None else args.rung_images,
                   levels=stock.levels if args.rungs is None else args.rungs)
-    budget = Budget.default(device, rungs, **overrides)  # validated: --rungs 0 fails here, before anything is written
+    budget = Budget(rung_images=rungs, **overrides)  # validated: --rungs 0 fails here, before anything is written
     study_dir = Path(args.runs_dir) / study
     if args.storage is not None:  # fail now, not in a worker (the default SQLite file is only made by the search)
         open_storage(args.storage, study_dir, args.heartbeat)

@@ -20,8 +20,11 @@ parameters).
 Ranges that cannot work are excluded when the space is bound to an input size: B max-pools need an input of at
 least ``2**B`` pixels, so ``num_blocks`` may say ``high: "max"`` and an explicit bound beyond the input is an error.
 
-The same :meth:`SearchSpace.suggest` serves the Optuna backend, Ray Tune's ``OptunaSearch`` and a user's own
-``objective(trial)``; it returns ``{"model_kwargs": {...}, "train": {...}}`` ready for the training engine.
+One definition, every tool: :meth:`SearchSpace.suggest` samples the flat values with an Optuna trial (the Optuna
+backend, Ray Tune's ``OptunaSearch`` and a user's own ``objective(trial)``), :meth:`SearchSpace.to_ray` renders the
+space for Tune's own searchers and :meth:`SearchSpace.to_configspace` for ConfigSpace (SMAC3, DEHB, BOHB).
+:meth:`SearchSpace.config` turns the flat values any of them gives into a :class:`TrialConfig`: the network's timm
+arguments and the training overrides.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +158,24 @@ class _Dim:
             raise ValueError(f"space field '{self.name}': a log range needs low > 0, got {self.low}")
         if self.step is not None and (self.log or self.step <= 0):
             raise ValueError(f"space field '{self.name}': step must be > 0 and cannot be combined with log")
+
+    def check(self, value: Any) -> Any:
+        """``value`` as this dimension's type (NumPy scalars from ConfigSpace included), or a one-line error."""
+        if self.kind == "cat":
+            for choice in self.choices:
+                if value == choice and type(value) is not bool or value is choice:
+                    return choice
+            raise ValueError(f"space field '{self.name}': {value!r} is not one of {self.choices}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise ValueError(f"space field '{self.name}': {value!r} is not a number")
+        number = float(value)
+        if self.kind == "int":
+            if number != int(number):
+                raise ValueError(f"space field '{self.name}': {value!r} is not an integer")
+            number = int(number)
+        if not self.low <= number <= self.high:
+            raise ValueError(f"space field '{self.name}': {value!r} is outside [{self.low}, {self.high}]")
+        return number
 
     def values(self) -> list[Any]:
         """The values a categorical or fixed dimension can take (for validation)."""
@@ -319,34 +341,112 @@ class SearchSpace:
 
     # -- sampling -----------------------------------------------------------------------------------------------
     @property
+    def dimensions(self) -> tuple[str, ...]:
+        """Names of every dimension, fixed or searched."""
+        return tuple(self._dims)
+
+    @property
     def searched(self) -> list[str]:
         """Names of the dimensions that are actually searched (not fixed)."""
         return [name for name, dim in self._dims.items() if dim.kind != "fixed"]
 
+    def is_active(self, name: str, values: Mapping[str, Any]) -> bool:
+        """Whether dimension ``name`` exists for a network with these values: join dimensions need two columns."""
+        return name not in JOIN_DIMS or int(values["num_columns"]) > 1
+
     def suggest(self, trial: Any) -> dict[str, Any]:
-        """Sample one config with ``trial`` (an Optuna trial or Ray's captor): ``{"model_kwargs", "train"}``.
+        """Sample the searched values with ``trial`` (an Optuna trial, or Ray's define-by-run captor): a flat dict, the
+        same as ``trial.params`` afterwards. A one-column network samples no join dimension.
 
         Only ``suggest_*`` calls happen here, so Ray's ``OptunaSearch`` can run it as its define-by-run function.
         """
         first = {name: self._dims[name].suggest(trial) for name in ("num_blocks", "num_columns")}
-        skipped = JOIN_DIMS if int(first["num_columns"]) == 1 else ()
-        v = {**first, **{name: dim.suggest(trial) for name, dim in self._dims.items()
-                         if name not in first and name not in skipped},
-             **{name: NO_JOINS[name] for name in skipped}}
-        blocks = int(v["num_blocks"])
+        values = {**first, **{name: dim.suggest(trial) for name, dim in self._dims.items()
+                              if name not in first and self.is_active(name, first)}}
+        return {name: value for name, value in values.items() if name in self.searched}
+
+    def config(self, params: Mapping[str, Any]) -> TrialConfig:
+        """The :class:`TrialConfig` of the flat sampled values any tool gives: Optuna's ``trial.params``, a Ray Tune
+        config, a ConfigSpace ``Configuration`` (``dict(configuration)``). Values of inactive dimensions (join
+        dimensions of a one-column network) are ignored; a missing, unknown or out-of-range value is a one-line
+        ``ValueError`` naming it."""
+        unknown = sorted(set(params) - set(self._dims))
+        if unknown:
+            raise ValueError(f"sampled value '{unknown[0]}': not a dimension of this space ({', '.join(self._dims)})")
+        values: dict[str, Any] = {}
+        for name in ("num_blocks", "num_columns", *self._dims):
+            dim = self._dims[name]
+            if name in values:
+                continue
+            if dim.kind == "fixed":
+                values[name] = dim.value
+            elif not self.is_active(name, values):
+                values[name] = NO_JOINS[name]
+            elif params.get(name) is None:
+                raise ValueError(f"space field '{name}': missing from the sampled values")
+            else:
+                values[name] = dim.check(params[name])
+        if not self.is_active("join", values):
+            values.update({name: NO_JOINS[name] for name in JOIN_DIMS})
+        blocks = int(values["num_blocks"])
         model_kwargs = {
             "num_blocks": blocks,
-            "num_columns": int(v["num_columns"]),
-            "widths": widths_for(blocks, v["base_width"], v["width_growth"]),
-            "join": v["join"],
-            "drop_path_rate": float(v["drop_path_rate"]),
-            "global_drop_fraction": float(v["global_drop_fraction"]),
-            "block_dropout": tuple(round(float(v["dropout_scale"]) * i, 6) for i in range(blocks)),
-            **{name: v[name] for name in self._model_extras},
+            "num_columns": int(values["num_columns"]),
+            "widths": widths_for(blocks, values["base_width"], values["width_growth"]),
+            "join": values["join"],
+            "drop_path_rate": float(values["drop_path_rate"]),
+            "global_drop_fraction": float(values["global_drop_fraction"]),
+            "block_dropout": tuple(round(float(values["dropout_scale"]) * i, 6) for i in range(blocks)),
+            **{name: values[name] for name in self._model_extras},
         }
-        train = {"lr": float(v["lr"]), "weight_decay": float(v["weight_decay"]), "batch_size": int(v["batch_size"]),
-                 **{name: v[name] for name in self._train_extras}}
-        return {"model_kwargs": model_kwargs, "train": train}
+        train = {"lr": float(values["lr"]), "weight_decay": float(values["weight_decay"]),
+                 "batch_size": int(values["batch_size"]), **{name: values[name] for name in self._train_extras}}
+        searched = {name: values[name] for name in self.searched if self.is_active(name, values)}
+        return TrialConfig(params=searched, model_kwargs=model_kwargs, train=train,
+                           engine_only=tuple(name for name in train if name not in LOOP_FIELDS))
+
+    def sample(self, trial: Any) -> TrialConfig:
+        """``config(suggest(trial))``: sample with an Optuna trial and build the config in one call."""
+        return self.config(self.suggest(trial))
+
+    # -- other tools ----------------------------------------------------------------------------------------------
+    def to_ray(self, *, conditional: bool = True) -> dict[str, Any]:
+        """The space as a Ray Tune ``param_space`` for Tune's own searchers (random and grid search through its
+        ``BasicVariantGenerator``). With ``conditional`` the join dimensions are ``tune.sample_from`` functions that
+        give None for a one-column network, so every sample is a valid network with no dead value; searchers that
+        reject ``sample_from`` (HyperOpt, Ax, ...) take ``conditional=False``: plain domains, which
+        :meth:`config` ignores for a one-column network. BOHB reads :meth:`to_configspace` instead."""
+        from ray import tune
+
+        out: dict[str, Any] = {}
+        for name in self.searched:
+            domain = _ray_domain(tune, self._dims[name])
+            if conditional and name in JOIN_DIMS:
+                out[name] = tune.sample_from(_InactiveWithOneColumn(domain))
+            else:
+                out[name] = domain
+        return out
+
+    def to_configspace(self, *, seed: int | None = None) -> Any:
+        """The space as a ``ConfigSpace.ConfigurationSpace`` (SMAC3, DEHB, HpBandSter/BOHB, Ray's ``TuneBOHB``): log
+        scales kept, and the join dimensions conditional on ``num_columns > 1``. Needs the ``configspace`` extra."""
+        try:
+            import ConfigSpace as CS
+        except ImportError:
+            raise ImportError("SearchSpace.to_configspace needs ConfigSpace: pip install 'fractal_space[configspace]'"
+                              ) from None
+        cs = CS.ConfigurationSpace(seed=seed)
+        hyper = {name: _cs_hyperparameter(CS, self._dims[name]) for name in self.searched}
+        cs.add(list(hyper.values()))
+        columns = self._dims["num_columns"]
+        if "num_columns" in hyper and 1 in range(int(min(columns.values())), int(max(columns.values())) + 1):
+            parent = hyper["num_columns"]
+            multi = [c for c in columns.values() if c > 1] if columns.kind == "cat" else None
+            for name in JOIN_DIMS:
+                if name in hyper:
+                    cs.add(CS.InCondition(hyper[name], parent, multi) if multi is not None
+                           else CS.GreaterThanCondition(hyper[name], parent, 1))
+        return cs
 
     def reference_point(self) -> dict[str, Any]:
         """The paper's recipe projected into this space (each searched value clipped to its range or choices).
@@ -368,3 +468,89 @@ def _project(dim: _Dim, want: Any) -> Any:
     if dim.kind == "cat":
         return want if want in dim.choices else dim.choices[0]
     return type(dim.low)(min(max(want, dim.low), dim.high))
+
+
+def _ray_domain(tune: Any, dim: _Dim) -> Any:
+    if dim.kind == "cat":
+        return tune.choice(list(dim.choices))
+    if dim.kind == "int":
+        return (tune.lograndint if dim.log else tune.randint)(int(dim.low), int(dim.high) + 1) if not dim.step \
+            else tune.qrandint(int(dim.low), int(dim.high), int(dim.step))
+    if dim.step:
+        return tune.quniform(float(dim.low), float(dim.high), float(dim.step))
+    return (tune.loguniform if dim.log else tune.uniform)(float(dim.low), float(dim.high))
+
+
+class _InactiveWithOneColumn:
+    """A ``tune.sample_from`` function: the domain's sample where the sampled network has joins, else None.
+
+    A class rather than a closure so that Ray can pickle it by reference."""
+
+    def __init__(self, domain: Any) -> None:
+        self.domain = domain
+
+    def __call__(self, spec: Any) -> Any:
+        return None if int(spec.config["num_columns"]) == 1 else self.domain.sample()
+
+
+def _cs_hyperparameter(CS: Any, dim: _Dim) -> Any:  # noqa: N803 - the ConfigSpace module
+    if dim.kind == "cat":
+        return CS.Categorical(dim.name, list(dim.choices))
+    if dim.kind == "int":
+        return CS.Integer(dim.name, (int(dim.low), int(dim.high)), log=dim.log)
+    return CS.Float(dim.name, (float(dim.low), float(dim.high)), log=dim.log)
+
+
+#: Training fields any loop applies (the learning rate, weight decay and batch size of an optimiser and a loader);
+#: the others a config carries only the project's engine applies (see :attr:`TrialConfig.engine_only`).
+LOOP_FIELDS = ("lr", "weight_decay", "batch_size")
+#: The timm entry every sampled network is built with (any B, C, widths and join).
+MODEL = "fractalnet"
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One sampled network and its training overrides.
+
+    ``model_kwargs`` are the arguments of ``timm.create_model("fractalnet", ...)``; ``train`` holds ``TrainConfig``
+    fields (lr, weight_decay, batch_size and any extension). ``engine_only`` names the ``train`` fields only the
+    project's engine applies (e.g. ``drop_path_warmup``): a loop of your own must implement them, or fix them in the
+    space (``space.replace(drop_path_warmup=0.0)``) so that the sampler does not tune a knob nothing turns.
+    """
+
+    params: dict[str, Any]
+    model_kwargs: dict[str, Any]
+    train: dict[str, Any]
+    engine_only: tuple[str, ...] = field(default=())
+
+    @property
+    def architecture(self) -> str:
+        """The network's name from what defines it (:func:`architecture_name`)."""
+        return architecture_name(self.model_kwargs)
+
+    def create_model(self, **kwargs: Any) -> Any:
+        """The network: ``timm.create_model("fractalnet", **model_kwargs, **kwargs)`` (``num_classes=...``, ...)."""
+        import timm
+
+        import fractal_space  # noqa: F401  (registers the models)
+
+        return timm.create_model(MODEL, **{**self.model_kwargs, **kwargs})
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"model_kwargs", "train"}`` as JSON values: what a trial stores and the engine reads back."""
+        return json.loads(json.dumps({"model_kwargs": self.model_kwargs, "train": self.train}))
+
+
+def architecture_name(model_kwargs: Mapping[str, Any]) -> str:
+    """A FractalNet's honest name from what defines its architecture: B, C, widths and join (C=1 has no join), and
+    a sub-fractal's kept columns per block.
+
+    ``fractalnet_b5_c3_w16-32-64-128-128_mean`` is the paper's reduced-width 20-layer network;
+    ``..._mean_p13-2-123-3-23`` keeps columns 1 and 3 of block 1, column 2 of block 2, and so on.
+    """
+    widths = "-".join(str(w) for w in model_kwargs["widths"])
+    join = f"_{model_kwargs.get('join', 'mean')}" if model_kwargs["num_columns"] > 1 else ""
+    paths = model_kwargs.get("paths")
+    sep = "" if model_kwargs["num_columns"] < 10 else "."
+    kept = "_p" + "-".join(sep.join(str(c) for c in sorted(cols)) for cols in paths) if paths else ""
+    return f"fractalnet_b{model_kwargs['num_blocks']}_c{model_kwargs['num_columns']}_w{widths}{join}{kept}"

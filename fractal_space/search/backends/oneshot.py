@@ -36,12 +36,13 @@ import timm
 from fractal_space.core.hardware import device_label, peak_memory_mb, usable_cpus
 from fractal_space.deploy.metrics import count_flops, count_params, deployment_latency, measure_latency
 from fractal_space.engine import TrainConfig, Trainer
+from fractal_space.search.space import architecture_name
 from fractal_space.search.study import lifecycle
 from fractal_space.search.study.accounting import reap_stale, tally
 from fractal_space.search.study.runner import recording_failure
 from fractal_space.search.study.settings import SearchSettings
 from fractal_space.search.trial import stops
-from fractal_space.search.trial.record import FRACTAL_MODEL, TrialRecord, architecture_name, tag
+from fractal_space.search.trial.record import FRACTAL_MODEL, TrialRecord, tag
 from fractal_space.search.trial.stops import fault_point
 
 
@@ -77,10 +78,10 @@ def supernet_config(settings: SearchSettings) -> dict[str, Any]:
     point = {**settings.space.reference_point(),
              **{name: _extreme(specs[name], pick) for name, pick in SUPERNET_ENDS.items()
                 if isinstance(specs.get(name), dict)}}
-    config = settings.space.suggest(optuna.trial.FixedTrial(point))
+    config = settings.space.config(point).to_dict()
     if config["model_kwargs"]["num_columns"] < 2:
         raise ValueError("--strategy oneshot needs a space with num_columns >= 2 (one column has no sub-fractals)")
-    return json.loads(json.dumps(config))
+    return config
 
 
 #: Architectures drawn from the space's prior to estimate the mean cost per image of a multi-trial trial.
@@ -101,7 +102,7 @@ def _cost_ratio(settings: SearchSettings) -> float:
     if key not in _COST_RATIO:
         size = settings.space.input_size
         draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-        trial = sum(_flops(settings.space.suggest(draws.ask())["model_kwargs"], size)
+        trial = sum(_flops(settings.space.sample(draws.ask()).model_kwargs, size)
                     for _ in range(PRIOR_DRAWS)) / PRIOR_DRAWS
         kwargs = supernet_config(settings)["model_kwargs"]
         c, labels = kwargs["num_columns"], subset_labels(kwargs["num_columns"])

@@ -23,18 +23,18 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from fractal_space.core.hardware import usable_cpus
-from fractal_space.search.space import SearchSpace
+from fractal_space.search.space import MODEL, SearchSpace
 from fractal_space.search.study import lifecycle
 from fractal_space.search.study.accounting import fail_interrupted, tally
 from fractal_space.search.study.retention import keep_best_checkpoints, trial_dir
 from fractal_space.search.study.settings import RaySettings, SearchSettings
 from fractal_space.search.study.storage import open_storage
+from fractal_space.search.trial.adapters import flat_params, ray_metrics
 from fractal_space.search.trial.budget import Budget
 from fractal_space.search.trial.record import (
     FRACTAL_MODEL,
     OBJECTIVES,
     TrialRecord,
-    architecture_name,
     fail_reason,
     first_line,
     tag,
@@ -52,28 +52,23 @@ def define_by_run(space: SearchSpace, trial: Any) -> dict[str, Any]:
     return {**space.suggest(trial), "trial_number": trial.number}
 
 
-def _metrics(record: TrialRecord, **extra: Any) -> dict[str, Any]:
-    """What a Ray trial reports: the scalars ASHA and the dashboard use, and the whole record for the searcher."""
-    return {"val_acc": record.val_acc, "params": record.params, "flops": record.flops,
-            "latency_ms": record.latency_ms, "epoch": record.epoch, "record": json.dumps(record.to_dict()), **extra}
-
-
-def trainable(config: dict[str, Any], budget: Budget, study_dir: str) -> None:
-    """One Ray trial: the shared trial procedure, reporting each epoch to Tune (ASHA decides on ``val_acc``)."""
+def trainable(config: dict[str, Any], space: SearchSpace, budget: Budget, study_dir: str) -> None:
+    """One Ray trial of a study: the shared trial procedure, reporting each epoch to Tune (ASHA decides on
+    ``val_acc``), checkpointed in the study's folder for its Optuna trial number."""
     from ray import tune
 
     last: list[TrialRecord] = []
 
     def on_epoch(record: TrialRecord) -> None:
         last[:] = [record]
-        tune.report(_metrics(record))
+        tune.report(ray_metrics(record))
 
-    trial_config = {"model_kwargs": config["model_kwargs"], "train": config["train"]}
+    trial_config = space.config(flat_params(config, space)).to_dict()
     out = trial_dir(Path(study_dir), int(config["trial_number"]))
     try:
-        run_trial(model=FRACTAL_MODEL, config=trial_config, budget=budget, out_dir=out, on_epoch=on_epoch)
+        run_trial(model=MODEL, config=trial_config, budget=budget, out_dir=out, on_epoch=on_epoch)
     except Exception as exc:  # noqa: BLE001 - reported to the searcher, which records FAIL with this reason
-        scalars = _metrics(last[0]) if last else {"val_acc": 0.0, "params": 0, "flops": 0, "latency_ms": 0.0}
+        scalars = ray_metrics(last[0]) if last else {"val_acc": 0.0, "params": 0, "flops": 0, "latency_ms": 0.0}
         epoch = last[0].epoch if last else 0
         tune.report({**scalars, "epoch": epoch + 1, "fail_reason": fail_reason(exc)})
 
@@ -90,14 +85,16 @@ class StudySearch(OptunaSearch):
                          storage=storage)
         self._objective = settings.objective
         self._study_dir = settings.study_dir
+        self._space = settings.space
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials[trial_id]
         tag(ot_trial, "fractalnet", FRACTAL_MODEL)
         if config is not None:
-            ot_trial.set_user_attr("config", {k: config[k] for k in ("model_kwargs", "train")})
-            ot_trial.set_user_attr("model", architecture_name(config["model_kwargs"]))
+            trial = self._space.config(flat_params(config, self._space))
+            ot_trial.set_user_attr("config", trial.to_dict())
+            ot_trial.set_user_attr("model", trial.architecture)
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -245,7 +242,8 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
     _PROGRESS[:] = [lambda: progress(tally(study)[0])]
     cpus, gpus = settings.ray.cpus_per_trial, settings.ray.gpus_per_trial
     budget = settings.budget.replace(num_threads=max(1, int(cpus)), device="cuda" if gpus else "cpu")
-    fn = tune.with_resources(tune.with_parameters(trainable, budget=budget, study_dir=str(settings.study_dir)),
+    fn = tune.with_resources(tune.with_parameters(trainable, space=settings.space, budget=budget,
+                                                   study_dir=str(settings.study_dir)),
                              {"cpu": cpus, "gpu": gpus})
     root = settings.study_dir / "ray"
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C raises here, as in the Optuna backend
@@ -258,7 +256,7 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
         remaining = settings.trials - tally(study)[0]
         if remaining > 0:
             single = OBJECTIVES[settings.objective] is None
-            scheduler = budget.rungs.ray_scheduler() if single else None
+            scheduler = budget.ray_scheduler(metric="val_acc", mode="max") if single else None
             searcher = StudySearch(settings, open_storage(settings.storage_url, settings.study_dir, heartbeat_s=None))
             tuner = tune.Tuner(
                 fn,

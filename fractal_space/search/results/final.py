@@ -36,9 +36,10 @@ from fractal_space.deploy.export import export_trained, load_line
 from fractal_space.deploy.metrics import measure_latency
 from fractal_space.deploy.onnx import run_line
 from fractal_space.engine import Trainer
+from fractal_space.search.space import architecture_name
 from fractal_space.search.study.accounting import is_search_trial
 from fractal_space.search.study.settings import SearchSettings
-from fractal_space.search.trial.record import FRACTAL_MODEL, architecture_name
+from fractal_space.search.trial.record import FRACTAL_MODEL
 
 log = logging.getLogger("fractal_space.search")
 RESULTS = "results.parquet"

@@ -21,11 +21,15 @@ from fractal_space.search.trial.rungs import Rungs
 log = logging.getLogger("fractal_space.search")
 
 
-#: The samplers ``--sampler`` offers: both handle the conditional space (a C=1 trial samples no join dimensions).
-#: Optuna's GPSampler and CmaEsSampler model only the intersection of the trials' spaces and hand every conditional
-#: dimension (and, CMA-ES, every categorical one) to a random fallback; GPSampler also needs scipy and CmaEsSampler
-#: the ``cmaes`` package, neither a dependency.
-SAMPLERS = ("tpe", "random")
+#: The samplers ``--sampler`` offers, and what each does with the conditional space (a C=1 trial samples no join
+#: dimension). Any other Optuna sampler object works through ``fractal_space.search.optuna_objective``.
+SAMPLERS: dict[str, str] = {
+    "tpe": "Optuna's TPE; models every dimension, the conditional join dimensions included",
+    "random": "random search, the control a model-based sampler must beat",
+    "gp": "Optuna's GPSampler; models the dimensions every trial shares, draws the join dimensions at random",
+    "cmaes": "CMA-ES; models the numeric dimensions every trial shares, draws categorical and join ones at random",
+    "qmc": "quasi-random (Sobol) over the dimensions every trial shares, the join dimensions at random",
+}
 
 
 def trial_seeds(seed: int, number: int) -> tuple[int, int]:
@@ -73,7 +77,13 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     """The search's sampler (one of :data:`SAMPLERS`), for the Optuna workers and Ray's searcher alike."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
-    return (TrialSeededTPE if name == "tpe" else TrialSeededRandom)(seed=seed)
+    if name in ("tpe", "random"):
+        return (TrialSeededTPE if name == "tpe" else TrialSeededRandom)(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
 
 
 def check_sampler(study: optuna.Study, sampler: str) -> None:

@@ -85,7 +85,5 @@ class SearchSettings:
 
     def baseline_train(self) -> dict[str, Any]:
         """The baselines' recipe: the space's fixed values, else the paper's (lr, batch size, weight decay)."""
-        import optuna
-
-        config = self.space.suggest(optuna.trial.FixedTrial(self.space.reference_point()))
-        return {k: config["train"][k] for k in ("lr", "weight_decay", "batch_size")}
+        config = self.space.config(self.space.reference_point())
+        return {k: config.train[k] for k in ("lr", "weight_decay", "batch_size")}

@@ -9,8 +9,8 @@ no edit here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import itertools
+from collections.abc import Sequence
 from typing import Any
 
 from fractal_space.engine import TrainConfig
@@ -24,36 +24,66 @@ DEFAULT_RUNGS = {"cpu": Rungs(min_images=3_500, levels=4), "cuda": Rungs(min_ima
 DEFAULT_VAL_SIZE = {"cpu": 2_000, "cuda": 5_000}
 
 
-@dataclass(frozen=True)
 class Budget:
-    """The rungs and the ``TrainConfig`` overrides of every trial of a study; :meth:`config` adds a trial's fields."""
+    """What every trial of a study shares: the rungs (in training images seen) and the ``TrainConfig`` overrides.
 
-    rungs: Rungs
-    overrides: Mapping[str, Any] = field(default_factory=dict)
+    ``Budget(dataset="cifar10", rung_images=[500, 1500], val_size=200, device="cpu")``: ``rung_images`` are the
+    images a trial has seen at each rung (a geometric series: each rung a whole multiple >= 2 of the one before; the
+    stock rungs of ``device`` when omitted); every other keyword is a ``TrainConfig`` field all trials share. The
+    stock budget of a device (its validation size, a cosine schedule) lies under what is given. Validated at once: an
+    unknown field or a bad value is a one-line ``ValueError`` here, not in a trial.
+    """
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "overrides", dict(self.overrides))
-        self.config()  # validates: unknown fields and bad values are one-line ValueErrors now, not in a trial
-
-    @classmethod
-    def default(cls, hardware: str, rungs: Rungs | None = None, **overrides: Any) -> Budget:
-        """The stock budget for ``hardware`` ('cpu' or 'cuda'): the whole training split, cosine schedule."""
-        base = {"val_size": DEFAULT_VAL_SIZE[hardware], "device": hardware, "schedule": "cosine"}
-        return cls(rungs or DEFAULT_RUNGS[hardware], {**base, **overrides})
+    def __init__(self, *, rung_images: Sequence[int] | Rungs | None = None, device: str = "cpu",
+                 **overrides: Any) -> None:
+        hardware = "cpu" if device == "cpu" else "cuda"
+        self.rungs = _rungs(rung_images) if rung_images is not None else DEFAULT_RUNGS[hardware]
+        base = {"val_size": DEFAULT_VAL_SIZE[hardware], "device": device, "schedule": "cosine"}
+        self.overrides: dict[str, Any] = {**base, **overrides}
+        self.config()
 
     def replace(self, **overrides: Any) -> Budget:
         """A copy with some overrides changed (validated like the original)."""
-        return Budget(self.rungs, {**self.overrides, **overrides})
+        return Budget(rung_images=self.rungs, **{**self.overrides, **overrides})
 
     def config(self, **trial: Any) -> TrainConfig:
         """The ``TrainConfig`` of one trial: the rungs, the budget, then the trial's own fields (model, lr, ...)."""
         rungs = {"epochs": self.rungs.epochs, "epoch_images": self.rungs.min_images}
         return TrainConfig.from_dict({**TRIAL_FIELDS, **rungs, **self.overrides, **trial})
 
+    def optuna_pruner(self) -> Any:
+        """Optuna's successive-halving pruner on these rungs (a trial reports once per epoch of the lowest rung)."""
+        return self.rungs.optuna_pruner()
+
+    def ray_scheduler(self, *, metric: str | None = None, mode: str | None = None) -> Any:
+        """Ray Tune's ASHA on these rungs (``time_attr="epoch"``); metric and mode come from ``tune.TuneConfig``
+        unless given here."""
+        return self.rungs.ray_scheduler(metric=metric, mode=mode)
+
     def __getitem__(self, name: str) -> Any:
         """A field as trials see it (the override, else ``TrainConfig``'s default)."""
         return getattr(self.config(), name)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Budget) and (self.rungs, self.overrides) == (other.rungs, other.overrides)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.overrides.items())
+        return f"Budget(rung_images={self.rungs.images}, {shown})"
+
     def __str__(self) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in self.overrides.items() if k != "data_dir")
         return f"rungs {self.rungs}; {shown}"
+
+
+def _rungs(images: Sequence[int] | Rungs) -> Rungs:
+    """Rungs from the images seen at each rung: ``[500, 1500, 4500]`` is 3 rungs of factor 3 from 500 images."""
+    if isinstance(images, Rungs):
+        return images
+    images = list(images)
+    if not images or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in images):
+        raise ValueError(f"rung_images: {images!r} must be a non-empty list of positive whole numbers of images")
+    factor = images[1] // images[0] if len(images) > 1 else 3
+    if any(b != a * factor for a, b in itertools.pairwise(images)) or (len(images) > 1 and factor < 2):
+        raise ValueError(f"rung_images: {images} is not geometric (each rung a whole multiple >= 2 of the one before)")
+    return Rungs(min_images=images[0], levels=len(images), factor=factor)

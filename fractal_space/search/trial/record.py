@@ -97,21 +97,6 @@ def record_columns() -> list[tuple[str, str, pa.DataType]]:
     return [(f.name, f.metadata["column"] or f.name, f.metadata["arrow"]) for f in dataclasses.fields(TrialRecord)]
 
 
-def architecture_name(model_kwargs: dict[str, Any]) -> str:
-    """A FractalNet's honest name from what defines its architecture: B, C, widths and join (C=1 has no join), and
-    a sub-fractal's kept columns per block.
-
-    ``fractalnet_b5_c3_w16-32-64-128-128_mean`` is the paper's reduced-width 20-layer network;
-    ``..._mean_p13-2-123-3-23`` keeps columns 1 and 3 of block 1, column 2 of block 2, and so on.
-    """
-    widths = "-".join(str(w) for w in model_kwargs["widths"])
-    join = f"_{model_kwargs.get('join', 'mean')}" if model_kwargs["num_columns"] > 1 else ""
-    paths = model_kwargs.get("paths")
-    sep = "" if model_kwargs["num_columns"] < 10 else "."
-    kept = "_p" + "-".join(sep.join(str(c) for c in sorted(cols)) for cols in paths) if paths else ""
-    return f"fractalnet_b{model_kwargs['num_blocks']}_c{model_kwargs['num_columns']}_w{widths}{join}{kept}"
-
-
 def worker_id() -> str:
     """This process as a trial owner (``host:pid``): the reaper fails the RUNNING trials of owners that are gone.
 

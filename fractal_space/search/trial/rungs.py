@@ -58,10 +58,11 @@ class Rungs:
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=self.factor,
                                                       min_early_stopping_rate=0)
 
-    def ray_scheduler(self) -> Any:
+    def ray_scheduler(self, *, metric: str | None = "val_acc", mode: str | None = "max") -> Any:
+        """ASHA on these rungs; ``metric=None, mode=None`` leaves them to ``tune.TuneConfig``."""
         from ray.tune.schedulers import ASHAScheduler
 
-        return ASHAScheduler(metric="val_acc", mode="max", time_attr="epoch", max_t=self.epochs, grace_period=1,
+        return ASHAScheduler(metric=metric, mode=mode, time_attr="epoch", max_t=self.epochs, grace_period=1,
                              reduction_factor=self.factor)
 
     def __str__(self) -> str:
