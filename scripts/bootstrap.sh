@@ -12,6 +12,6 @@ stamp=.venv/.fractal_space-installed
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+    .venv/bin/python -m pip install -q -c constraints.txt -e ".[all,dev]"
     echo "$want" > "$stamp"
 fi

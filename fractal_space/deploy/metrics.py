@@ -19,8 +19,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fractal_space.deploy.onnx import OrtModel, onnx_graph, providers
-
 
 def count_params(model: nn.Module) -> int:
     """Number of trainable parameters (what the papers' parameter counts report)."""
@@ -134,6 +132,8 @@ def deployment_latency(model: nn.Module, input_size: Sequence[int], batch_sizes:
     ONNX Runtime's CPU provider with ``threads`` intra-op threads (None: torch's thread count). CUDA: ONNX Runtime's
     CUDA provider where it is installed, else the eager model timed with CUDA events. ``Latency.runtime`` says which.
     """
+    from fractal_space.deploy.onnx import OrtModel, onnx_graph, providers  # the [onnx] extra, needed here only
+
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {list(batch_sizes)}")
     device = _input(model, input_size, 1).device
