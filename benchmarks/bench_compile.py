@@ -1,4 +1,4 @@
-"""torch.compile on CPU: its compile time and what it saves per step, against eager, in one run (issue 21, goal 5).
+"""torch.compile on CPU: its compile time and what it saves per step, against eager, in one run.
 
 For each model: a train step (forward + backward + SGD; FractalNet with the paper's drop-path, whose per-batch path
 plan is Python control flow that dynamo guards on) and an eval step (``torch.inference_mode``), eager and under

@@ -1,4 +1,4 @@
-"""DenseNet-BC-100 against ResNet-56 in training GFLOP/s, the levers tried, and what bounds it (issue 21, goal 3).
+"""DenseNet-BC-100 against ResNet-56 in training GFLOP/s, the levers tried, and what bounds it.
 
 The final stage trains every baseline with one recipe, and on CPU DenseNet-BC-100 took most of its time: per FLOP it
 trains at a fraction of ResNet-56's rate. This benchmark times train steps (forward + backward + SGD, batch 64 by

@@ -1,4 +1,4 @@
-"""Eval-mode PyTorch against ONNX Runtime on the same weights, side by side in one run (issue 21, goal 2).
+"""Eval-mode PyTorch against ONNX Runtime on the same weights, side by side in one run.
 
 For each model: ``timm.create_model(name).eval()`` and nothing else, timed under ``torch.inference_mode()`` on an
 NCHW batch, against the same weights exported by ``fractal_space.deploy.onnx.onnx_graph`` (checked against

@@ -21,7 +21,7 @@ Each step runs in its own process under a timeout, so a hang or a crash costs th
 memory peak (``torch.cuda.max_memory_allocated``: its own process's and, for the searches, the trials'). The dry run
 uses a slice of the real CIFAR-10 and widths of a few channels, and pins each step (and its workers) to one core;
 steps and checks are the same. Exit code 0 only if every step passed; 2 without CUDA (and no --dry-run) or without
-CIFAR-10. ``docs/gpu.md`` has the sizes, the timeouts and how to run it on a lent GPU machine.
+CIFAR-10. ``docs/gpu.md`` has the sizes, the timeouts and how to run it on a GPU machine.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One-shot against multi-trial at equal compute: two real CPU-default searches, their wall times and, once their
-final stages have retrained the winners, their test accuracies; writes docs/oneshot-compare.md (issue 23).
+final stages have retrained the winners, their test accuracies; writes docs/oneshot-compare.md.
 
 Runs ``search/run.py --trials N`` twice, once per strategy, each in its own runs folder (``--multitrial-runs``,
 ``--oneshot-runs``), one after the other so that each has the machine to itself, and resumes whatever is unfinished

@@ -19,7 +19,7 @@ best of those, and the wall times.
 Scale (``--scale``): ``small`` (default) is B=3, C=3 (7^3 = 343 sub-fractals), widths 16-32-32, stand-alone at 10,500
 images (the CPU search's second rung), supernets at 31,500. ``medium`` is the default search space (B=5, C=4, 15^5
 sub-fractals, the reference widths 16-32-64-128-128), stand-alone at 31,500 images (the third rung), the supernet at
-315,000: about 1.5 h on 2 idle cores with ``--variants uniform+dp``. ``cpu`` is the issue's scale: stand-alone at
+315,000: about 1.5 h on 2 idle cores with ``--variants uniform+dp``. ``cpu`` is the CPU default's scale: stand-alone at
 the top rung's 94,500 images, the supernet at the budget ``--strategy oneshot`` gives it on the CPU default (the
 multi-trial search's compute: 318,093 images, ``oneshot.supernet_images``), which is medium's supernet, so the two
 scales share their supernets (``Scale.supernets``) and ``cpu`` adds only the 15 longer stand-alone trainings (about
@@ -340,9 +340,9 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[
                " trainings")
     warmup = ("" if "uniform+dp+warmup" in variants else
               "\n- Drop-path warm-up (`drop_path_warmup`) in the supernet was not varied.")
-    scope = ("the issue's scale" if args.scale == "cpu" else
-             "the default search space at a third of the issue's stand-alone budget" if args.scale == "medium" else
-             "smaller than the issue asks")
+    scope = ("the CPU default's scale" if args.scale == "cpu" else
+             "the default search space at a third of the CPU default's stand-alone budget" if args.scale == "medium"
+             else "smaller than the CPU default")
     text = f"""# One-shot search: how far the supernet's ranking can be trusted
 
 Written by `benchmarks/oneshot_fidelity.py --scale {args.scale}` (re-run it to reproduce; it resumes). Machine:
@@ -352,8 +352,8 @@ Architecture Evaluators" (weight-sharing evaluators ranked NAS-Bench-201 archite
 
 ## Scale: {scope}
 
-The issue's scale (`--scale cpu`) is B=5, C=4 (15^5 sub-fractals), each stand-alone net at the multi-trial search's
-top rung of 94,500 images, the supernet at the budget `--strategy oneshot` gives it on the CPU default: the
+The CPU default's scale (`--scale cpu`) is B=5, C=4 (15^5 sub-fractals), each stand-alone net at the multi-trial
+search's top rung of 94,500 images, the supernet at the budget `--strategy oneshot` gives it on the CPU default: the
 multi-trial search's compute, 318,093 images (`oneshot.supernet_images`; 90 epochs of 3,500 here), which makes it
 the medium scale's supernet. This run is **B={scale.num_blocks}, C={scale.num_columns}
 ({(2 ** scale.num_columns - 1) ** scale.num_blocks} sub-fractals), widths {'-'.join(map(str, scale.widths))}**:

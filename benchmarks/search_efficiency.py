@@ -89,7 +89,7 @@ class Scale:
 
 SCALES = {
     # 27 trials on 3 rungs: 27 -> 9 -> 3 expected per rung; the top rung is 2,700 images, one pass over the subset.
-    # Sized on the shared machine (load 10-16 on 2 cores from the other developers' jobs): every epoch validates
+    # Sized on a busy 2-core machine (load 10-16 from other jobs): every epoch validates
     # and, for a multi-column net, re-estimates batch norm, a fixed cost near that of training the epoch's images.
     # Measured there: at 4 rungs of 200 images a multi-column trial took ~300 s to the top rung (27 epochs) and one
     # study ~30 min, so the 9 studies would have taken ~2 h; one rung fewer cuts a top-rung trial to 9 epochs. Batch
@@ -273,7 +273,7 @@ def write_doc(results: list[RunResult], scale: Scale, name: str, command: str, w
     lines += [f"**Finding.** {finding}", "",
               f"Written by `{command}` at {datetime.now(UTC):%Y-%m-%d %H:%M UTC} from {_checkout()}; the runs ran "
               f"from {', '.join(sorted({w.get('commit', '?') for w in wall}))}. "
-              f"Hardware: {describe('cpu')}; the machine's 2 cores were shared with other developers' work while this "
+              f"Hardware: {describe('cpu')}; the machine's cores were shared with other work while this "
               "ran, so wall times are upper bounds and no speed is compared.", "",
               "## Setup", "",
               f"- Space: the default CPU search space (README: the search space), the paper's reference point as each "

@@ -337,7 +337,7 @@ def test_bf16_autocast_on_cpu_trains_and_is_recorded(tmp_path):
 
 
 def test_auto_precision_on_cpu_is_bf16_exactly_where_the_cpu_has_native_bf16():
-    """Goal 4 of issue 21: bf16 autocast is the CPU default only where the CPU computes bf16 natively."""
+    """bf16 autocast is the CPU default only where the CPU computes bf16 natively (emulated bf16 is slower)."""
     x86 = ["processor\t: 0", "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", ""]
     assert native_bf16_flag(x86) == "avx512_bf16"
     assert native_bf16_flag(["flags\t: avx2 amx_tile amx_bf16"]) == "amx_bf16"

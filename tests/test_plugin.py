@@ -137,4 +137,4 @@ def test_importing_the_search_package_imports_neither_ray_nor_the_dashboard_nor_
     assert out.stdout.strip() == "[]"
     assert sorted(fractal_space.search.__all__) == sorted(
         ["OBJECTIVES", "Budget", "Rungs", "SearchSpace", "TrialConfig", "TrialRecord", "architecture_name", "main",
-         "optuna_objective", "ray_trainable"])
+         "optuna_objective", "ray_trainable", "train_config"])

@@ -109,7 +109,7 @@ def test_doc_says_which_claims_hold_and_which_fail(tmp_path) -> None:
     assert "- Columns of the fractal net (paper): error 50.0 / 40.0 / 30.0 / 21.0, not rising with every step" in text
 
 
-def test_default_budget_fits_a_180_minute_session(tmp_path) -> None:
+def test_default_budget_fits_in_two_and_a_half_hours(tmp_path) -> None:
     """Every variant, both experiments, 2 seeds at the CPU scale: estimated at most 2.5 h on 2 idle cores."""
     plan = reproduce_paper.Plan.build(reproduce_paper.SCALES["cpu"], 2, reproduce_paper.VARIANTS, tmp_path,
                                       dict(device="cpu", dataset="cifar10"))

@@ -147,7 +147,7 @@ def test_spread_architectures_are_distinct_below_the_top_and_evenly_spaced_by_ra
 
 
 def test_final_top_0_is_no_final_stage_not_even_the_baselines(tmp_path):
-    """--final-top 0 used to retrain and test the final baselines anyway."""
+    """--final-top 0 retrains nothing: the final baselines are part of the final stage too."""
     assert main(tiny_args(tmp_path, "nofinal", "--trials", "1", "--final-top", "0",
                           "--final-baselines", "resnet20_cifar")) == 0
     assert not (tmp_path / "nofinal" / "final").exists()

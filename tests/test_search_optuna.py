@@ -119,7 +119,7 @@ def test_unknown_option_is_one_line_with_exit_code_2(capsys):
     (["--storage", "mysql+nodriver://x/y"], "cannot open storage"),
     (["--space", "/nonexistent/space.yaml"], "space file /nonexistent/space.yaml"),
     (["--trials", "0"], "--trials, --workers and --threads must be >= 1"),
-    (["--rungs", "0"], "rungs"),  # impossible budgets (issue 12 item 4) ...
+    (["--rungs", "0"], "rungs"),  # impossible budgets ...
     (["--val-size", "-1"], "val_size"),
     (["--train-subset", "-3"], "train_subset"),
     (["--gpus-per-trial", "0.5"], "--gpus-per-trial is an option of the Ray backend"),  # ... and misplaced flags

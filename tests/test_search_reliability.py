@@ -1,5 +1,5 @@
-"""Issue 12's search defects, each reproduced: kills at any moment, duplicate samples, the reference trial, bad budgets,
-Ray flags and clusters, concurrent result writers, orphaned workers, swallowed Ctrl-C, surplus trials."""
+"""The search's failure modes, each reproduced: kills at any moment, duplicate samples, the reference trial, bad
+budgets, Ray flags and clusters, concurrent result writers, orphaned workers, swallowed Ctrl-C, surplus trials."""
 
 import json
 import multiprocessing
@@ -54,7 +54,7 @@ def _assert_healthy(study: optuna.Study, trials: int, before: dict) -> dict:
 
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])
 def test_a_trial_killed_before_its_worker_tagged_it_does_not_hang_the_next_run(tmp_path, storage):
-    """The issue's reproduction: a RUNNING trial with no worker tag and no heartbeat was waited on forever."""
+    """A RUNNING trial with no worker tag and no heartbeat is failed, not waited on forever."""
     url = None if storage == "sqlite" else f"journal:{tmp_path / 'study.journal'}"
     study = optuna.create_study(study_name="w", storage=open_storage(url, tmp_path / "w", heartbeat_s=None),
                                 direction="maximize")

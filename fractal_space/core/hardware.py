@@ -1,4 +1,5 @@
-"""Which device and how many CPU cores a run may use: one answer for the engine, the search and the benchmarks."""
+"""The hardware a run sees: device names and their resolution, usable CPU cores, native bf16, GPU memory peaks and
+the machine in one line; one answer for the engine, the search and the benchmarks."""
 
 from __future__ import annotations
 

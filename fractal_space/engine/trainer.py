@@ -131,7 +131,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     ``auto`` is each device's measured best: on CUDA bf16 where supported, else fp16 with a gradient scaler; on a CPU
     with native bf16 (AVX-512 BF16, AMX, Arm BF16: :func:`hardware.native_bf16_flag`) bf16, which trained a C=4 step
     1.3x and evaluated 1.6x faster on an AVX-512 BF16 machine and held test accuracy at equal images seen within the
-    seeds' spread (docs/performance.md, goal 4); elsewhere fp32, since emulated bf16 is slower.
+    seeds' spread (docs/performance.md, bf16 autocast on CPU); elsewhere fp32, since emulated bf16 is slower.
     """
     if amp == "none":
         return None

@@ -14,13 +14,13 @@ Importing this package imports neither Ray, the Optuna dashboard nor the command
 from __future__ import annotations
 
 from fractal_space.search.space import SearchSpace, TrialConfig, architecture_name
-from fractal_space.search.trial.adapters import optuna_objective, ray_trainable
+from fractal_space.search.trial.adapters import optuna_objective, ray_trainable, train_config
 from fractal_space.search.trial.budget import Budget
 from fractal_space.search.trial.record import OBJECTIVES, TrialRecord
 from fractal_space.search.trial.rungs import Rungs
 
 __all__ = ["OBJECTIVES", "Budget", "Rungs", "SearchSpace", "TrialConfig", "TrialRecord", "architecture_name", "main",
-           "optuna_objective", "ray_trainable"]
+           "optuna_objective", "ray_trainable", "train_config"]
 
 
 def main(argv: list[str] | None = None) -> int:

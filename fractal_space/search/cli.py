@@ -22,7 +22,8 @@ from fractal_space.search.study.watch import Progress, quiet_optuna
 from fractal_space.search.trial.record import OBJECTIVES, first_line
 
 #: Baselines of the final stage (retrained with the winners, tested). The search stage trains them to its top rung too,
-#: but on CPU only ResNet-20: DenseNet-BC-100 runs at ~40 images/s here, 40 min for the top rung's 94,500 images.
+#: but on CPU only ResNet-20: DenseNet-BC-100 trains at ~40 images/s on 2 cores, 40 min for the top rung's 94,500
+#: images.
 FINAL_BASELINES = "resnet20_cifar,resnet56_cifar,densenet_bc100_cifar"
 SEARCH_BASELINES = {"cpu": "resnet20_cifar", "cuda": FINAL_BASELINES}
 #: Final-stage passes over the training split: on CPU the top rung's length (~2 passes; the whole stage about an hour
@@ -30,13 +31,12 @@ SEARCH_BASELINES = {"cpu": "resnet20_cifar", "cuda": FINAL_BASELINES}
 FINAL_EPOCHS = {"cpu": 2, "cuda": 100}
 #: Architectures retrained beyond the top K, spread over the search's ranking, so that the search score's fidelity to
 #: test accuracy rests on n >= 10 models (3 + 7 FractalNets, plus the search-stage baseline ResNet-20: n = 11 on CPU).
-#: Estimated, not measured: the CPU default's final stage took ~46 min, DenseNet-BC-100 30 of it and ResNet-20/56
-#: ~9, leaving ~2.5 min per (one-column) FractalNet; 7 more at 2.5-5 min (multi-column ones cost more) add 18-35 min,
-#: about an hour in all once DenseNet-BC-100 is faster.
+#: Their cost, from the CPU default's final stage of the top 3 (~46 min: DenseNet-BC-100 30 of it, ResNet-20/56 ~9,
+#: ~2.5 min per one-column FractalNet): 7 more at 2.5-5 min each (multi-column ones cost more) add 18-35 min.
 FINAL_SPREAD = 7
 #: Planning figure for the estimate printed at the start: training images/s of one single-threaded CPU worker on the
 #: default CPU space's networks, evaluation included. Measured: the default 200-trial search trained 2.19M images in
-#: 57 min with 2 workers on the shared 2-core machine (~320/s per worker); an idle machine is faster. The progress bar
+#: 57 min with 2 workers on a busy 2-core machine (~320/s per worker); an idle machine is faster. The progress bar
 #: shows the real rate.
 CPU_IMAGES_PER_S = 350
 BACKENDS = ("optuna", "ray")
@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optuna: --workers processes sharing the storage; ray: Ray Tune with ASHA")
     p.add_argument("--strategy", default="multitrial", metavar="{" + ",".join(STRATEGIES) + "}",
                    help="multitrial: every trial trained from scratch; oneshot: one FractalNet supernet trained on the "
-                        "multi-trial search's image budget, then --trials sub-fractals scored on its weights (Optuna "
-                        "backend only)")
+                        "multi-trial search's training compute, then --trials sub-fractals scored on its weights "
+                        "(Optuna backend only)")
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL (postgresql://..., sqlite:///..., journal:<file>); "
                         "default: SQLite at runs/<study>/study.db")

@@ -1,7 +1,9 @@
-"""The space and the engine in a researcher's own Optuna study or Ray Tune run, with no study folder and no CLI.
+"""The space and the engine in a researcher's own Optuna study, Ray Tune run or ConfigSpace optimizer, with no study
+folder and no CLI.
 
 :func:`optuna_objective` is an ``objective(trial)`` for ``study.optimize`` with any sampler and pruner;
-:func:`ray_trainable` is a Tune function trainable for any Tune searcher and scheduler. Both train one sampled
+:func:`ray_trainable` is a Tune function trainable for any Tune searcher and scheduler; :func:`train_config` trains
+one config at a chosen fidelity (SMAC3, DEHB and other multi-fidelity optimizers call it). All train one sampled
 network with the project's engine (:func:`~fractal_space.search.trial.training.run_trial`) under a
 :class:`~fractal_space.search.trial.budget.Budget`, reporting validation accuracy after every epoch (an epoch is the
 lowest rung's images), so successive halving stops trials at the rungs.
@@ -15,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fractal_space.search.space import MODEL, SearchSpace
+from fractal_space.search.space import MODEL, SearchSpace, TrialConfig
 from fractal_space.search.trial.budget import Budget
 from fractal_space.search.trial.record import OBJECTIVES, TrialRecord
 from fractal_space.search.trial.training import Pruned, run_trial
@@ -52,12 +54,45 @@ def _optuna_trial(space: SearchSpace, budget: Budget, objective: str, out_dir: P
                 raise Pruned(f"pruned after epoch {record.epoch} of {record.epochs}")
 
     try:
-        record = run_trial(model=MODEL, config=config.to_dict(), budget=budget,
-                           out_dir=None if out_dir is None else out_dir / f"{trial.number:05d}", on_epoch=on_epoch)
+        record = train_config(config, budget, out_dir=None if out_dir is None else out_dir / f"{trial.number:05d}",
+                              on_epoch=on_epoch)
     except Pruned as exc:
         raise optuna.TrialPruned(str(exc)) from None
     values = record.objective_values(objective)
     return values[0] if len(values) == 1 else values
+
+
+def train_config(config: TrialConfig, budget: Budget, *, epochs: int | None = None, out_dir: str | Path | None = None,
+                 on_epoch: Callable[[TrialRecord], None] | None = None) -> TrialRecord:
+    """Train one config under ``budget`` with the project's engine and return its last epoch's record.
+
+    ``epochs`` (epochs of the lowest rung's images; default: the top rung's) stops it early at a lower fidelity the
+    way successive halving stops a trial: the learning-rate schedule is the top rung's, cut short, so scores at one
+    fidelity compare. ``on_epoch`` sees every epoch's record and may raise
+    :class:`~fractal_space.search.trial.training.Pruned` to stop (that epoch's record is returned);
+    ``out_dir`` checkpoints every epoch there and resumes from it.
+    """
+    top = budget.rungs.epochs
+    if epochs is not None and not 1 <= epochs <= top:
+        raise ValueError(f"epochs: {epochs} is outside [1, {top}] (the budget's top rung is {top} epochs)")
+    last: list[TrialRecord] = []
+
+    def each(record: TrialRecord) -> None:
+        last[:] = [record]
+        if on_epoch is not None:
+            on_epoch(record)
+        if epochs is not None and record.epoch >= epochs and not record.finished_budget:
+            raise _Enough
+
+    try:
+        return run_trial(model=MODEL, config=config.to_dict(), budget=budget,
+                         out_dir=None if out_dir is None else Path(out_dir), on_epoch=each)
+    except _Enough:
+        return last[0]
+
+
+class _Enough(Pruned):
+    """The fidelity :func:`train_config` was asked for is reached."""
 
 
 def ray_trainable(space: SearchSpace, budget: Budget) -> Callable[[dict[str, Any]], None]:
@@ -72,8 +107,8 @@ def _ray_trial(space: SearchSpace, budget: Budget, config: dict[str, Any]) -> No
     from ray import tune
 
     trial = space.config(flat_params(config, space))
-    run_trial(model=MODEL, config=trial.to_dict(), budget=budget, out_dir=None,
-              on_epoch=lambda record: tune.report(ray_metrics(record, architecture=trial.architecture)))
+    train_config(trial, budget,
+                 on_epoch=lambda record: tune.report(ray_metrics(record, architecture=trial.architecture)))
 
 
 def ray_metrics(record: TrialRecord, **extra: Any) -> dict[str, Any]:
