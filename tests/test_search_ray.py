@@ -1,12 +1,15 @@
 """The Ray Tune backend: a real local Ray (2 CPUs) end to end with the dashboard, and how trials reach Optuna."""
 
 import json
+import re
 import time
 import urllib.request
+from pathlib import Path
 
+import psutil
 import pytest
 from optuna.trial import TrialState
-from search_cli import finished, load_study, spawn_search, tiny_args, trials_table
+from search_cli import finished, load_study, run_search, spawn_search, tiny_args, trials_table
 
 from fractal_space.search.backends.ray_backend import StudySearch
 from fractal_space.search.cli import build_parser, settings_from_args
@@ -15,9 +18,20 @@ from fractal_space.search.study.storage import open_storage
 from fractal_space.search.trial.record import TrialRecord
 
 
+def _dashboard_get(url: str, path: str) -> dict | str:
+    """A GET on the Ray dashboard's REST API, with the cluster's token when it uses token authentication."""
+    token = Path.home() / ".ray" / "auth_token"
+    headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else {}
+    with urllib.request.urlopen(urllib.request.Request(url + path, headers=headers), timeout=30) as page:
+        body = page.read().decode()
+    return json.loads(body) if body.startswith("{") else body
+
+
 def test_ray_search_end_to_end_with_dashboard(tmp_path):
-    """With the random-search control as sampler (TPE through the same searcher: test_asha_stopped_trials...)."""
-    proc = spawn_search(tmp_path, "ray", "--backend", "ray", "--trials", "2", "--sampler", "random", rungs=2)
+    """With the random-search control as sampler (TPE through the same searcher: test_asha_stopped_trials...). While it
+    runs, Ray's own state API shows each trial actor by its study trial number and architecture, and its log holds
+    its epoch lines; afterwards no process the search started is alive."""
+    proc = spawn_search(tmp_path, "ray", "--backend", "ray", "--trials", "3", "--sampler", "random", rungs=2)
     url, lines = None, []
     deadline = time.monotonic() + 120
     while url is None and time.monotonic() < deadline:
@@ -28,16 +42,36 @@ def test_ray_search_end_to_end_with_dashboard(tmp_path):
         if line.startswith("Ray dashboard: "):
             url = line.split(": ", 1)[1].split()[0]
     assert url, "".join(lines)
-    with urllib.request.urlopen(url, timeout=30) as page:  # the dashboard answers while the search runs
-        assert page.status == 200
+    started, actors, logs = set(), {}, {}
+    while proc.poll() is None:
+        started |= {child for child in psutil.Process(proc.pid).children(recursive=True)}
+        try:
+            listed = _dashboard_get(url, "/api/v0/actors?limit=100&detail=1")["data"]["result"]["result"]
+            for actor in listed:
+                if actor.get("repr_name", "").startswith("trial "):
+                    actors[actor["actor_id"]] = actor["repr_name"]
+                    logs[actor["actor_id"]] = _dashboard_get(
+                        url, f"/api/v0/logs/file?actor_id={actor['actor_id']}&suffix=out&lines=200")
+        except (OSError, KeyError, ValueError):  # the dashboard starts, or has just gone with the search
+            pass
+        time.sleep(1)
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, "".join(lines) + out
+    time.sleep(1)
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "left running"
     console = "".join(lines) + out  # the bar and the search's own lines only: none of Ray Tune's chatter
     for noise in ("tensorboard", "Configuration for experiment", "INFO", "WARNING", "worker process"):
         assert noise.lower() not in console.lower(), noise
     study = load_study(tmp_path, "ray")
-    assert len(finished(study)) == 2 and study.user_attrs["sampler"] == "random"
+    assert len(finished(study)) == 3 and study.user_attrs["sampler"] == "random"
     assert "- Sampler: random." in (tmp_path / "ray" / "report.md").read_text()
+    names = {t.number: f"trial {t.number} {t.user_attrs['model']}" for t in study.trials}
+    assert actors and set(actors.values()) <= set(names.values())
+    for actor_id, name in actors.items():
+        if isinstance(logs.get(actor_id), str) and "epoch" in logs[actor_id]:
+            assert re.search(rf"^{re.escape(name)} epoch 1/3 rung 0 val_acc \d\.\d{{3}} \d+\.\d s$", logs[actor_id],
+                             flags=re.M), logs[actor_id]
+    assert any("epoch 1/3" in log for log in logs.values() if isinstance(log, str))
     df = trials_table(tmp_path, "ray")
     assert set(df.state) <= {"COMPLETE", "PRUNED"} and (df.state == "COMPLETE").any()
     # ASHA on the shared rungs (1 and 3 epochs): stopped trials stop at rung 0, the others reach the top rung
@@ -47,7 +81,26 @@ def test_ray_search_end_to_end_with_dashboard(tmp_path):
     assert all(len(c) == len(lat) == n for c, lat, n in zip(done.column_val_acc, done.column_latency_ms,
                                                             done.num_columns, strict=True))
     assert set(done.latency_runtime) == {"onnxruntime-cpu"} and all(len(c) == 0 for c in stopped.column_val_acc)
-    assert (tmp_path / "ray" / "report.md").exists() and list((tmp_path / "ray" / "ray").glob("run-*"))
+    # the Optuna storage is whole: every epoch on the curve, pruned trials with their value and why, a note each
+    for trial in study.trials:
+        record = trial.user_attrs["record"]
+        assert sorted(trial.intermediate_values) == list(range(1, record["epoch"] + 1))
+        assert trial.value == record["val_acc"] and trial.user_attrs["model"]
+        assert trial.state != TrialState.PRUNED or trial.user_attrs["pruned_reason"].startswith("stopped at rung 0")
+    # Tune's own results, in folders named by the study's trial numbers
+    folders = sorted((tmp_path / "ray" / "ray").glob("run-*/trial_*"))
+    assert [f.name for f in folders] == [f"trial_{t.number:05d}" for t in study.trials]
+    for folder in folders:
+        assert (folder / "result.json").read_text().strip() and "val_acc" in (folder / "progress.csv").read_text()
+    # the same seeds through the Optuna backend: the same trials, the same curves where both trained
+    assert run_search(tmp_path, "same", "--trials", "3", "--sampler", "random", rungs=2) == 0
+    optuna_side = {t.number: t for t in load_study(tmp_path, "same").trials}
+    for trial in study.trials:
+        other = optuna_side[trial.number]
+        assert trial.params == other.params
+        common = set(trial.intermediate_values) & set(other.intermediate_values)
+        assert common and all(trial.intermediate_values[e] == pytest.approx(other.intermediate_values[e], abs=1e-6)
+                              for e in common)
 
 
 @pytest.fixture(params=["tpe", "random"])

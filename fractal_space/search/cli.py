@@ -293,8 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dashboard:
             print(f"Ray dashboard: {dashboard} (jobs, actors, logs, resources)", flush=True)
         if backend.TOKEN_FILE.exists():
-            print(f"Ray uses token authentication: the dashboard's API wants the token in {backend.TOKEN_FILE}, and "
-                  f"`ray status` needs it too: RAY_AUTH_MODE=token ray status --address {address}", flush=True)
+            ray_cli = Path(sys.executable).parent / "ray"
+            ray_cli = ray_cli if ray_cli.exists() else "ray"
+            print(f"the Ray dashboard asks for a token: paste the output of `{ray_cli} get-auth-token`; "
+                  f"`RAY_AUTH_MODE=token {ray_cli} status --address {address}` uses it too", flush=True)
     elif settings.strategy == "oneshot":
         from fractal_space.search.backends import oneshot as backend
     else:

@@ -20,6 +20,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from optuna_dashboard import save_note
+from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from fractal_space.core.hardware import usable_cpus
@@ -27,6 +29,7 @@ from fractal_space.search.space import MODEL, SearchSpace
 from fractal_space.search.study import lifecycle
 from fractal_space.search.study.accounting import fail_interrupted, tally
 from fractal_space.search.study.retention import keep_best_checkpoints, trial_dir
+from fractal_space.search.study.runner import trial_note
 from fractal_space.search.study.settings import RaySettings, SearchSettings
 from fractal_space.search.study.storage import open_storage
 from fractal_space.search.trial.adapters import flat_params, ray_metrics
@@ -40,7 +43,7 @@ from fractal_space.search.trial.record import (
     tag,
     worker_id,
 )
-from fractal_space.search.trial.training import run_trial
+from fractal_space.search.trial.training import trial_records
 
 log = logging.getLogger("fractal_space.search")
 TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # where Ray keeps the token of clusters it starts
@@ -52,25 +55,72 @@ def define_by_run(space: SearchSpace, trial: Any) -> dict[str, Any]:
     return {**space.suggest(trial), "trial_number": trial.number}
 
 
-def trainable(config: dict[str, Any], space: SearchSpace, budget: Budget, study_dir: str) -> None:
-    """One Ray trial of a study: the shared trial procedure, reporting each epoch to Tune (ASHA decides on
-    ``val_acc``), checkpointed in the study's folder for its Optuna trial number."""
-    from ray import tune
+#: The per-trial series a Ray trial exports through ``ray.util.metrics`` (Prometheus names get Ray's ``ray_`` prefix),
+#: tagged by study and trial number, for the Ray dashboard's Metrics tab and any Prometheus/Grafana.
+TRIAL_METRICS = {"fractal_space_trial_val_acc": "validation accuracy after the trial's latest epoch",
+                 "fractal_space_trial_best_val_acc": "the trial's best validation accuracy so far",
+                 "fractal_space_trial_epoch": "epochs the trial has trained",
+                 "fractal_space_trial_images_per_s": "training images per second in the trial's latest epoch"}
 
-    last: list[TrialRecord] = []
 
-    def on_epoch(record: TrialRecord) -> None:
-        last[:] = [record]
-        tune.report(ray_metrics(record))
+class StudyTrial(tune.Trainable):
+    """One Ray trial of a study, one Tune step per epoch, checkpointed in the study's folder under its Optuna trial
+    number. Its actor's repr is ``trial <number> <architecture>`` (the Ray dashboard's Actors page), every epoch
+    prints one line (the actor's log), and a trial the scheduler stops says so before it exits."""
 
-    trial_config = space.config(flat_params(config, space)).to_dict()
-    out = trial_dir(Path(study_dir), int(config["trial_number"]))
-    try:
-        run_trial(model=MODEL, config=trial_config, budget=budget, out_dir=out, on_epoch=on_epoch)
-    except Exception as exc:  # noqa: BLE001 - reported to the searcher, which records FAIL with this reason
-        scalars = ray_metrics(last[0]) if last else {"val_acc": 0.0, "params": 0, "flops": 0, "latency_ms": 0.0}
-        epoch = last[0].epoch if last else 0
-        tune.report({**scalars, "epoch": epoch + 1, "fail_reason": fail_reason(exc)})
+    def setup(self, config: dict[str, Any], space: SearchSpace, budget: Budget, study_dir: str,  # type: ignore[override]
+              study: str) -> None:
+        from ray.util.metrics import Gauge
+
+        self._number = int(config["trial_number"])
+        trial = space.config(flat_params(config, space))
+        self._title = f"trial {self._number} {trial.architecture}"
+        self._rungs = budget.rungs
+        self._records = trial_records(model=MODEL, config=trial.to_dict(), budget=budget,
+                                      out_dir=trial_dir(Path(study_dir), self._number))
+        self._last: TrialRecord | None = None
+        self._failed = False
+        self._tags = {"study": study, "trial": str(self._number)}
+        self._gauges = {name: Gauge(name, description=what, tag_keys=("study", "trial"))
+                        for name, what in TRIAL_METRICS.items()}
+
+    def step(self) -> dict[str, Any]:
+        try:
+            record = next(self._records)
+        except Exception as exc:  # noqa: BLE001 - reported to the searcher, which records FAIL with this reason
+            self._failed = True
+            print(f"{self._title} failed: {first_line(exc)}", flush=True)
+            scalars = ray_metrics(self._last) if self._last else {"val_acc": 0.0, "params": 0, "flops": 0,
+                                                                  "latency_ms": 0.0}
+            epoch = self._last.epoch if self._last else 0
+            return {**scalars, "epoch": epoch + 1, "fail_reason": fail_reason(exc), "done": True}
+        self._last = record
+        print(f"{self._title} epoch {record.epoch}/{record.epochs} rung {self._rungs.rung_of(record.epoch)} "
+              f"val_acc {record.val_acc:.3f} {record.epoch_seconds:.1f} s", flush=True)
+        values = {"fractal_space_trial_val_acc": record.val_acc,
+                  "fractal_space_trial_best_val_acc": max(record.val_acc_history),
+                  "fractal_space_trial_epoch": record.epoch,
+                  "fractal_space_trial_images_per_s": record.train_images_per_s}
+        for name, value in values.items():
+            self._gauges[name].set(float(value), tags=self._tags)
+        return {**ray_metrics(record), "done": record.finished_budget}
+
+    def cleanup(self) -> None:
+        last = self._last
+        if last is not None and not last.finished_budget and not self._failed:
+            print(f"{self._title} stopped by the scheduler (ASHA) at rung {self._rungs.rung_of(last.epoch)} after "
+                  f"epoch {last.epoch}/{last.epochs}: not among the best 1/{self._rungs.factor} there", flush=True)
+        self._records.close()
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        """Nothing for Tune to keep: the engine checkpoints every epoch in the study's folder, where a resumed study
+        finds it."""
+
+    def load_checkpoint(self, checkpoint: Any) -> None:
+        """A restored trial resumes from the engine's checkpoint in the study's folder (see :meth:`save_checkpoint`)."""
+
+    def __repr__(self) -> str:
+        return getattr(self, "_title", "trial")
 
 
 class StudySearch(OptunaSearch):
@@ -85,17 +135,33 @@ class StudySearch(OptunaSearch):
                          storage=storage)
         self._objective = settings.objective
         self._study_dir = settings.study_dir
-        self._space = settings.space
+        self._fractal_space = settings.space
+        self._rungs = settings.budget.rungs
+        self._reported: dict[str, set[int]] = {}  # epochs told to Optuna as intermediate values, by Tune trial id
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials[trial_id]
         tag(ot_trial, "fractalnet", FRACTAL_MODEL)
         if config is not None:
-            trial = self._space.config(flat_params(config, self._space))
+            trial = self._fractal_space.config(flat_params(config, self._fractal_space))
             ot_trial.set_user_attr("config", trial.to_dict())
             ot_trial.set_user_attr("model", trial.architecture)
+            save_note(ot_trial, trial_note(ot_trial.user_attrs))
         return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Each epoch as the Optuna backend stores it: the record, and (single-objective) the curve's point."""
+        if trial_id in self._ot_trials and "record" in result:
+            self._record_epoch(trial_id, TrialRecord.from_dict(json.loads(result["record"])))
+
+    def _record_epoch(self, trial_id: str, record: TrialRecord) -> None:
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("record", record.to_dict())
+        reported = self._reported.setdefault(trial_id, set())
+        if len(self._ot_study.directions) == 1 and record.epoch not in reported:
+            ot_trial.report(record.val_acc, record.epoch)
+            reported.add(record.epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -106,12 +172,17 @@ class StudySearch(OptunaSearch):
         reason = (result or {}).get("fail_reason") or ("Ray trial errored (see its error.txt)" if error else None)
         try:
             if record is not None:
-                ot_trial.set_user_attr("record", record.to_dict())
+                self._record_epoch(trial_id, record)  # Tune hands the last epoch here, not to on_trial_result
             if reason:
                 ot_trial.set_user_attr("fail_reason", reason)
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-            elif record is None or not record.finished_budget:
-                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)  # stopped by ASHA (or never reported)
+            elif record is None or not record.finished_budget:  # stopped by ASHA (or never reported)
+                rungs = self._rungs
+                why = ("no epoch reported" if record is None else
+                       f"stopped at rung {rungs.rung_of(record.epoch)} ({record.epoch} epochs of {rungs.min_images:,} "
+                       "images) by ASHA")
+                ot_trial.set_user_attr("pruned_reason", why)
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             else:
                 self._ot_study.tell(ot_trial, record.objective_values(self._objective))
         except (RuntimeError, ValueError) as exc:  # e.g. the trial was reaped as interrupted meanwhile
@@ -211,13 +282,33 @@ def _check_resources(opts: RaySettings, have: dict[str, float]) -> None:
 
 
 def _quiet_ray() -> None:
-    """The console shows the search's own lines and progress bar only: no Ray Tune tables, no tensorboardX line per
-    trial, no advice to run TensorBoard (not a dependency), no INFO logs drawn across the bar. Ray's own files under
-    ``runs/<study>/ray`` and its dashboard keep everything."""
+    """The console shows the search's own lines and progress bar only: no Ray Tune tables, no INFO logs drawn across
+    the bar. Ray's own files under ``runs/<study>/ray`` (each trial's ``result.json`` and ``progress.csv``) and its
+    dashboard keep everything."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard logger callbacks
     for name in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def shutdown(grace_s: float = 10.0) -> None:
+    """``ray.shutdown()``, then end what it leaves: the processes this driver started (raylet, GCS, dashboard and
+    the dashboard's own subprocesses, such as ``ray-dashboard-ServeHead-0``) that are still alive ``grace_s`` later.
+    A joined cluster's processes are not this driver's children and are never touched."""
+    import psutil
+    import ray
+
+    started = psutil.Process().children(recursive=True)
+    ray.shutdown()
+    _, alive = psutil.wait_procs(started, timeout=grace_s)
+    for proc in alive:
+        proc.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def trial_name(trial: Any) -> str:
+    """A Tune trial's name and folder: its Optuna trial number, as ``trials/<number>`` has it (Tune's own ids and
+    its numbering from 1 line up with nothing else of the study)."""
+    return f"trial_{int(trial.config['trial_number']):05d}"
 
 
 def trials_at_once(resources: dict[str, float], cpus: float, gpus: float) -> int:
@@ -234,7 +325,6 @@ def trials_at_once(resources: dict[str, float], cpus: float, gpus: float) -> int
 def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Study:
     """Run (or resume) the Ray search until the study has ``settings.trials`` finished search trials."""
     import ray
-    from ray import tune
 
     if not ray.is_initialized():
         connect(settings)
@@ -242,8 +332,8 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
     _PROGRESS[:] = [lambda: progress(tally(study)[0])]
     cpus, gpus = settings.ray.cpus_per_trial, settings.ray.gpus_per_trial
     budget = settings.budget.replace(num_threads=max(1, int(cpus)), device="cuda" if gpus else "cpu")
-    fn = tune.with_resources(tune.with_parameters(trainable, space=settings.space, budget=budget,
-                                                   study_dir=str(settings.study_dir)),
+    fn = tune.with_resources(tune.with_parameters(StudyTrial, space=settings.space, budget=budget,
+                                                   study_dir=str(settings.study_dir), study=settings.study),
                              {"cpu": cpus, "gpu": gpus})
     root = settings.study_dir / "ray"
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C raises here, as in the Optuna backend
@@ -261,7 +351,8 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
             tuner = tune.Tuner(
                 fn,
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                            max_concurrent_trials=trials_at_once(ray.cluster_resources(), cpus, gpus)),
+                                            max_concurrent_trials=trials_at_once(ray.cluster_resources(), cpus, gpus),
+                                            trial_name_creator=trial_name, trial_dirname_creator=trial_name),
                 run_config=tune.RunConfig(name=f"run-{len(previous):03d}", storage_path=str(root), verbose=0,
                                           log_to_file=True),
             )
@@ -272,5 +363,5 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
         raise
     finally:
         _PROGRESS.clear()
-        ray.shutdown()
+        shutdown()
     return study

@@ -93,7 +93,7 @@ class TrialRunner:
                 trial.set_user_attr("config", json.loads(json.dumps(config)))
                 if named:
                     trial.set_user_attr("model", architecture_name(config["model_kwargs"]))
-                save_note(trial, _note(trial.user_attrs))
+                save_note(trial, trial_note(trial.user_attrs))
                 record = run_trial(model=model, config=config, budget=self.budget,
                                    out_dir=trial_dir(self.study_dir, trial.number), on_epoch=on_epoch)
                 return record.objective_values(self.objective)
@@ -121,7 +121,7 @@ def recording_failure(trial: optuna.Trial, passing: tuple[type[Exception], ...] 
         raise
 
 
-def _note(attrs: dict[str, Any]) -> str:
+def trial_note(attrs: dict[str, Any]) -> str:
     """The trial's name as the Optuna dashboard shows it (a baseline has no parameters to tell it by)."""
     if attrs.get("kind") == "baseline":
         return f"**Baseline {attrs['model']}**: trained to the top rung with the reference recipe; not a search trial."

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,32 @@ class Pruned(Exception):
 
 def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Path | None,
               on_epoch: Callable[[TrialRecord], None]) -> TrialRecord:
-    """Train ``model`` with ``config`` (``{"model_kwargs", "train"}``, as ``SearchSpace.suggest`` returns) under
-    ``budget``; ``on_epoch`` sees each epoch's record and may raise :class:`Pruned`.
+    """Train ``model`` with ``config`` (``{"model_kwargs", "train"}``, as ``TrialConfig.to_dict`` gives it) under
+    ``budget``; ``on_epoch`` sees each epoch's record and may raise :class:`Pruned`. Returns the last epoch's record;
+    exceptions (TrainingDiverged, out of memory, ...) propagate so the backend can mark the trial FAIL with the
+    reason. :func:`trial_records` is the same trial one epoch at a time."""
+    record: TrialRecord | None = None
+    for record in trial_records(model=model, config=config, budget=budget, out_dir=out_dir):
+        on_epoch(record)
+    if record is None:
+        raise RuntimeError("the trainer yielded no epoch")
+    return record
+
+
+def trial_records(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Path | None
+                  ) -> Iterator[TrialRecord]:
+    """The trial procedure as a generator: one :class:`TrialRecord` per epoch, for callers that step a trial (a Ray
+    Tune class trainable) rather than hand it a callback.
 
     Every FractalNet column is evaluated, and the deployment latencies (ONNX Runtime, the network and each column at
     batch 1: one export each) are measured, after the last epoch only: a pruned trial has neither, and no epoch pays
-    for an export. Returns the last epoch's record; exceptions (TrainingDiverged, out of memory, ...) propagate so
-    the backend can mark the trial FAIL with the reason.
+    for an export.
     """
     started, started_at = time.perf_counter(), time.time()
     cfg = budget.config(model=model, model_kwargs=dict(config["model_kwargs"]),
                         out_dir=None if out_dir is None else str(out_dir), **config["train"])
     reset_peak_memory(resolve_device(cfg.device))  # this trial's peak, not an earlier one's in the same worker
     trainer = Trainer(cfg)
-    record: TrialRecord | None = None
     history: list[float] = []
     for report in trainer.epochs():
         history.append(float(report.val_acc))
@@ -50,7 +62,7 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
             deployed = [deployment_latency(trainer.model, trainer.input_size, threads=cfg.latency_threads, **kw)
                         for kw in _deployed(trainer)]
             deploy_seconds = time.perf_counter() - start
-        record = TrialRecord(
+        yield TrialRecord(
             epoch=report.epoch, epochs=cfg.epochs, val_acc=float(report.val_acc), val_loss=float(report.val_loss),
             train_loss=float(report.train_loss), train_acc=float(report.train_acc),
             latency_ms=deployed[0].ms[1] if deployed else math.nan,
@@ -63,10 +75,6 @@ def run_trial(*, model: str, config: dict[str, Any], budget: Budget, out_dir: Pa
             column_latency_ms=[d.ms[1] for d in deployed[1:]], val_acc_history=list(history),
             device=device_label(trainer.device), started_at=started_at, peak_memory_mb=peak_memory_mb(trainer.device),
             train_threads=trainer.threads, latency_threads=cfg.latency_threads or trainer.threads)
-        on_epoch(record)
-    if record is None:
-        raise RuntimeError("the trainer yielded no epoch")
-    return record
 
 
 def _deployed(trainer: Trainer) -> list[dict[str, Any]]:
