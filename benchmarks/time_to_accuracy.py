@@ -9,8 +9,9 @@ a run part-way through its own schedule, so it is a lower bound on what a run bu
     python benchmarks/time_to_accuracy.py --runs resnet20/paper resnet20/fast    # train (skips finished runs)
     python benchmarks/time_to_accuracy.py --report                              # table + plot of all runs
 
-Runs are named ``<model>/<variant>`` (``--list`` shows them); each ends in ``<out>/runs/<model>-<variant>.json``, so
-several invocations may train side by side and ``--report`` gathers whatever is finished.
+Runs are named ``<model>/<variant>`` (``--list`` shows them); each ends in
+``<out>/runs/<model>-<variant>-<images>-<epoch images>.json``, so several invocations may train side by side and
+``--report`` gathers whatever is finished.
 """
 
 from __future__ import annotations
@@ -123,13 +124,14 @@ def _cell(value: float | None, fmt: str) -> str:
 
 def report(results: list[dict[str, Any]], out: Path) -> str:
     """The Markdown tables of ``results`` and the accuracy-vs-CPU-minutes plot (written to ``out``)."""
-    header = ("| run | recipe | images | train CPU-min | wall min | test acc | test acc, TTA | "
+    header = ("| run | recipe | images (epochs x images) | train CPU-min | wall min | test acc | test acc, TTA | "
               + " | ".join(f"CPU-min to {t:.0%}" for t in THRESHOLDS) + " |")
     lines = [header, "|" + "---|" * (7 + len(THRESHOLDS))]
     for r in results:
         last, cfg = r["points"][-1], r["config"]
         reached = [_cell(minutes_to(r["points"], t), "{:.1f}") for t in THRESHOLDS]
-        lines.append(f"| {r['name']} | {cfg['recipe']} | {last['images']:,} | {last['train_cpu_minutes']:.1f} | "
+        lines.append(f"| {r['name']} | {cfg['recipe']} | {last['images']:,} ({cfg['epochs']} x "
+                     f"{cfg['epoch_images']:,}) | {last['train_cpu_minutes']:.1f} | "
                      f"{last['wall_minutes']:.1f} | {last['test_acc']:.2%} | {_cell(last['test_acc_tta'], '{:.2%}')} "
                      f"| " + " | ".join(reached) + " |")
     models = sorted({r["name"].split("/")[0] for r in results})
@@ -137,7 +139,8 @@ def report(results: list[dict[str, Any]], out: Path) -> str:
     for ax, model in zip(axes[0], models, strict=True):
         for r in (r for r in results if r["name"].startswith(model + "/")):
             x = [0.0] + [p["train_cpu_minutes"] for p in r["points"]]
-            ax.plot(x, [0.1] + [p["test_acc"] for p in r["points"]], marker="o", ms=3, label=r["name"].split("/")[1])
+            label = f"{r['name'].split('/')[1]} ({r['config']['epochs']} x {r['config']['epoch_images']:,})"
+            ax.plot(x, [0.1] + [p["test_acc"] for p in r["points"]], marker="o", ms=3, label=label)
         for t in THRESHOLDS[:2]:
             ax.axhline(t, color="grey", lw=0.5, ls=":")
         ax.set(title=model, xlabel="training CPU-minutes", ylabel="test accuracy (plain forward pass)")
@@ -172,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     for name, cfg in configs.items():
-        path = args.out / "runs" / (name.replace("/", "-") + ".json")
+        path = args.out / "runs" / f"{name.replace('/', '-')}-{args.images}-{args.epoch_images}.json"
         if path.exists() and json.loads(path.read_text())["config"] == cfg.to_dict():
             print(f"{name}: done ({path})")
             continue

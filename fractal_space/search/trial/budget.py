@@ -37,8 +37,9 @@ class Budget:
 
     @classmethod
     def default(cls, hardware: str, rungs: Rungs | None = None, **overrides: Any) -> Budget:
-        """The stock budget for ``hardware`` ('cpu' or 'cuda'): the whole training split, cosine schedule."""
-        base = {"val_size": DEFAULT_VAL_SIZE[hardware], "device": hardware, "schedule": "cosine"}
+        """The stock budget for ``hardware`` ('cpu' or 'cuda'): the whole training split, the paper's recipe with a
+        cosine schedule."""
+        base = {"val_size": DEFAULT_VAL_SIZE[hardware], "device": hardware, "recipe": "paper", "schedule": "cosine"}
         return cls(rungs or DEFAULT_RUNGS[hardware], {**base, **overrides})
 
     def replace(self, **overrides: Any) -> Budget:
