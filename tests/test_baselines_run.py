@@ -49,7 +49,8 @@ def test_one_epoch_comparison_writes_table(run_module, tiny_cifar: Path, tmp_pat
         assert (out_dir / name / "summary.json").exists()
 
     markdown = (out_dir / "results.md").read_text()
-    assert "epochs=1" in markdown and "lr=0.02" in markdown  # the shared recipe heads the table
+    assert "epochs=1" in markdown and "recipe=fast" in markdown and "lr=0.4" in markdown  # the shared recipe heads
+    # the table, with the values the recipe filled in
     rows = [line for line in markdown.splitlines() if line.startswith("| resnet")]
     assert [r.split("|")[1].strip() for r in rows] == MODELS
     assert all(len(r.split("|")) == len(run_module.COLUMNS) + 2 for r in rows)

@@ -29,9 +29,10 @@ from fractal_space.engine.config import RECIPE_FIELDS, RUN_TIME, recipe_changes,
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # One thread: on a shared 2-core machine, 2-thread OpenMP regions stall on every small op (measured 88 s vs 16 s for
-# this file under load).
+# this file under load). The paper recipe: these tests check the engine's mechanics at the lr they set, from the first
+# step (tests/test_recipe.py covers the recipes).
 TINY = dict(model="test_efficientnet", dataset=tiny_dataset(), train_subset=100, val_size=100, batch_size=50,
-            progress=False, download=False, num_threads=1)
+            progress=False, download=False, num_threads=1, recipe="paper")
 
 
 def _cfg(**overrides) -> TrainConfig:
@@ -52,10 +53,10 @@ def test_config_roundtrips_json_and_rejects_bad_values():
 
 
 def test_recipe_fields_come_from_field_metadata():
-    assert RECIPE_FIELDS == ("model", "model_kwargs", "dataset", "epochs", "epoch_images", "batch_size", "lr",
-                             "momentum", "weight_decay", "schedule", "label_smoothing", "regularization",
-                             "drop_path_warmup", "supernet_sampling", "augment", "train_subset", "val_size",
-                             "val_seed", "seed")
+    assert RECIPE_FIELDS == ("model", "model_kwargs", "dataset", "epochs", "epoch_images", "recipe", "batch_size",
+                             "lr", "momentum", "nesterov", "weight_decay", "norm_bias_decay", "schedule", "lr_warmup",
+                             "label_smoothing", "ema", "regularization", "drop_path_warmup", "supernet_sampling",
+                             "augment", "train_subset", "val_size", "val_seed", "seed")
     run_time = dataclasses.field(default="", metadata=RUN_TIME)
     extended = dataclasses.make_dataclass("Extended", [("new_knob", int, 0), ("new_path", str, run_time)],
                                           bases=(TrainConfig,))
@@ -259,8 +260,9 @@ def test_cli_bad_arguments_exit_nonzero(tmp_path, capsys):
 
 
 def test_huge_lr_is_a_diverged_run_with_nothing_written(tmp_path, capsys):
-    args = ["--model", "test_efficientnet", "--train-subset", "100", "--val-size", "100", "--batch-size", "50",
-            "--no-progress", "--no-download", "--num-threads", "1", "--epochs", "1", "--lr", "1e6"]
+    args = ["--recipe", "paper", "--model", "test_efficientnet", "--train-subset", "100", "--val-size", "100",
+            "--batch-size", "50", "--no-progress", "--no-download", "--num-threads", "1", "--epochs", "1",
+            "--lr", "1e6"]
     assert main([*args, "--out-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "loss became" in err and len(err.strip().splitlines()) == 1
@@ -320,7 +322,7 @@ def test_cli_help_describes_every_option_with_choices_and_default():
     for action in options:
         assert action.help and not action.help.startswith("default") and "(default: " in action.help, action.dest
     text = parser.format_help()
-    for flag, choices in (("--schedule", "{paper,cosine,constant}"), ("--regularization", "{paper,none}"),
+    for flag, choices in (("--schedule", "{paper,cosine,linear,constant}"), ("--regularization", "{paper,none}"),
                           ("--augment", "{none,+,++}"), ("--amp", "{auto,bf16,fp16,none}")):
         assert f"{flag} {choices}" in text
     assert "auto, cpu, cuda or cuda:N" in text  # --device takes cuda:N too, so its values are listed in words

@@ -17,6 +17,7 @@ from typing import Any
 
 from fractal_space.data import DataNotFoundError
 from fractal_space.engine import CheckpointError, EpochReport, TrainConfig, TrainingDiverged, train
+from fractal_space.engine.config import PRESETS
 
 
 def _optional(parse: Any) -> Any:
@@ -44,12 +45,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
+def _shown(value: Any) -> str:
+    """A default as --help shows it: none, a bare string, on/off, or JSON."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
 def recipe_parser() -> argparse.ArgumentParser:
     """One flag per TrainConfig field, typed from the dataclass annotations, with the field's help, choices and
-    default (the paper recipe's where it has one): the recipe, which ``baselines/run.py`` shares."""
+    default (each recipe's value where ``--recipe`` fills it in): the recipe, which ``baselines/run.py`` shares."""
     parser = _Parser(prog="fractal-train",
-                     description="Train one model with the fractal_space engine; the defaults are the FractalNet "
-                                 "paper's CIFAR recipe.",
+                     description="Train one model with the fractal_space engine; --recipe picks the defaults of the "
+                                 "training options (paper: the FractalNet paper's CIFAR recipe; fast: a short-budget "
+                                 "recipe), and any option given wins.",
                      epilog="Exit status: 0 done, 2 bad arguments or unusable data, 1 data not found, a damaged "
                             "checkpoint or a diverged run.")
     hints = typing.get_type_hints(TrainConfig)
@@ -59,14 +68,16 @@ def recipe_parser() -> argparse.ArgumentParser:
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
         choices = f.metadata.get("choices")
         help_text = f.metadata["help"].replace("%", "%%")
+        shown = _shown(default)
+        if f.metadata.get("preset"):  # None: the recipe's value
+            shown = "the recipe's: " + ", ".join(f"{name} {_shown(values[f.name])}" for name, values in PRESETS.items())
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
-                                help=f"{help_text} (default: {'on' if default else 'off'})")
+                                help=f"{help_text} (default: {shown})")
             continue
         optional = type(None) in typing.get_args(hint)
         base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
         parse = _json_object if typing.get_origin(base) is dict else base
-        shown = "none" if default is None else default if isinstance(default, str) else json.dumps(default)
         parser.add_argument(flag, type=_optional(parse) if optional else parse, default=default, choices=choices,
                             metavar=None if choices else f.name.upper(), help=f"{help_text} (default: {shown})")
     return parser
@@ -85,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_epoch(report: EpochReport) -> None:
     columns = " ".join(f"c{c.column}={c.acc:.3f}" for c in report.columns)
+    tta = "" if report.val_acc_tta is None else f" (tta {report.val_acc_tta:.3f})"
     print(f"epoch {report.epoch}: train loss {report.train_loss:.3f} acc {report.train_acc:.3f} | val loss "
-          f"{report.val_loss:.3f} acc {report.val_acc:.3f} {columns} | lr {report.lr:.3g} | "
+          f"{report.val_loss:.3f} acc {report.val_acc:.3f}{tta} {columns} | lr {report.lr:.3g} | "
           f"{report.train_images_per_s:.0f} img/s | {report.epoch_seconds:.0f} s", flush=True)
 
 

@@ -96,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     models, out_dir = recipe.pop("models"), Path(recipe.pop("out_dir"))
     if recipe.pop("model") is not None:
         parser.error("give the models to compare with --models")
-    try:
-        TrainConfig.from_dict(recipe)  # reject a bad recipe before the first model trains
+    try:  # reject a bad recipe before the first model trains; the table shows the values the recipe filled in
+        recipe = {k: v for k, v in TrainConfig.from_dict(recipe).to_dict().items() if k in recipe}
     except ValueError as err:
         parser.error(str(err))
     table = run_baselines(models, recipe, out_dir)

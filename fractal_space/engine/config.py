@@ -1,4 +1,10 @@
-"""The one training recipe every caller (search, baselines, benchmarks, CLI) fills in; defaults are the paper's."""
+"""The one training config every caller (search, baselines, benchmarks, CLI) fills in.
+
+``recipe`` names a preset (``RECIPES``): every option it covers is its own field, left at ``None`` to take the preset's
+value or set to override it. ``paper`` is the FractalNet paper's recipe; ``fast`` is a short-budget recipe (warm-up
+then linear decay, Nesterov, label smoothing, weight decay off norms and biases, flip test-time augmentation), measured
+in ``experiments/time_to_accuracy/``.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +19,26 @@ from fractal_space.core.hardware import DEVICES, is_device_name
 from fractal_space.core.paper import PAPER, PATH_SAMPLINGS
 from fractal_space.data import AUGMENTS, NAMED, check_dataset_spec
 
-SCHEDULES = ("paper", "cosine", "constant")
+SCHEDULES = ("paper", "cosine", "linear", "constant")
+#: Test-time augmentation of validation and test: flip averages the logits of each image and its mirror image;
+#: flip-shift adds both translated by 2 px right-down and left-up (6 views).
+TTAS = ("none", "flip", "flip-shift")
 REGULARIZATIONS = ("paper", "none")
 #: Field metadata of settings that only say how and where a run executes, not what it trains: a checkpoint may be
 #: resumed with other values for them. Every other field is part of the recipe.
 RUN_TIME = {"recipe": False}
 AMPS = ("auto", "bf16", "fp16", "none")
+RECIPES = ("paper", "fast")
+#: What each recipe gives the fields a config leaves at None. ``paper`` is ``PAPER``'s recipe with every later option
+#: off, which is also what a saved config that predates a field trained with.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"batch_size": PAPER.batch_size, "lr": PAPER.lr, "nesterov": False, "weight_decay": PAPER.weight_decay,
+              "norm_bias_decay": True, "schedule": PAPER.schedule, "lr_warmup": 0.0, "label_smoothing": 0.0,
+              "ema": 0.0, "tta": "none"},
+    "fast": {"batch_size": 128, "lr": 0.4, "nesterov": True, "weight_decay": 5e-4, "norm_bias_decay": False,
+             "schedule": "linear", "lr_warmup": 0.2, "label_smoothing": 0.1, "ema": 0.0, "tta": "flip"},
+}
+DEFAULT_RECIPE = "fast"
 
 
 def _option(default: Any, help: str, *, run_time: bool = False, choices: tuple[str, ...] = (),
@@ -30,13 +50,20 @@ def _option(default: Any, help: str, *, run_time: bool = False, choices: tuple[s
     return field(default=default, metadata=metadata)
 
 
+def _preset(help: str, *, run_time: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    """A field the recipe fills in when it is left at None (``PRESETS``); its metadata says so for the CLI."""
+    metadata = _option(None, help, run_time=run_time, choices=choices).metadata
+    return field(default=None, metadata={**metadata, "preset": True})
+
+
 @dataclass
 class TrainConfig:
     """A JSON-serialisable training run: model, data, recipe and where to write checkpoints and metrics.
 
-    The recipe's defaults come from ``fractal_space.core.paper.PAPER``. ``regularization="paper"`` gives FractalNet
-    models the paper's drop-path and per-block dropout (``PAPER.regularization``); keys given in ``model_kwargs`` win.
-    Other models are unchanged.
+    Fields left at None take ``recipe``'s value (``PRESETS``) when the config is built, so a built config holds only
+    concrete values (``dataclasses.replace(cfg, recipe=...)`` keeps the old recipe's values: build a new config
+    instead). ``regularization="paper"`` gives FractalNet models the paper's drop-path and per-block dropout
+    (``PAPER.regularization``); keys given in ``model_kwargs`` win. Other models are unchanged.
     """
 
     model: str = _option("fractalnet_c3", "timm model name (fractal_space registers fractalnet_* and the *_cifar "
@@ -49,13 +76,25 @@ class TrainConfig:
     epochs: int = _option(10, "epochs in total, a resumed run included")
     epoch_images: int | None = _option(None, "training images per epoch, drawn from a new shuffle of the training "
                                              "split each epoch (none: one full pass); at most the split's size")
-    batch_size: int = _option(PAPER.batch_size, "training batch size")
-    lr: float = _option(PAPER.lr, "peak learning rate of SGD")
+    recipe: str = _option(DEFAULT_RECIPE, "preset of the options whose default is the recipe's; each stays overridable",
+                          choices=RECIPES)
+    batch_size: int = _preset("training batch size")
+    lr: float = _preset("peak learning rate of SGD")
     momentum: float = _option(PAPER.momentum, "SGD momentum")
-    weight_decay: float = _option(PAPER.weight_decay, "L2 weight decay")
-    schedule: str = _option(PAPER.schedule, "learning-rate schedule; paper: divide by 10 each time the remaining "
-                                            "epochs halve", choices=SCHEDULES)
-    label_smoothing: float = _option(0.0, "label smoothing of the cross-entropy loss, in [0, 1)")
+    nesterov: bool = _preset("Nesterov momentum")
+    weight_decay: float = _preset("L2 weight decay")
+    norm_bias_decay: bool = _preset("weight decay on one-dimensional parameters too (normalisation weights and "
+                                    "biases, all biases); off: on weight matrices and kernels only")
+    schedule: str = _preset("learning-rate schedule after the warm-up; paper: divide by 10 each time the remaining "
+                            "steps halve; linear: straight to 0", choices=SCHEDULES)
+    lr_warmup: float = _preset("share of the training steps over which the learning rate first ramps linearly from 0 "
+                               "to lr, in [0, 1); the schedule then runs over the remaining steps")
+    label_smoothing: float = _preset("label smoothing of the cross-entropy loss, in [0, 1)")
+    ema: float = _preset("decay per step of an exponential moving average of the weights, in [0, 1) (0: off); when "
+                         "on, validation, test, the final checkpoint and an export use the averaged weights, with "
+                         "their batch-norm statistics re-estimated")
+    tta: str = _preset("test-time augmentation of validation and test, reported beside the plain accuracy (val_acc "
+                       "stays the plain forward pass an export computes)", run_time=True, choices=TTAS)
     regularization: str = _option("paper", "paper: FractalNet gets the paper's drop-path and block dropout; none: "
                                            "off (other models are unchanged)", choices=REGULARIZATIONS)
     drop_path_warmup: float = _option(0.0, "share of the training steps over which FractalNet's local drop-path rate "
@@ -92,6 +131,11 @@ class TrainConfig:
     download: bool = _option(True, "let torchvision download a named dataset that is not on disk", run_time=True)
 
     def __post_init__(self) -> None:
+        if self.recipe not in PRESETS:
+            raise ValueError(f"TrainConfig.recipe must be one of {RECIPES}, got {self.recipe!r}")
+        for name, value in PRESETS[self.recipe].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         self.validate()
 
     def validate(self) -> None:
@@ -102,10 +146,14 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.lr > 0, "lr", "must be > 0"),
             (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
+            (self.momentum > 0 or not self.nesterov, "nesterov", "needs momentum > 0"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}"),
+            (0 <= self.lr_warmup < 1, "lr_warmup", "must be in [0, 1)"),
             (self.amp in AMPS, "amp", f"must be one of {AMPS}"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
+            (0 <= self.ema < 1, "ema", "must be in [0, 1)"),
+            (self.tta in TTAS, "tta", f"must be one of {TTAS}"),
             (self.regularization in REGULARIZATIONS, "regularization", f"must be one of {REGULARIZATIONS}"),
             (0 <= self.drop_path_warmup <= 1, "drop_path_warmup", "must be in [0, 1]"),
             (self.supernet_sampling in PATH_SAMPLINGS, "supernet_sampling", f"must be one of {PATH_SAMPLINGS}"),
@@ -152,9 +200,11 @@ RECIPE_FIELDS = recipe_fields()
 def recipe_changes(saved: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
     """The recipe fields on which a saved config (a checkpoint's, a result's) and ``cfg`` differ.
 
-    A field the saved config predates counts as its default, so adding a recipe field whose default is the old
+    A field the saved config predates counts as its default, or for a field a recipe fills in, as the paper recipe's
+    value (configs older than ``recipe`` were all the paper's), so adding a recipe field whose default is the old
     behaviour leaves earlier runs resumable.
     """
     defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
                 for f in dataclasses.fields(TrainConfig)}
+    defaults.update(PRESETS["paper"], recipe="paper")
     return [k for k in RECIPE_FIELDS if saved.get(k, defaults[k]) != getattr(cfg, k)]

@@ -29,6 +29,7 @@ from fractal_space.core.hardware import native_bf16_flag, resolve_device, usable
 from fractal_space.core.paper import PAPER
 from fractal_space.data import BatchLoader, load_splits
 from fractal_space.deploy.metrics import count_flops, count_params, measure_latency
+from fractal_space.engine.averaging import WeightAverage, tta_views
 from fractal_space.engine.checkpoint import read_checkpoint, save_checkpoint
 from fractal_space.engine.config import TrainConfig, recipe_changes
 
@@ -69,7 +70,11 @@ class ColumnReport:
 class EpochReport:
     """What one epoch produced; accuracies are fractions in [0, 1], ``lr`` the epoch's last step's learning rate,
     ``latency_ms`` the full model's eager PyTorch per-image latency at batch 1 (cheap enough for every epoch; the
-    deployment latency, ONNX Runtime's, is :func:`fractal_space.deploy.metrics.deployment_latency`, measured once)."""
+    deployment latency, ONNX Runtime's, is :func:`fractal_space.deploy.metrics.deployment_latency`, measured once).
+
+    ``val_acc`` is always the plain forward pass (what an exported model computes); ``val_acc_tta`` is the accuracy
+    with the config's test-time augmentation, None when it is off. With ``ema`` both are the averaged weights'.
+    """
 
     epoch: int
     train_loss: float
@@ -81,6 +86,7 @@ class EpochReport:
     epoch_seconds: float
     latency_ms: float
     columns: list[ColumnReport] = field(default_factory=list)
+    val_acc_tta: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,25 +100,33 @@ class EpochReport:
 class EvalReport:
     """Accuracy and loss of the full model on one split, plus per-column results for FractalNet.
 
-    ``columns[i].acc`` is the column's accuracy on the split this report is for (the test split for ``test()``).
+    ``acc`` is the plain forward pass, ``acc_tta`` the config's test-time augmentation's (None when off).
+    ``columns[i].acc`` is the column's plain accuracy on the split this report is for (the test split for ``test()``).
     """
 
     loss: float
     acc: float
     latency_ms: float
     columns: list[ColumnReport] = field(default_factory=list)
+    acc_tta: float | None = None
 
 
-def lr_factor(schedule: str, progress: float) -> float:
+def lr_factor(schedule: str, progress: float, warmup: float = 0.0) -> float:
     """Learning-rate multiplier at ``progress`` in [0, 1) of all steps.
 
-    ``paper``: divide by 10 each time the remaining epochs halve (at 1/2, 3/4, 7/8, 15/16 of training, i.e.
-    epochs 200, 300, 350, 375 of 400); ``cosine``: half-cosine to zero; ``constant``: 1.
+    The first ``warmup`` share of the steps ramps linearly from 0 to 1; ``schedule`` then runs over the rest.
+    ``paper``: divide by 10 each time the remaining steps halve (at 1/2, 3/4, 7/8, 15/16, i.e. epochs 200, 300, 350,
+    375 of 400); ``cosine``: half-cosine to zero; ``linear``: straight to zero; ``constant``: 1.
     """
+    if progress < warmup:
+        return progress / warmup
+    progress = (progress - warmup) / (1 - warmup)
     if schedule == "paper":
         return 0.1 ** sum(progress >= 1 - 2.0**-k for k in range(1, 5))
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1 - progress
     return 1.0
 
 
@@ -285,12 +299,13 @@ class Trainer:
 
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.max_loss = DIVERGED_LOSS_FACTOR * math.log(max(self.data.num_classes, 2))
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.SGD(self._param_groups(), lr=cfg.lr, momentum=cfg.momentum,
+                                         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         total_steps = cfg.epochs * len(self.train_loader)
         self.warmup_steps = cfg.drop_path_warmup * total_steps if self.drop_path_target > 0 else 0.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(cfg.schedule, step / total_steps))
+            self.optimizer, lambda step: lr_factor(cfg.schedule, step / total_steps, cfg.lr_warmup))
+        self.average = WeightAverage(self.model, cfg.ema) if cfg.ema else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         self.epoch = 0
@@ -312,6 +327,20 @@ class Trainer:
         if cfg.supernet_sampling != "none" and hasattr(model, "set_regularization"):
             model.set_regularization(path_sampling=cfg.supernet_sampling)
         return model.to(self.device)
+
+    def _param_groups(self) -> Any:
+        """The optimizer's parameters: one group, or without ``norm_bias_decay`` the one-dimensional parameters
+        (normalisation weights, biases) in a second group without weight decay."""
+        if self.cfg.norm_bias_decay:
+            return self.model.parameters()
+        params = list(self.model.parameters())
+        return [{"params": [p for p in params if p.ndim > 1]},
+                {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model evaluation measures: the weight average with ``ema``, else the trained model."""
+        return self.average.module if self.average is not None else self.model
 
     def _set_memory_format(self) -> None:
         """channels_last where asked; on CPU a FractalNet picks it per block (NCHW for wide blocks on tiny maps)."""
@@ -340,6 +369,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
+            if self.average is not None:
+                self.average.load_state_dict(state["ema"])
             torch.set_rng_state(state["rng"])
             self.epoch = state["epoch"]
         metrics = out_dir / METRICS_FILE
@@ -360,8 +391,10 @@ class Trainer:
                                        f"{train_loss:.3g}, lr {lr:.3g}); the last checkpoint is kept, lower the "
                                        f"learning rate")
             self.epoch += 1
+            if self.average is not None and self.epoch == self.cfg.epochs:
+                self.model.load_state_dict(self.average.module.state_dict())  # the run's result: the average
             report = EpochReport(self.epoch, train_loss, train_acc, val.loss, val.acc, lr, images_per_s,
-                                 time.perf_counter() - start, val.latency_ms, val.columns)
+                                 time.perf_counter() - start, val.latency_ms, val.columns, val.acc_tta)
             self.history.append(report)
             if self.out_dir is not None:
                 self._save(report)
@@ -375,6 +408,8 @@ class Trainer:
         state = {"config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "rng": torch.get_rng_state()}
+        if self.average is not None:
+            state["ema"] = self.average.state_dict()
         save_checkpoint(self.out_dir, self.epoch, self.model, state)
         if self.tensorboard is not None:
             for key, value in report.to_dict().items():
@@ -407,6 +442,8 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.average is not None:
+                self.average.update(self.model)
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             total_loss += value * len(y)
@@ -427,16 +464,22 @@ class Trainer:
         self.model.set_regularization(drop_path_rate=self.drop_path_target * min(1.0, step / self.warmup_steps))
 
     @torch.no_grad()
-    def _accuracy(self, model: nn.Module, loader: BatchLoader, **forward_kwargs: Any) -> tuple[float, float]:
+    def _accuracy(self, model: nn.Module, loader: BatchLoader, tta: str = "none") -> tuple[float, float, float | None]:
+        """Loss and accuracy of the plain forward pass, and with ``tta`` the accuracy of its views' mean logits."""
         model.eval()
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss, correct, correct_tta, seen = 0.0, 0, 0, 0
         for x, y in loader:
             with self._autocast():
-                logits = model(x, **forward_kwargs)
+                logits = model(x)
+                others = [model(view) for view in tta_views(x, tta)[1:]]
             total_loss += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
+            if others:  # the views' summed logits rank classes as their mean does
+                correct_tta += int((sum(v.float() for v in others) + logits.float()).argmax(1).eq(y).sum())
             seen += len(y)
-        return (total_loss / seen, correct / seen) if seen else (math.nan, math.nan)
+        if not seen:
+            return math.nan, math.nan, None if tta == "none" else math.nan
+        return total_loss / seen, correct / seen, None if tta == "none" else correct_tta / seen
 
     @_scoped
     def bn_inputs(self) -> list[torch.Tensor]:
@@ -450,19 +493,22 @@ class Trainer:
         For FractalNet, batch-norm running statistics gathered under drop-path mix single-column and joined batches
         and misjudge the full network (measured: 9% vs 26% validation accuracy after one CIFAR-10 epoch), so they are
         re-estimated through all paths from ``bn_batches`` un-augmented training batches before evaluating; this only
-        changes running statistics, which training itself never uses. Each column is extracted as a standalone plain
-        network (``model.extract_column(k)``, no shared tensors), its statistics re-estimated through that column
-        alone, and its accuracy and eager batch-1 latency measured.
+        changes running statistics, which training itself never uses. The same holds for the weight average of
+        ``ema`` (:attr:`eval_model`), for every model. Each column is extracted as a standalone plain network
+        (``model.extract_column(k)``, no shared tensors), its statistics re-estimated through that column alone, and
+        its accuracy and eager batch-1 latency measured. With ``tta`` the report also has the augmented accuracy.
         """
         loader = self._loader(split)
+        model = self.eval_model
         bn_inputs = None
-        if self.num_columns:
+        if self.num_columns or self.average is not None:
             from fractal_space.models.anytime import reestimate_bn_stats
 
             bn_inputs = self.bn_inputs()
-            reestimate_bn_stats(self.model, bn_inputs)
-        loss, acc = self._accuracy(self.model, loader)
-        report = EvalReport(loss, acc, measure_latency(self.model, self.input_size, threads=self.cfg.latency_threads))
+            reestimate_bn_stats(model, bn_inputs)
+        loss, acc, acc_tta = self._accuracy(model, loader, self.cfg.tta)
+        report = EvalReport(loss, acc, measure_latency(model, self.input_size, threads=self.cfg.latency_threads),
+                            acc_tta=acc_tta)
         if columns:
             report.columns = self.evaluate_columns(split, bn_inputs)
         self.model.train()
@@ -480,9 +526,9 @@ class Trainer:
         bn_inputs = self.bn_inputs() if bn_inputs is None else bn_inputs
         reports = []
         for k in self.model.anytime_columns():  # a sub-fractal's: the columns it keeps in every block
-            column = self.model.extract_column(k).to(memory_format=self.memory_format)
+            column = self.eval_model.extract_column(k).to(memory_format=self.memory_format)
             reestimate_bn_stats(column, bn_inputs)
-            _, col_acc = self._accuracy(column, loader)
+            _, col_acc, _ = self._accuracy(column, loader)
             reports.append(ColumnReport(k, col_acc, measure_latency(column, self.input_size,
                                                                     threads=self.cfg.latency_threads)))
         return reports
@@ -496,8 +542,8 @@ class Trainer:
     @_scoped
     def accuracy(self, model: nn.Module, split: str = "val") -> tuple[float, float]:
         """Loss and accuracy on ``split`` of another model on this run's data (a sub-fractal extracted from this run's
-        supernet), measured as :meth:`evaluate` measures this run's model."""
-        return self._accuracy(model, self._loader(split))
+        supernet), measured as :meth:`evaluate` measures this run's model, without test-time augmentation."""
+        return self._accuracy(model, self._loader(split))[:2]
 
     @_scoped
     def test(self) -> EvalReport:
@@ -513,7 +559,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[Callable[[EpochReport], None]] =
     cost of the whole run; ``wall_seconds`` is this invocation's wall time (with setup and the test pass). With
     ``cfg.out_dir`` the summary is also written to ``summary.json`` there. With ``export`` the trained model goes to
     that folder as the search's final stage exports its models (timm folder + ``model.onnx``, a FractalNet's columns
-    each alone), and the summary gains its deployment latencies and load lines.
+    each alone), and the summary gains its deployment latencies and load lines. ``val_acc`` and ``test_acc`` are the
+    plain forward pass the export computes; ``val_acc_tta`` and ``test_acc_tta`` are with ``cfg.tta`` (None when off).
     """
     start = time.perf_counter()
     trainer = Trainer(cfg)
@@ -524,6 +571,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Callable[[EpochReport], None]] =
     last = trainer.history[-1] if trainer.history else None
     summary = {
         "config": cfg.to_dict(),
+        "recipe": cfg.recipe,
         "num_params": trainer.num_params,
         "flops": trainer.flops,
         "epochs": trainer.epoch,
@@ -531,6 +579,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[Callable[[EpochReport], None]] =
         "val_loss": last.val_loss if last else math.nan,
         "test_acc": test.acc,
         "test_loss": test.loss,
+        "val_acc_tta": last.val_acc_tta if last else None,
+        "test_acc_tta": test.acc_tta,
         "latency_ms": test.latency_ms,
         "amp_dtype": str(trainer.amp_dtype or torch.float32).removeprefix("torch."),
         "columns": [{"column": c.column, "test_acc": c.acc, "latency_ms": c.latency_ms} for c in test.columns],
