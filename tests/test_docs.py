@@ -32,7 +32,7 @@ def test_a_hand_edited_table_is_found_stale(tmp_path):
         (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / page, tmp_path / page)
     engine = tmp_path / "docs" / "engine.md"
-    engine.write_text(engine.read_text().replace("| `--lr` | float | `0.02` |", "| `--lr` | float | `0.1` |"))
+    engine.write_text(engine.read_text().replace("| `--epochs` | int | `10` |", "| `--epochs` | int | `11` |"))
     assert gen_docs.stale(tmp_path) == [engine]
 
 
