@@ -5,12 +5,7 @@
 The logic lives in ``fractal_space.engine.compare``; re-running the same command resumes an interrupted comparison.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, also when not pip-installed
-
-from fractal_space.engine.compare import main  # noqa: E402
+from fractal_space.engine.compare import main
 
 if __name__ == "__main__":
     raise SystemExit(main())
