@@ -24,20 +24,16 @@ that leaves oneDNN's convolutions as they are.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import timm
 import torch
+from bench_model import Variant, interleaved_seconds  # beside this script, which Python puts first on sys.path
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import Variant, interleaved_seconds  # noqa: E402
-
-import fractal_space  # noqa: E402,F401  (registers the models)
-from fractal_space.core.hardware import describe  # noqa: E402
-from fractal_space.deploy.metrics import count_flops  # noqa: E402
+import fractal_space  # noqa: F401  (registers the models)
+from fractal_space.core.hardware import describe
+from fractal_space.deploy.metrics import count_flops
 
 RESNET, DENSENET = "resnet56_cifar", "densenet_bc100_cifar"
 #: The profiler's names for convolution work, forward and backward, on CPU.

@@ -31,7 +31,6 @@ import contextlib
 import io
 import random
 import subprocess
-import sys
 import time
 import types
 from collections.abc import Callable
@@ -42,14 +41,12 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from public_fractalnet import PublicFractalNet  # beside this script, which Python puts first on sys.path
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from public_fractalnet import PublicFractalNet  # noqa: E402
-
-import fractal_space  # noqa: E402,F401  (registers the models)
-from fractal_space.core.paper import PAPER  # noqa: E402
-from fractal_space.models.fractalnet import FractalNet  # noqa: E402
+import fractal_space  # noqa: F401  (registers the models)
+from fractal_space.core.paper import PAPER
+from fractal_space.models.fractalnet import FractalNet
 
 CONFIGS = {
     "c3": dict(num_columns=3, widths=(16, 32, 64, 128, 128), label="C=3 reduced (16..128)"),

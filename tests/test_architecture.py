@@ -124,3 +124,26 @@ def test_the_model_families_are_siblings():
 def test_deploy_onnx_imports_only_the_core_and_metrics_reaches_it():
     assert {_layer(n) for n in GRAPH["fractal_space.deploy.onnx"]} <= {"fractal_space.core"}
     assert "fractal_space.deploy.onnx" in GRAPH["fractal_space.deploy.metrics"]
+
+
+#: Top-level folders of the repository that are not installed with the package.
+OUTSIDE = {"experiments", "benchmarks"}
+
+
+def _reaches_above_the_package(node: ast.AST, depth: int) -> bool:
+    """``...Path(__file__)...parents[k]`` with k at or past the package folder: a path into the repository."""
+    return (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "parents" and isinstance(node.slice, ast.Constant) and node.slice.value >= depth
+            and any(isinstance(n, ast.Name) and n.id == "__file__" for n in ast.walk(node.value)))
+
+
+def test_the_package_reads_nothing_outside_itself():
+    """An installed library has no experiments/, benchmarks/ or docs/: no module imports the experiments or the
+    benchmarks, or builds a path from its own file to above the package folder."""
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & OUTSIDE, f"{name} imports {sorted(imported & OUTSIDE)}"
+        depth = len(path.relative_to(PACKAGE).parts)  # parents[depth - 1] is the package folder itself
+        assert not any(_reaches_above_the_package(n, depth) for n in ast.walk(tree)), f"{name} reads the repository"

@@ -1,20 +1,18 @@
-"""benchmarks/search_efficiency.py: how a run's trials become a best-so-far curve over training images, the common
+"""experiments/search_efficiency: how a run's trials become a best-so-far curve over training images, the common
 budget's comparison and the verdict; the --quick run end to end (slow) through the real CLI, resumed."""
 
-import importlib.util
+import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("search_efficiency", REPO_ROOT / "benchmarks" / "search_efficiency.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["search_efficiency"] = bench
-spec.loader.exec_module(bench)
+from experiments.ledger import Ledger
+from experiments.search_efficiency import run as bench
+
+REPO = bench.REPO
 
 
 def _trials(rows):
@@ -40,11 +38,15 @@ def test_curve_counts_every_trials_images_and_only_top_rung_scores():
 
 
 def test_verdict_names_the_winner_only_when_the_seeds_separate_it_even_if_it_is_random_search():
-    clear = bench.verdict({"tpe-sh": [0.40, 0.41, 0.42], "random-sh": [0.45, 0.46, 0.47], "random-full": [0.3] * 3})
-    assert clear.startswith("Random + successive halving wins at this scale") and "5.0 points" in clear
-    overlap = bench.verdict({"tpe-sh": [0.40, 0.45, 0.50], "random-sh": [0.41, 0.44, 0.46],
-                             "random-full": [0.3, 0.4, 0.42]})
-    assert overlap.startswith("No method wins at this scale: TPE + successive halving leads") and "overlap" in overlap
+    clear = {"tpe-sh": [0.40, 0.41, 0.42], "random-sh": [0.45, 0.46, 0.47], "random-full": [0.3] * 3}
+    first, second, lead, separated = bench.ranking(clear)
+    assert (first, second, separated) == ("random-sh", "tpe-sh", True) and lead == pytest.approx(5.0)
+    assert bench.verdict(clear).startswith("Random + successive halving wins")  # the sentence starts capitalised
+    assert "5.0 points" in bench.verdict(clear)
+    overlap = {"tpe-sh": [0.40, 0.45, 0.50], "random-sh": [0.41, 0.44, 0.46], "random-full": [0.3, 0.4, 0.42]}
+    first, second, lead, separated = bench.ranking(overlap)
+    assert (first, second, separated) == ("tpe-sh", "random-sh", False) and lead == pytest.approx(1.33, abs=0.01)
+    assert bench.verdict(overlap).startswith("No method wins")
 
 
 def test_the_cpu_scale_keeps_the_default_rungs_shape_and_equal_images_for_the_no_early_stopping_control(tmp_path):
@@ -61,17 +63,37 @@ def test_the_cpu_scale_keeps_the_default_rungs_shape_and_equal_images_for_the_no
     assert arg(sh, "--space") == arg(full, "--space") == str(tmp_path / "space.yaml")
 
 
+def test_a_study_at_the_measured_scale_quotes_the_finding_the_library_ships(tmp_path):
+    """The report reads the finding from the package (a path from report.py into the repository pointed nowhere once
+    the module moved, and every report said the advantage had not been measured), and it is what the page found."""
+    from fractal_space.search.cli import build_parser, settings_from_args
+    from fractal_space.search.results import report
+
+    settings = settings_from_args(build_parser().parse_args(
+        bench.cli_args("tpe-sh", 0, bench.SCALES["cpu"], tmp_path, "cifar10")))
+    shipped = json.loads(report.EFFICIENCY.read_text())
+    assert report.EFFICIENCY.parent == Path(report.__file__).parent
+    assert report._sampler_evidence(settings) == (  # noqa: SLF001
+        f"measured at this study's scale in {report.EFFICIENCY_PAGE}: {shipped['finding']}")
+    assert f"**Finding.** {shipped['finding']}" in (REPO / report.EFFICIENCY_PAGE).read_text()
+
+
 @pytest.mark.slow
 def test_quick_run_writes_the_document_and_a_rerun_reuses_every_run(tmp_path, capsys):
-    argv = ["--quick", "--out-dir", str(tmp_path / "out"), "--doc", str(tmp_path / "doc" / "search-efficiency.md")]
+    argv = ["--quick", "--out-dir", str(tmp_path / "out"), "--doc", str(tmp_path / "doc" / "README.md")]
     assert bench.main(argv) == 0
-    text = (tmp_path / "doc" / "search-efficiency.md").read_text()
-    for heading in ("Smoke test (`--quick`), not a result", "**Finding.**", "## Results", "## Every run",
-                    "Images TPE needed", "## Wall time", "search-efficiency.png"):
+    text = (tmp_path / "doc" / "README.md").read_text()
+    for heading in ("Smoke test (`--quick`)", "**Finding.**", "## Results", "## Every run",
+                    "Images TPE needed", "## Wall time", "](best-so-far.png)"):
         assert heading in text
-    assert (tmp_path / "doc" / "search-efficiency.png").stat().st_size > 1000
+    assert (tmp_path / "doc" / "best-so-far.png").stat().st_size > 1000
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())  # --quick never replaces the library's
+    assert summary["scale"]["trials"] == bench.SCALES["quick"].trials and summary["finding"] in text
+    ledger = Ledger(tmp_path / "out")
+    assert sorted(ledger.units()) == [f"{m}-s0" for m in sorted(bench.METHODS)] and len(ledger.invocations()) == 1
     capsys.readouterr()
     before = (tmp_path / "out" / "runs" / "tpe-sh-s0" / "trials.parquet").read_bytes()
     assert bench.main(argv) == 0
     assert "3 runs (3 finished before, reused)" in capsys.readouterr().out
     assert (tmp_path / "out" / "runs" / "tpe-sh-s0" / "trials.parquet").read_bytes() == before
+    assert len(ledger.invocations()) == 1  # the re-render ran nothing

@@ -43,7 +43,7 @@ def test_bootstrap_interval_of_too_few_or_bad_input():
 def test_the_report_quotes_the_sampler_benchmark_only_for_a_study_of_its_scale(tmp_path, monkeypatch):
     import json
 
-    from fractal_space.search.results.table import report
+    from fractal_space.search.results import report
     from fractal_space.search.space import SearchSpace
     from fractal_space.search.study.settings import SearchSettings
     from fractal_space.search.trial.budget import Budget
@@ -53,19 +53,20 @@ def test_the_report_quotes_the_sampler_benchmark_only_for_a_study_of_its_scale(t
         budget = Budget(rung_images=Rungs(300, 3), device="cpu", dataset="cifar10", val_size=300, train_subset=2700)
         return SearchSettings("s", tmp_path, None, "accuracy", trials, SearchSpace.default(32, "cpu"), budget)
 
-    doc = tmp_path / "search-efficiency.json"
+    doc = tmp_path / "sampler_evidence.json"
     monkeypatch.setattr(report, "EFFICIENCY", doc)
     assert "has not been written here" in report._sampler_evidence(settings(27))  # noqa: SLF001
     doc.write_text(json.dumps({"scale": report.study_scale(settings(27)), "finding": "Random search wins.",
                                "summary": "27 trials"}))
-    assert report._sampler_evidence(settings(27)).endswith("docs/search-efficiency.md: Random search wins.")  # noqa: SLF001
+    quoted = report._sampler_evidence(settings(27))  # noqa: SLF001
+    assert quoted.endswith(f"{report.EFFICIENCY_PAGE}: Random search wins.")
     assert report._sampler_evidence(settings(200)).startswith("not measured at this study's scale")  # noqa: SLF001
 
 
 def test_the_fidelity_line_says_when_the_top_rung_had_no_more_architectures_to_spread():
     import pandas as pd
 
-    from fractal_space.search.results.table import report
+    from fractal_space.search.results import report
 
     final = pd.DataFrame({"architecture": list("abcdef"), "trial": range(6),
                           "search_val_acc": [0.5, 0.4, 0.3, 0.2, 0.1, 0.05], "test_acc": [0.5, 0.4, 0.3, 0.2, 0.1, 0.0],

@@ -43,7 +43,7 @@ def test_the_sub_fractal_space_and_the_supernet_come_from_the_search_space(tmp_p
     kwargs = supernet_config(default)["model_kwargs"]
     assert (kwargs["num_blocks"], kwargs["num_columns"], kwargs["widths"]) == (5, 4, [16, 32, 64, 128, 128])
     # No block dropout (the paper's ramp kept its retrained winners near chance at the CPU default's 2 epochs), the
-    # reference's drop-path kept: the recipe whose ranking docs/oneshot.md measured.
+    # reference's drop-path kept: the recipe whose ranking experiments/oneshot_fidelity measured.
     assert kwargs["block_dropout"] == [0.0] * 5 and kwargs["drop_path_rate"] == 0.15
     fixed = tmp_path / "fixed_dropout.yaml"
     fixed.write_text("dropout_scale: 0.05\n")  # a value the user fixes is kept

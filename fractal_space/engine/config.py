@@ -99,7 +99,7 @@ class TrainConfig:
                                            "off (other models are unchanged)", choices=REGULARIZATIONS)
     drop_path_warmup: float = _option(0.0, "share of the training steps over which FractalNet's local drop-path rate "
                                            "ramps linearly from 0 to its target (0: none); short budgets train "
-                                           "better with one (docs/reproduction.md)")
+                                           "better with one (experiments/reproduce_paper)")
     supernet_sampling: str = _option("none", "one-shot supernet training of a FractalNet: uniform draws a sub-fractal "
                                              "per batch (per block a uniform non-empty column subset), drop-path then "
                                              "acting within it; none: drop-path only", choices=PATH_SAMPLINGS)

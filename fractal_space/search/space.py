@@ -68,7 +68,7 @@ DEFAULT: dict[str, Any] = {
 #: Dimensions that only exist where there are joins: a C=1 network (one plain column) samples none of them and is
 #: built with these values (no drop-path: there is no join input to drop). ``drop_path_warmup`` (a TrainConfig
 #: field, so an extension dimension) is among them: at short budgets a warm-up of the local rate trains multi-column
-#: nets better than the paper's constant rate (docs/reproduction.md).
+#: nets better than the paper's constant rate (experiments/reproduce_paper/README.md).
 JOIN_DIMS = ("join", "drop_path_rate", "global_drop_fraction", "drop_path_warmup")
 NO_JOINS: dict[str, Any] = {"join": PAPER.join, "drop_path_rate": 0.0, "global_drop_fraction": 0.0,
                             "drop_path_warmup": 0.0}
@@ -231,7 +231,8 @@ class SearchSpace:
     def default(cls, input_size: int = 32, device: str = "cuda") -> SearchSpace:
         """The stock space. On CPU the widths are narrowed so that a trial fits the seconds-per-trial budget, and the
         local drop-path rate tops out at the paper's 0.15: at CPU budgets a lower rate trained the better network
-        (docs/reproduction.md: 0.05 against 0.15, both without block dropout, after 200,000 images)."""
+        (experiments/reproduce_paper/README.md: 0.05 against 0.15, both without block dropout, after 200,000
+        images)."""
         specs = copy.deepcopy(DEFAULT)
         if device == "cpu":
             specs["base_width"] = {"choices": [4, 8, 16]}

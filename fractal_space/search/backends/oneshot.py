@@ -66,8 +66,8 @@ def _extreme(spec: Any, pick: Callable[..., Any]) -> Any:
 #: Searched dimensions the supernet takes at an end of their range instead of the reference point: the largest B and
 #: C (every sub-fractal of the space inside it), and the least block dropout. The supernet's regulariser is its path
 #: sampling and drop-path; the paper's dropout ramp on top kept the CPU default's one-shot winner near chance when
-#: retrained for the final stage's 2 epochs (13.8% test; 30.7% without it, docs/oneshot.md), and the fidelity of
-#: docs/oneshot.md was measured without it.
+#: retrained for the final stage's 2 epochs (13.8% test; 30.7% without it, experiments/oneshot_compare/README.md),
+#: and the fidelity of experiments/oneshot_fidelity/README.md was measured without it.
 SUPERNET_ENDS: dict[str, Callable[..., Any]] = {"num_blocks": max, "num_columns": max, "dropout_scale": min}
 
 

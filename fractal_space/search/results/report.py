@@ -31,8 +31,10 @@ from fractal_space.search.study.settings import SearchSettings  # noqa: E402
 from fractal_space.search.trial.record import OBJECTIVES  # noqa: E402
 
 MULTI_NOTE = "Optuna cannot prune multi-objective studies: every trial of this study ran its full budget."
-#: What benchmarks/search_efficiency.py measured (its scale, its finding), next to docs/search-efficiency.md.
-EFFICIENCY = Path(__file__).resolve().parents[2] / "docs" / "search-efficiency.json"
+#: What the search-efficiency experiment measured (its scale, its finding; the page is
+#: experiments/search_efficiency/README.md), shipped with the library, which reads nothing outside its package.
+EFFICIENCY = Path(__file__).resolve().with_name("sampler_evidence.json")
+EFFICIENCY_PAGE = "experiments/search_efficiency/README.md"
 COST_LABELS = {"latency_ms": "deployed latency (ms / image, batch 1)", "params": "parameters",
                "flops": "FLOPs / image"}
 
@@ -196,7 +198,7 @@ def _runtimes(table: pd.DataFrame) -> str:
 
 def study_scale(settings: SearchSettings) -> dict[str, Any]:
     """What makes two studies the same experiment for the sampler comparison: data, space, budget, trials, objective
-    (``benchmarks/search_efficiency.py`` stores its own next to its document; a study that matches may quote it)."""
+    (the search-efficiency experiment stores its own in ``EFFICIENCY``; a study that matches may quote it)."""
     rungs = settings.budget.rungs
     return json.loads(json.dumps({
         "dataset": settings.budget["dataset"], "objective": settings.objective, "trials": settings.trials,
@@ -205,12 +207,13 @@ def study_scale(settings: SearchSettings) -> dict[str, Any]:
 
 
 def _sampler_evidence(settings: SearchSettings) -> str:
-    """The sampler's measured advantage over random search, if ``docs/search-efficiency.json`` measured this scale."""
+    """The sampler's measured advantage over random search, if the search-efficiency experiment measured this
+    scale."""
     measured = json.loads(EFFICIENCY.read_text()) if EFFICIENCY.exists() else None
     if measured is not None and measured["scale"] == study_scale(settings):
-        return f"measured at this study's scale in docs/search-efficiency.md: {measured['finding']}"
-    where = (f"docs/search-efficiency.md measured it on another scale: {measured['summary']}" if measured else
-             "docs/search-efficiency.md has not been written here")
+        return f"measured at this study's scale in {EFFICIENCY_PAGE}: {measured['finding']}"
+    where = (f"{EFFICIENCY_PAGE} measured it on another scale: {measured['summary']}" if measured else
+             f"{EFFICIENCY_PAGE} has not been written here")
     return f"not measured at this study's scale ({where})"
 
 
@@ -252,7 +255,7 @@ def _trust_section(df: pd.DataFrame, final: pd.DataFrame, settings: SearchSettin
         how = (f"one-shot: each a sub-fractal scored on the weights of one supernet trained once on "
                f"{len(epochs) * budget.rungs.min_images:,} images ({sum(e['epoch_seconds'] for e in epochs) / 60:.1f} "
                "min, `supernet/`), batch norm re-estimated through the sub-fractal; a score of inherited weights, not "
-               "of training alone (how far it ranks like training alone: docs/oneshot.md)")
+               "of training alone (how far it ranks like training alone: experiments/oneshot_fidelity/README.md)")
     lines = ["## Budgets, wall times and how far to trust the ranking", "",
              f"- Hardware: {describe(budget['device'])}; training precision "
              f"{precision(budget['amp'], budget['device'])}.",

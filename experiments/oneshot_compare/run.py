@@ -1,5 +1,5 @@
 """One-shot against multi-trial at equal compute: two real CPU-default searches, their wall times and, once their
-final stages have retrained the winners, their test accuracies; writes docs/oneshot-compare.md.
+final stages have retrained the winners, their test accuracies; writes a report (README.md says what the runs found).
 
 Runs ``search/run.py --trials N`` twice, once per strategy, each in its own runs folder (``--multitrial-runs``,
 ``--oneshot-runs``), one after the other so that each has the machine to itself, and resumes whatever is unfinished
@@ -8,11 +8,13 @@ Runs ``search/run.py --trials N`` twice, once per strategy, each in its own runs
 costs in wall time, and what each search's winners reach when the same final stage retrains them from scratch.
 
 Pauses: a run stopped with SIGSTOP (to time something else on the machine) is charged only for the time it ran, if the
-stops and continues are logged as ``<unix seconds> stop|cont`` lines in ``<runs folder>/pauses.log``.
+stops and continues are recorded in its runs folder's ledger (``python -m experiments.ledger <runs folder> stop``,
+then ``cont``; ``experiments/ledger.py``).
 
-    python benchmarks/oneshot_compare.py                      # the CPU default: --trials 200, both strategies
-    python benchmarks/oneshot_compare.py --no-run             # rewrite the document from what has run
-    python benchmarks/oneshot_compare.py --trials 50 --search-args "--final-top 1 --final-spread 0 --final-baselines ''"
+    python -m experiments.oneshot_compare.run             # the CPU default: --trials 200, both strategies
+    python -m experiments.oneshot_compare.run --no-run    # rewrite the report from what has run
+    python -m experiments.oneshot_compare.run --trials 50 \
+        --search-args "--final-top 1 --final-spread 0 --final-baselines ''"
 """
 
 from __future__ import annotations
@@ -28,36 +30,21 @@ from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from fractal_space.core.files import write_atomic  # noqa: E402
-from fractal_space.core.hardware import describe  # noqa: E402
-from fractal_space.search.study.settings import SUPERNET_DIR  # noqa: E402
+from experiments.ledger import Ledger
+from experiments.provenance import header
+from fractal_space.core.files import write_atomic
+from fractal_space.search.study.settings import SUPERNET_DIR
+
+REPO = Path(__file__).resolve().parents[2]
 
 STUDIES = {"multitrial": "fractal-cifar10-accuracy", "oneshot": "fractal-cifar10-accuracy-oneshot"}
 
 
-def paused_seconds(pauses: Path, start: float, end: float) -> float:
-    """Seconds of [start, end] during which the run was stopped, from ``pauses`` (missing: none)."""
-    if not pauses.exists():
-        return 0.0
-    total, stopped_at = 0.0, None
-    for line in pauses.read_text().splitlines():
-        stamp, what = line.split()
-        t = float(stamp)
-        if what == "stop":
-            stopped_at = t
-        elif what == "cont" and stopped_at is not None:
-            total += max(0.0, min(t, end) - max(stopped_at, start))
-            stopped_at = None
-    return total
-
-
-def _wall(df: pd.DataFrame, pauses: Path, started: float = math.inf) -> float:
+def _wall(df: pd.DataFrame, ledger: Ledger, started: float = math.inf) -> float:
     """Wall seconds from the first trial's start (or ``started``, if earlier) to the last one's end, less the
-    pauses inside."""
+    pauses inside that ``ledger`` recorded."""
     start, end = min(started, df.datetime_start.min().timestamp()), df.datetime_complete.max().timestamp()
-    return end - start - paused_seconds(pauses, start, end)
+    return end - start - ledger.paused_seconds(start, end)
 
 
 def search_stage(runs: Path, strategy: str) -> dict[str, float | int | str]:
@@ -65,10 +52,10 @@ def search_stage(runs: Path, strategy: str) -> dict[str, float | int | str]:
     study = runs / STUDIES[strategy]
     df = pd.read_parquet(study / "trials.parquet")
     done = df[df.datetime_complete.notna()]
-    pauses = runs / "pauses.log"
+    ledger = Ledger(runs)
     baselines, trials = done[done.kind == "baseline"], done[done.kind == "fractalnet"]
     out: dict[str, float | int | str] = {
-        "trials": len(trials), "wall_s": _wall(done, pauses), "baseline_s": float(baselines.duration_s.sum()),
+        "trials": len(trials), "wall_s": _wall(done, ledger), "baseline_s": float(baselines.duration_s.sum()),
         "best_val": float(trials.val_acc.max()), "best": str(trials.loc[trials.val_acc.idxmax(), "model"])}
     if strategy == "oneshot":  # the supernet is not a trial: its first epoch starts the stage if nothing came before
         supernet = study / SUPERNET_DIR
@@ -77,7 +64,7 @@ def search_stage(runs: Path, strategy: str) -> dict[str, float | int | str]:
                               .read_text())
         out["supernet_s"] = sum(e["epoch_seconds"] for e in epochs)
         # metrics.jsonl was last written at the supernet's last epoch: its start is that many epoch-seconds before
-        out["wall_s"] = _wall(done, pauses, (supernet / "metrics.jsonl").stat().st_mtime - out["supernet_s"])
+        out["wall_s"] = _wall(done, ledger, (supernet / "metrics.jsonl").stat().st_mtime - out["supernet_s"])
         out["supernet_images"] = len(epochs) * manifest["state"]["config"]["epoch_images"]
         out["scoring_s"] = float(trials.duration_s.sum())
     else:
@@ -136,7 +123,7 @@ def _whole_run(stage: dict, final: pd.DataFrame | None) -> tuple[float | None, f
     return final_s, stage["wall_s"] + final_s
 
 
-def write_doc(doc: Path, trials: int, extra: str, stages: dict[str, dict],
+def write_doc(doc: Path, command: str, trials: int, extra: str, stages: dict[str, dict],
               finals: dict[str, pd.DataFrame | None], oneshot_extra: str = "") -> None:
     m, o = stages["multitrial"], stages["oneshot"]
     (m_final, m_total), (o_final, o_total) = (_whole_run(stages[s], finals[s]) for s in ("multitrial", "oneshot"))
@@ -147,10 +134,10 @@ def write_doc(doc: Path, trials: int, extra: str, stages: dict[str, dict],
              "of 200 trials and the full final stage for both")
     text = f"""# One-shot against multi-trial search at equal compute ({scope})
 
-Written by `benchmarks/oneshot_compare.py --trials {trials}` on {describe()}. Both are
-`search/run.py --trials {trials}{given}` with the CPU defaults otherwise, one with `--strategy oneshot{only}` (its
-supernet on the multi-trial search's compute), run one after the other on the same machine. Wall times leave out the
-periods a run was paused (`pauses.log`).
+{header(command)} Both are `search/run.py --trials {trials}{given}`
+with the CPU defaults otherwise, one with `--strategy oneshot{only}` (its supernet on the multi-trial search's
+compute), run one after the other on the same machine. Wall times leave out the periods a run was paused (the pauses
+its runs folder's ledger recorded).
 
 ## Search stage
 
@@ -184,8 +171,8 @@ score is a sub-fractal on inherited weights. The final stage below retrains both
     print(f"wrote {doc}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.oneshot_compare.run", description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=200)
     p.add_argument("--multitrial-runs", type=Path, default=REPO / "runs" / "multitrial-default")
     p.add_argument("--oneshot-runs", type=Path, default=REPO / "runs" / "oneshot-default")
@@ -194,8 +181,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="more search/run.py arguments for both searches, e.g. \"--final-top 1 --final-spread 0\"")
     p.add_argument("--oneshot-args", default="",
                    help="more search/run.py arguments for the one-shot search only (after --search-args)")
-    p.add_argument("--doc", type=Path, default=REPO / "docs" / "oneshot-compare.md")
-    args = p.parse_args(argv)
+    p.add_argument("--doc", type=Path, default=REPO / "runs" / "oneshot-compare.md", help="the report to write")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
     folders = {"multitrial": args.multitrial_runs, "oneshot": args.oneshot_runs}
     if not args.no_run:
         for strategy, runs in folders.items():
@@ -210,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no search results at {missing[0]} (run without --no-run first)", file=sys.stderr)
         return 2
     stages = {s: search_stage(r, s) for s, r in folders.items()}
-    write_doc(args.doc, args.trials, args.search_args, stages, {s: final_stage(r, s) for s, r in folders.items()},
-              args.oneshot_args)
+    command = " ".join(["python -m experiments.oneshot_compare.run", *map(shlex.quote, argv)])
+    write_doc(args.doc, command, args.trials, args.search_args, stages,
+              {s: final_stage(r, s) for s, r in folders.items()}, args.oneshot_args)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Is the search worth running? TPE against random search at the same training images; writes docs/search-efficiency.md.
+"""Is the search worth running? TPE against random search at the same training images; writes README.md beside it.
 
 Three methods, each a real ``search/run.py`` study (Optuna backend, one single-threaded worker) over the default CPU
 search space, at a CPU-feasible scale (successive halving x3 like the default, on 3 rungs of 300 images x3^k
@@ -13,13 +13,15 @@ Every run then retrains its best architecture through the CLI's final stage (one
 the reference recipe, tested once on the test split). The document plots best-so-far validation accuracy against
 training images seen (median and min-max band over seeds), tabulates each method's best at a common image budget and
 its retrained test accuracy, how many images TPE needed to reach random search's final median, and says which method
-wins at this scale.
+wins at this scale. That finding, with the scale it holds at, goes to the library's
+``fractal_space/search/results/sampler_evidence.json``: a search report quotes it for a study of that scale.
 
-    python benchmarks/search_efficiency.py            # 3 methods x 3 seeds, ~30 min on 2 idle cores (estimate)
-    python benchmarks/search_efficiency.py --quick    # smoke test, a few minutes; its doc says it is no result
+    python -m experiments.search_efficiency.run            # 3 methods x 3 seeds, ~30 min on 2 idle cores (estimate)
+    python -m experiments.search_efficiency.run --quick    # smoke test, a few minutes; its doc says it is no result
 
-Runs go to ``<out-dir>/runs/<method>-s<seed>/`` (the CLI's own study folders); re-running the same command resumes
-unfinished studies and reuses finished ones (each ends in ``bench.json``), so only the document is rewritten.
+Runs go to ``<out-dir>/runs/<method>-s<seed>/`` (the CLI's own study folders); a finished study is a unit of
+``<out-dir>/ledger.json`` (``experiments/ledger.py``), so re-running the same command resumes unfinished studies and
+reuses finished ones, and only the document is rewritten.
 """
 
 from __future__ import annotations
@@ -47,14 +49,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from experiments.ledger import Ledger  # noqa: E402
+from experiments.provenance import checkout, header  # noqa: E402
 from fractal_space.core.files import write_atomic  # noqa: E402
-from fractal_space.core.hardware import describe, usable_cpus  # noqa: E402
+from fractal_space.core.hardware import usable_cpus  # noqa: E402
 from fractal_space.search.results.fidelity import bootstrap_interval, kendall_tau, spearman  # noqa: E402
+from fractal_space.search.results.report import EFFICIENCY  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 METHODS = {"tpe-sh": "TPE + successive halving", "random-sh": "random + successive halving",
            "random-full": "random, no early stopping"}
-LEDGER = "invocations.jsonl"
 #: Batch-norm re-estimation batches before each validation (TrainConfig.bn_batches, default 10), fixed for every trial
 #: through a space file (a fixed value, not a searched dimension): the same for every method, 5x cheaper per epoch.
 BN_BATCHES = 2
@@ -62,7 +67,7 @@ BN_BATCHES = 2
 
 @dataclass(frozen=True)
 class Scale:
-    """The benchmark's budget: successive-halving studies of ``trials`` trials on rungs of ``rung_images`` x3^k."""
+    """The experiment's budget: successive-halving studies of ``trials`` trials on rungs of ``rung_images`` x3^k."""
 
     trials: int
     rung_images: int
@@ -89,7 +94,7 @@ class Scale:
 
 SCALES = {
     # 27 trials on 3 rungs: 27 -> 9 -> 3 expected per rung; the top rung is 2,700 images, one pass over the subset.
-    # Sized on a busy 2-core machine (load 10-16 from other jobs): every epoch validates
+    # Sized on a 2-core machine under a load of 10-16: every epoch validates
     # and, for a multi-column net, re-estimates batch norm, a fixed cost near that of training the epoch's images.
     # Measured there: at 4 rungs of 200 images a multi-column trial took ~300 s to the top rung (27 epochs) and one
     # study ~30 min, so the 9 studies would have taken ~2 h; one rung fewer cuts a top-rung trial to 9 epochs. Batch
@@ -176,14 +181,19 @@ def band(runs: Sequence[pd.DataFrame], grid: np.ndarray) -> tuple[np.ndarray, np
     return out[0], out[1], out[2]
 
 
-def verdict(test: dict[str, list[float]]) -> str:
-    """Which method wins on the retrained best's test accuracy, and whether the seeds' ranges separate it."""
+def ranking(test: dict[str, list[float]]) -> tuple[str, str, float, bool]:
+    """On the retrained best's mean test accuracy: the leading method, the next one, the lead in points, and whether
+    the seeds separate the leader (its worst seed beats every other method's best)."""
     means = {m: float(np.mean(v)) for m, v in test.items() if v}
     order = sorted(means, key=means.get, reverse=True)
     first, second = order[0], order[1]
-    lead = (means[first] - means[second]) * 100
-    others_max = max(max(test[m]) for m in order[1:])
-    if min(test[first]) > others_max:
+    return first, second, (means[first] - means[second]) * 100, min(test[first]) > max(max(test[m]) for m in order[1:])
+
+
+def verdict(test: dict[str, list[float]]) -> str:
+    """Which method wins on the retrained best's test accuracy, and whether the seeds' ranges separate it."""
+    first, second, lead, separated = ranking(test)
+    if separated:
         name = METHODS[first][0].upper() + METHODS[first][1:]  # "TPE ..." stays, "random ..." starts the sentence
         return (f"{name} wins at this scale: its retrained best tests {lead:.1f} points above the next method "
                 f"({METHODS[second]}), and its worst seed beats every other method's best seed.")
@@ -205,11 +215,12 @@ class RunResult:
     wall_seconds: float
 
 
-def collect(method: str, seed: int, scale: Scale, runs_dir: Path) -> RunResult:
+def collect(method: str, seed: int, scale: Scale, runs_dir: Path, ledger: Ledger) -> RunResult:
+    """One finished run, read from its study folder and its ledger unit."""
     study_dir = runs_dir / f"{method}-s{seed}"
     epoch_images = scale.top if method == "random-full" else scale.rung_images
     final = pd.read_parquet(study_dir / "final" / "results.parquet").iloc[0]
-    meta = json.loads((study_dir / "bench.json").read_text())
+    meta = ledger.unit(study_dir.name)
     return RunResult(method, seed, curve(pd.read_parquet(study_dir / "trials.parquet"), epoch_images),
                      str(final.architecture), float(final.search_val_acc), float(final.test_acc), meta["wall_seconds"])
 
@@ -228,23 +239,14 @@ def _num(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.2f}"
 
 
-def _git(*cmd: str) -> str:
-    return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-
-def _checkout() -> str:
-    """The commit the benchmark runs from, and whether that checkout had uncommitted changes."""
-    changed = _git("status", "--porcelain", "--untracked-files=no")
-    return f"commit {_git('rev-parse', '--short', 'HEAD')} ({'with uncommitted changes' if changed else 'clean'})"
-
-
 def _images(x: float) -> str:
     return "not reached" if math.isnan(x) else f"{x:,.0f}"
 
 
 def write_doc(results: list[RunResult], scale: Scale, name: str, command: str, wall: list[dict[str, Any]],
-              doc: Path, scale_key: dict[str, Any]) -> str:
-    """Write the document, its plot and its JSON summary; returns the finding (one sentence)."""
+              doc: Path, summary: Path, scale_key: dict[str, Any]) -> str:
+    """Write the document, its plot (``best-so-far.png`` beside it) and the JSON ``summary`` the search report
+    quotes; returns the finding (one sentence)."""
     by_method = {m: [r for r in results if r.method == m] for m in METHODS}
     budget = min(r.curve.images.iloc[-1] for r in results)  # every run has seen at least this many images
     grid = np.unique(np.concatenate([np.linspace(0, budget, 300), *[r.curve.images for r in results]]))
@@ -259,7 +261,7 @@ def write_doc(results: list[RunResult], scale: Scale, name: str, command: str, w
            title="Best-so-far validation accuracy (median, min-max band over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    plot = doc.with_suffix(".png")
+    plot = doc.parent / "best-so-far.png"
     plot.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(plot, dpi=110)
     plt.close(fig)
@@ -271,10 +273,9 @@ def write_doc(results: list[RunResult], scale: Scale, name: str, command: str, w
     if name == "quick":
         lines += ["**Smoke test (`--quick`), not a result**: a handful of trials on a few hundred images.", ""]
     lines += [f"**Finding.** {finding}", "",
-              f"Written by `{command}` at {datetime.now(UTC):%Y-%m-%d %H:%M UTC} from {_checkout()}; the runs ran "
-              f"from {', '.join(sorted({w.get('commit', '?') for w in wall}))}. "
-              f"Hardware: {describe('cpu')}; the machine's cores were shared with other work while this "
-              "ran, so wall times are upper bounds and no speed is compared.", "",
+              f"{header(command)} The runs ran from {', '.join(sorted({w.get('commit', '?') for w in wall}))}. "
+              "Wall times share the machine with whatever else ran on it (its load average is in the wall-time "
+              "section), so they are upper bounds and no speed is compared.", "",
               "## Setup", "",
               f"- Space: the default CPU search space (README: the search space), the paper's reference point as each "
               f"study's trial 0; batch norm re-estimated on {BN_BATCHES} training batches before each validation "
@@ -332,14 +333,14 @@ def write_doc(results: list[RunResult], scale: Scale, name: str, command: str, w
               f"{_num(rho)} (90% bootstrap {_num(rl)} .. {_num(rh)}), Kendall tau {_num(tau)} ({_num(tl)} .. "
               f"{_num(th)}); '-' where every winner scored the same.", "",
               "## Wall time", "",
-              f"Whole benchmark: {total / 60:.1f} min over {len(wall)} invocation(s) that ran something ("
+              f"Whole experiment: {total / 60:.1f} min over {len(wall)} invocation(s) that ran something ("
               + "; ".join(f"{w['wall_seconds'] / 60:.1f} min, {w['ran']} run(s), started {w['started']}, the "
                           f"machine's 15-min load average {w.get('load15', math.nan):.1f} at its end" for w in wall)
               + f"). Runs summed: {sum(r.wall_seconds for r in results) / 60:.1f} min (two at a time).", ""]
     write_atomic(doc, "\n".join(lines))
-    summary = {"scale": scale_key, "finding": finding,
+    record = {"scale": scale_key, "finding": finding,
                "summary": f"{scale.trials} trials, rungs of {scale.rung_images} x3^k images, {scale.seeds} seeds"}
-    write_atomic(doc.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
+    write_atomic(summary, json.dumps(record, indent=1) + "\n")
     return finding
 
 
@@ -352,13 +353,19 @@ def study_scale_of(method: str, scale: Scale, runs_dir: Path, dataset: str) -> d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.search_efficiency.run",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke-test scale (a few minutes)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per method (default: 3; quick: 1)")
     p.add_argument("--dataset", default="cifar10", help="the CLI's --dataset")
     p.add_argument("--out-dir", type=Path, default=None, help="default: runs/search-efficiency/<scale>")
     p.add_argument("--doc", type=Path, default=None,
-                   help="default: docs/search-efficiency.md (quick: <out-dir>/search-efficiency.md)")
+                   help="the result page, its plot beside it (default: this experiment's README.md; quick: "
+                        "<out-dir>/README.md)")
+    p.add_argument("--summary", type=Path, default=None,
+                   help="the finding and its scale, as JSON (default: the library's "
+                        "fractal_space/search/results/sampler_evidence.json, which search reports quote; quick: "
+                        "<out-dir>/summary.json)")
     p.add_argument("--jobs", type=int, default=None, help="studies at a time, each pinned to one core (default: cores)")
     return p
 
@@ -371,11 +378,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seeds is not None:
         scale = Scale(**{**asdict(scale), "seeds": args.seeds})
     out_dir = (args.out_dir or Path("runs/search-efficiency") / name).resolve()
-    doc = args.doc or (out_dir / "search-efficiency.md" if args.quick else REPO / "docs" / "search-efficiency.md")
+    doc = args.doc or (out_dir / "README.md" if args.quick else HERE / "README.md")
+    summary = args.summary or (out_dir / "summary.json" if args.quick else EFFICIENCY)
+    ledger = Ledger(out_dir)
     runs_dir = out_dir / "runs"
     dataset = dataset_with_test_subset(args.dataset, scale.test_images, out_dir)
     runs = [(m, s) for s in range(scale.seeds) for m in METHODS]
-    todo = [(m, s) for m, s in runs if not (runs_dir / f"{m}-s{s}" / "bench.json").exists()]
+    finished = ledger.units()
+    todo = [(m, s) for m, s in runs if f"{m}-s{s}" not in finished]
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [None]
     jobs = max(1, min(args.jobs or usable_cpus(), len(cores), len(todo) or 1))
     print(f"{len(runs)} runs ({len(runs) - len(todo)} finished before, reused); scale {name}: {scale}", flush=True)
@@ -391,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             print(f"  start {method} seed {seed} (core {core})", flush=True)
             seconds = run_one(method, seed, scale, runs_dir, dataset, core)
-            write_atomic(runs_dir / f"{method}-s{seed}" / "bench.json", json.dumps({"wall_seconds": seconds}))
+            ledger.complete(f"{method}-s{seed}", {"wall_seconds": seconds})
         finally:
             free.put(core)
         with lock:
@@ -406,17 +416,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         print(f"error: {failed[0]}", file=sys.stderr)
         return 1
-    ledger = out_dir / LEDGER
     if todo:
-        with open(ledger, "a") as f:
-            f.write(json.dumps({"started": started, "wall_seconds": time.perf_counter() - t0, "ran": len(todo),
-                                "commit": _checkout(), "load15": os.getloadavg()[2]}) + "\n")
-    wall = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()] if ledger.exists() else []
-    results = [collect(m, s, scale, runs_dir) for m, s in runs]
-    command = " ".join(["python benchmarks/search_efficiency.py", *argv])
+        ledger.add_invocation(started=started, wall_seconds=time.perf_counter() - t0, ran=len(todo),
+                              commit=checkout(), load15=os.getloadavg()[2])
+    results = [collect(m, s, scale, runs_dir, ledger) for m, s in runs]
+    command = " ".join(["python -m experiments.search_efficiency.run", *argv])
     # The search saw only the copy's training split, the original's file: a study on args.dataset is the same search.
     key = {**study_scale_of("tpe-sh", scale, runs_dir, dataset), "dataset": args.dataset}
-    finding = write_doc(results, scale, name, command, wall, doc, key)
+    finding = write_doc(results, scale, name, command, ledger.invocations(), doc, summary, key)
     print(f"{finding}\nwrote {doc}", flush=True)
     return 0
 

@@ -1,4 +1,4 @@
-"""FractalNet's two central claims, reproduced at CPU scale by the project's own engine; writes docs/reproduction.md.
+"""FractalNet's two central claims, reproduced at CPU scale by the project's own engine; writes README.md beside it.
 
 Experiment A (anytime): ``fractalnet_c4`` at the paper's reduced widths on CIFAR-10, trained without drop-path,
 with the paper's drop-path + block dropout, and with short-budget variants (no block dropout; a lower local rate; a
@@ -9,25 +9,24 @@ Experiment B (Table 4): plain networks of depth 5, 10, 20, 40 (``fractalnet_plai
 block) trained alone, against the same-depth columns of the 40-layer fractal nets of experiment A trained with
 drop-path: test error and training loss in the paper's table layout, beside the paper's own figures.
 
-    python benchmarks/reproduce_paper.py             # CPU budget (about 1.9 h on 2 idle cores), 2 seeds
-    python benchmarks/reproduce_paper.py --quick     # smoke test, a few minutes; its doc says it is no result
-    python benchmarks/reproduce_paper.py --gpu       # 40 full epochs per run; --scale paper: the paper's 400
+    python -m experiments.reproduce_paper.run            # CPU budget (about 1.9 h on 2 idle cores), 2 seeds
+    python -m experiments.reproduce_paper.run --quick    # smoke test, a few minutes; its doc says it is no result
+    python -m experiments.reproduce_paper.run --gpu      # 40 full epochs per run; --scale paper: the paper's 400
 
-Every run trains into ``<out-dir>/<experiment>/<run>/seed<n>/`` with the engine's per-epoch checkpoints and ends in a
-``result.json``, so re-running the same command resumes an interrupted run and skips finished ones.
+Every run trains into ``<out-dir>/<experiment>/<run>/seed<n>/`` with the engine's per-epoch checkpoints; its result
+is a unit of ``<out-dir>/ledger.json`` (``experiments/ledger.py``), so re-running the same command resumes an
+interrupted run and skips finished ones.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from experiments.ledger import Ledger  # noqa: E402
+from experiments.provenance import header  # noqa: E402
 from fractal_space.core.files import write_atomic  # noqa: E402
-from fractal_space.core.hardware import describe  # noqa: E402
 from fractal_space.core.paper import PAPER  # noqa: E402
 from fractal_space.data import BatchLoader, ImageSet  # noqa: E402
 from fractal_space.deploy.metrics import deployment_latency  # noqa: E402
@@ -48,6 +48,7 @@ from fractal_space.engine.trainer import EVAL_BATCH  # noqa: E402
 from fractal_space.models.anytime import reestimate_bn_stats  # noqa: E402
 
 FRACTAL = "fractalnet_c4"  # B=5, C=4, widths 16-128: the 40-layer reduced-width net of the paper's Table 4
+HERE = Path(__file__).resolve().parent
 NUM_BLOCKS, NUM_COLUMNS = 5, 4
 DEPTHS = tuple(NUM_BLOCKS * 2 ** k for k in range(NUM_COLUMNS))  # 5, 10, 20, 40
 #: Training images the training loss is measured on, in eval mode, for plain nets, columns and full nets alike.
@@ -142,20 +143,19 @@ def _train_loss_loader(trainer: Trainer) -> BatchLoader:
                        channels_last=trainer.cfg.channels_last)
 
 
-def run(cfg: TrainConfig) -> tuple[dict[str, Any], bool]:
-    """Train ``cfg`` (resuming its out_dir), test it, and measure training losses; cached in ``result.json``.
+def run(cfg: TrainConfig, ledger: Ledger, unit: str) -> tuple[dict[str, Any], bool]:
+    """Train ``cfg`` (resuming its out_dir), test it, and measure training losses; the result is ``ledger``'s unit
+    ``unit``.
 
-    Returns the result and whether this call trained (False: the cached result was reused).
+    Returns the result and whether this call trained (False: the recorded result was reused).
 
     A fractal net's columns are tested as the engine tests them (``Trainer.evaluate``: each extracted, its batch-norm
-    statistics re-estimated on the same un-augmented training batches). A cached result is reused while its recipe
+    statistics re-estimated on the same un-augmented training batches). A recorded result is reused while its recipe
     is ``cfg``'s (run-time settings such as threads or device may differ).
     """
-    out = Path(cfg.out_dir)
-    if (out / "result.json").exists():
-        result = json.loads((out / "result.json").read_text())
-        if not recipe_changes(result["config"], cfg):
-            return result, False
+    result = ledger.unit(unit)
+    if result is not None and not recipe_changes(result["config"], cfg):
+        return result, False
     trainer = Trainer(cfg)
     for _ in trainer.epochs():
         pass
@@ -179,13 +179,14 @@ def run(cfg: TrainConfig) -> tuple[dict[str, Any], bool]:
         "last_epoch_train_loss": trainer.history[-1].train_loss,
         "train_seconds": sum(r.epoch_seconds for r in trainer.history),
     }
-    write_atomic(out / "result.json", json.dumps(result, indent=2))
+    ledger.complete(unit, result)
     return result, True
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Every run of both experiments: (experiment, run name, seed, TrainConfig)."""
+    """Every run of both experiments: (experiment, run name, seed, TrainConfig); its ledger unit is its folder
+    under the out-dir, ``<experiment>/<run name>/seed<n>``."""
 
     runs: list[tuple[str, str, int, TrainConfig]]
 
@@ -221,9 +222,6 @@ class Plan:
 
 
 # ---- invocations ----------------------------------------------------------------------------------------------
-INVOCATIONS = "invocations.jsonl"
-
-
 @dataclass(frozen=True)
 class Invocation:
     """One invocation of this script on an out-dir: when it started, its wall time, how many runs it trained."""
@@ -234,21 +232,10 @@ class Invocation:
     runs: int
 
 
-def read_invocations(out_dir: Path) -> list[Invocation]:
-    """The out-dir's invocations that trained something, oldest first (so a resumed run's wall time adds up)."""
-    path = out_dir / INVOCATIONS
-    if not path.exists():
-        return []
-    return [Invocation(**{k: v for k, v in json.loads(line).items() if k in Invocation.__dataclass_fields__})
-            for line in path.read_text().splitlines() if line.strip()]
-
-
-def record_invocation(out_dir: Path, invocation: Invocation) -> None:
-    """Append ``invocation`` to the ledger if it trained a run (a re-render of cached results adds no time)."""
-    if invocation.trained:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / INVOCATIONS, "a") as f:
-            f.write(json.dumps(dataclasses.asdict(invocation)) + "\n")
+def read_invocations(ledger: Ledger) -> list[Invocation]:
+    """The invocations that trained something, oldest first (so a resumed run's wall time adds up)."""
+    return [Invocation(**{k: v for k, v in i.items() if k in Invocation.__dataclass_fields__})
+            for i in ledger.invocations()]
 
 
 def _wall_time(trained: Sequence[Invocation], this: Invocation, train_seconds: float) -> str:
@@ -282,7 +269,7 @@ class Results:
         return [r["test_acc"] for r in self.get("A", variant)]
 
 
-def _anytime_verdict(results: Results, variant: str) -> tuple[bool, bool, str]:
+def anytime_verdict(results: Results, variant: str) -> tuple[bool, bool, str]:
     """Do the mean column accuracies rise with depth, and is the deepest within CLOSE_POINTS of the full net?"""
     means = [statistics.fmean(v) * 100 for v in results.column_acc(variant)]
     full = statistics.fmean(results.full_acc(variant)) * 100
@@ -352,12 +339,10 @@ def plot_table4(results: Results, variants: Sequence[Variant], path: Path) -> No
 
 def write_doc(results: Results, variants: Sequence[Variant], command: str, scale_name: str, scale: Scale,
               seeds: int, common: dict[str, Any], ledger: Sequence[Invocation], this: Invocation, doc: Path) -> None:
-    """The Markdown report with its two plots (``<doc stem>/anytime.png``, ``table4.png``) beside it."""
-    images = doc.parent / doc.stem
-    plot_anytime(results, variants, images / "anytime.png")
+    """The Markdown report with its two plots (``anytime.png``, ``table4.png``) beside it."""
+    plot_anytime(results, variants, doc.parent / "anytime.png")
     dropped = [v for v in variants if v.drop_path]
-    plot_table4(results, dropped, images / "table4.png")
-    rel = images.name
+    plot_table4(results, dropped, doc.parent / "table4.png")
     train_seconds = sum(r["train_seconds"] for runs in results.by_run.values() for r in runs)
     per_run = scale.epochs * _epoch_images(scale.epoch_images, scale.train_subset, scale.val_size)
     lines = [
@@ -366,9 +351,9 @@ def write_doc(results: Results, variants: Sequence[Variant], command: str, scale
     ]
     if scale_name == "quick":
         lines += ["> **Smoke test (`--quick`), not a result.** Budgets are far too small for any claim below to mean "
-                  "anything; run `python benchmarks/reproduce_paper.py` for the real document.", ""]
+                  "anything; run `python -m experiments.reproduce_paper.run` for the real document.", ""]
     lines += [
-        f"Written by `{command}` on {describe(common['device'])}.",
+        header(command, common["device"]),
         _wall_time(ledger, this, train_seconds),
         "",
         f"Budget, the same for every run: {scale.epochs} epochs of "
@@ -402,9 +387,9 @@ def write_doc(results: Results, variants: Sequence[Variant], command: str, scale
         lats = [_fmt([r["columns"][k][key] for r in runs], 1.0, 2) for k in range(NUM_COLUMNS)]
         lines.append(f"| {v.name} | " + " | ".join(accs) + f" | {_fmt(results.full_acc(v.name))} | "
                      + " | ".join(lats) + f" | {_fmt([r[key] for r in runs], 1.0, 2)} |")
-        verdicts[v.name] = _anytime_verdict(results, v.name)
+        verdicts[v.name] = anytime_verdict(results, v.name)
     good = [name for name, (rising, close, _) in verdicts.items() if rising and close]
-    lines += ["", f"![accuracy against latency]({rel}/anytime.png)", "", "What holds at this budget:", ""]
+    lines += ["", "![accuracy against latency](anytime.png)", "", "What holds at this budget:", ""]
     lines += [f"- **{name}**: {text}." for name, (_, _, text) in verdicts.items()]
     lines += _best(results, variants)
     lines += ["", ("Claim (a), columns rising with depth and a deepest column within "
@@ -412,7 +397,7 @@ def write_doc(results: Results, variants: Sequence[Variant], command: str, scale
                    if good else f"Claim (a) **does not hold** for any variant at this budget: no variant gave columns "
                    f"rising with depth with a deepest column within {CLOSE_POINTS:g} points of the full net."), ""]
 
-    lines += _table4(results, dropped, rel)
+    lines += _table4(results, dropped)
     write_atomic(doc, "\n".join(lines) + "\n")
 
 
@@ -430,7 +415,7 @@ def _best(results: Results, variants: Sequence[Variant]) -> list[str]:
     return lines
 
 
-def _versus(column_err: Sequence[float], plain_err: Sequence[float]) -> str:
+def versus(column_err: Sequence[float], plain_err: Sequence[float]) -> str:
     """'better than' / 'worse than' only when every seed agrees (the ranges do not overlap), else within the spread."""
     if max(column_err) < min(plain_err):
         return "better than"
@@ -439,9 +424,25 @@ def _versus(column_err: Sequence[float], plain_err: Sequence[float]) -> str:
     return "within the seeds' spread of"
 
 
-def _table4(results: Results, dropped: Sequence[Variant], rel: str) -> list[str]:
+def _plain_error(results: Results) -> list[list[float]]:
+    """Per depth, the plain nets' test errors over seeds."""
+    return [[1 - r["test_acc"] for r in results.get("B", f"plain{d}")] for d in DEPTHS]
+
+
+def claim_b(results: Results, dropped: Sequence[Variant]) -> tuple[str, dict[str, str]]:
+    """Claim (b) at this budget: ``cannot be tested`` (the 40-layer plain net is not worse than the 20-layer one),
+    ``holds`` (some variant's 40-layer column beats the 40-layer plain net on every seed) or ``is not shown``; and
+    each drop-path variant's 40-layer column against that plain net (:func:`versus`)."""
+    plain_err = _plain_error(results)
+    degrades = statistics.fmean(plain_err[-1]) > statistics.fmean(plain_err[-2])
+    against = {v.name: versus([1 - a for a in results.column_acc(v.name)[-1]], plain_err[-1]) for v in dropped}
+    outcome = "cannot be tested" if not degrades else "holds" if "better than" in against.values() else "is not shown"
+    return outcome, against
+
+
+def _table4(results: Results, dropped: Sequence[Variant]) -> list[str]:
     """Experiment B in the paper's layout: depth rows, plain vs column (error, train loss), paper figures beside."""
-    plain_err = [[1 - r["test_acc"] for r in results.get("B", f"plain{d}")] for d in DEPTHS]
+    plain_err = _plain_error(results)
     plain_loss = [[r["train_loss"] for r in results.get("B", f"plain{d}")] for d in DEPTHS]
     head = "| depth | plain: error (%) | plain: train loss | " + " | ".join(
         f"column ({v.name}): error (%) | column ({v.name}): train loss" for v in dropped) + \
@@ -466,17 +467,15 @@ def _table4(results: Results, dropped: Sequence[Variant], rel: str) -> list[str]
         full_cells += [_fmt([1 - a for a in results.full_acc(v.name)]),
                        _fmt([r["train_loss"] for r in results.get("A", v.name)], 1.0, 3)]
     lines.append("| full fractal net | " + " | ".join(full_cells) + f" | | {PAPER_FULL_ERROR:.2f} |")
-    lines += ["", f"![error against depth]({rel}/table4.png)", "", "What holds at this budget:", ""]
+    lines += ["", "![error against depth](table4.png)", "", "What holds at this budget:", ""]
     p = [statistics.fmean(e) * 100 for e in plain_err]
-    degrades = p[-1] > p[-2]
+    outcome, verdicts = claim_b(results, dropped)
     lines.append(f"- Plain nets trained alone: error {' / '.join(f'{e:.1f}' for e in p)} at depth "
                  f"{' / '.join(map(str, DEPTHS))}; the 40-layer plain net is "
-                 f"{'worse' if degrades else 'not worse'} than the 20-layer one "
+                 f"{'not worse' if outcome == 'cannot be tested' else 'worse'} than the 20-layer one "
                  f"({p[-1] - p[-2]:+.1f} points; the paper: +7.53).")
-    verdicts = {}
     for v in dropped:
         col = [statistics.fmean(1 - a for a in accs) * 100 for accs in results.column_acc(v.name)]
-        verdicts[v.name] = _versus([1 - a for a in results.column_acc(v.name)[-1]], plain_err[-1])
         worse = all(b > a for a, b in itertools.pairwise(col))
         lines.append(f"- Columns of the fractal net ({v.name}): error {' / '.join(f'{e:.1f}' for e in col)}, "
                      f"{'rising with every step of depth' if worse else 'not rising with every step of depth'} "
@@ -484,9 +483,9 @@ def _table4(results: Results, dropped: Sequence[Variant], rel: str) -> list[str]
                      f"40-layer plain net ({col[-1] - p[-1]:+.1f} points; the paper: -7.09).")
     trains = [name for name, verdict in verdicts.items() if verdict == "better than"]
     claim = "Claim (b), a 40-layer plain network that trains badly alone trains better as a fractal column, "
-    if not degrades:
+    if outcome == "cannot be tested":
         claim += "**cannot be tested** at this budget: the 40-layer plain net did not degrade here."
-    elif trains:
+    elif outcome == "holds":
         others = [name for name in verdicts if name not in trains]
         claim += (f"**holds** at this budget for: {', '.join(trains)}"
                   + (f"; not for: {', '.join(others)}" if others else "") + ". Whether the column is *usable* is "
@@ -500,7 +499,8 @@ def _table4(results: Results, dropped: Sequence[Variant], rel: str) -> list[str]
 
 # ---- command line -------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="benchmarks/reproduce_paper.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.reproduce_paper.run",
+                                     description=__doc__.splitlines()[0])
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument("--scale", choices=tuple(SCALES), default="cpu", help="budget (default: cpu)")
     scale.add_argument("--quick", action="store_const", const="quick", dest="scale", help="= --scale quick")
@@ -517,8 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--num-threads", type=int, help="CPU threads (default: one per usable core)")
     parser.add_argument("--out-dir", type=Path, help="run folders, resumable (default: runs/reproduce/<scale>)")
-    parser.add_argument("--doc", type=Path, help="the report, its plots in <doc folder>/<doc stem>/ (default: "
-                                                 "docs/reproduction.md; --quick: <out-dir>/reproduction.md)")
+    parser.add_argument("--doc", type=Path, help="the report, its plots beside it (default: this experiment's "
+                                                 "README.md; --quick: <out-dir>/README.md)")
     return parser
 
 
@@ -526,7 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     out_dir = args.out_dir or Path("runs/reproduce") / args.scale
-    doc = args.doc or (out_dir / "reproduction.md" if args.scale == "quick" else Path("docs/reproduction.md"))
+    doc = args.doc or (out_dir / "README.md" if args.scale == "quick" else HERE / "README.md")
+    ledger = Ledger(out_dir)
     scale = SCALES[args.scale]
     overrides = {k: getattr(args, k) for k in ("epochs", "epoch_images", "train_subset", "val_size")
                  if getattr(args, k) is not None}
@@ -545,15 +546,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     trained = 0
     for i, (experiment, name, seed, cfg) in enumerate(plan.runs, 1):
         t = time.perf_counter()
-        result, fresh = run(cfg)
+        result, fresh = run(cfg, ledger, Path(cfg.out_dir).relative_to(out_dir).as_posix())
         trained += fresh
         by_run.setdefault((experiment, name), []).append(result)
         print(f"[{i}/{len(plan.runs)}] {experiment} {name} seed {seed}: test acc {result['test_acc']:.2%} "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
-    command = " ".join(["python benchmarks/reproduce_paper.py", *argv])
+    command = " ".join(["python -m experiments.reproduce_paper.run", *argv])
     this = Invocation(started, time.perf_counter() - start, trained, len(plan.runs))
-    record_invocation(out_dir, this)
-    write_doc(Results(by_run), variants, command, args.scale, scale, seeds, common, read_invocations(out_dir), this,
+    if trained:  # a re-render of recorded results adds no time
+        ledger.add_invocation(**asdict(this))
+    write_doc(Results(by_run), variants, command, args.scale, scale, seeds, common, read_invocations(ledger), this,
               doc)
     print(f"wrote {doc}")
     return 0

@@ -1,5 +1,5 @@
-"""Can the one-shot search be trusted? Rank fidelity of supernet scores against stand-alone training; writes
-docs/oneshot.md.
+"""Can the one-shot search be trusted? Rank fidelity of supernet scores against stand-alone training; records each
+run's data beside this script (README.md says what the recorded runs found).
 
 Following Ning et al. 2020 ("A Surgery of the Neural Architecture Evaluators"), the question is how well the
 weight-sharing evaluator ranks architectures, measured as Kendall's tau between each sub-fractal's one-shot validation
@@ -13,25 +13,29 @@ trained alone from scratch, with a 90% bootstrap interval, and which choices rai
 
 The sub-fractals are chosen to span the one-shot ranking: ``--sample`` distinct random sub-fractals are scored on the
 ``uniform+dp`` supernet and ``--n`` of them taken evenly by rank (best and worst included). Each is then trained alone
-at ``--standalone-images`` with the same recipe. The document also says whether the one-shot pick is the stand-alone
-best of those, and the wall times.
+at the scale's stand-alone budget with the same recipe. The report also says whether the one-shot pick is the
+stand-alone best of those, and the wall times.
 
 Scale (``--scale``): ``small`` (default) is B=3, C=3 (7^3 = 343 sub-fractals), widths 16-32-32, stand-alone at 10,500
 images (the CPU search's second rung), supernets at 31,500. ``medium`` is the default search space (B=5, C=4, 15^5
 sub-fractals, the reference widths 16-32-64-128-128), stand-alone at 31,500 images (the third rung), the supernet at
-315,000: about 1.5 h on 2 idle cores with ``--variants uniform+dp``. ``cpu`` is the CPU default's scale: stand-alone at
-the top rung's 94,500 images, the supernet at the budget ``--strategy oneshot`` gives it on the CPU default (the
-multi-trial search's compute: 318,093 images, ``oneshot.supernet_images``), which is medium's supernet, so the two
-scales share their supernets (``Scale.supernets``) and ``cpu`` adds only the 15 longer stand-alone trainings (about
-2 h on 2 cores). Each scale writes its own ``docs/oneshot-<scale>.md``.
+315,000: about 1.5 h on 2 idle cores with ``--variants uniform+dp``. ``cpu`` is the CPU default's scale:
+stand-alone at the top rung's 94,500 images, the supernet at the budget ``--strategy oneshot`` gives it on the CPU
+default (the multi-trial search's compute: 318,093 images, ``oneshot.supernet_images``), which is medium's supernet,
+so the two scales share their supernets (``Scale.supernets``) and ``cpu`` adds only the 15 longer stand-alone
+trainings (about 2 h on 2 cores).
 
-    python benchmarks/oneshot_fidelity.py                 # small scale, resumable: re-run to continue
-    python benchmarks/oneshot_fidelity.py --scale medium --variants uniform+dp
-    python benchmarks/oneshot_fidelity.py --scale cpu --rescore --variants uniform+dp uniform+dp+warmup --bn 10 \
-        --doc docs/oneshot-warmup.md           # new supernets against the recorded stand-alone side
+A run named ``--name`` (default: its scale) records its data in ``<data-dir>/<name>.json`` (default data dir: this
+experiment's folder; ``smoke``: the run folder), the record a sharing scale or ``--rescore`` reads, and writes its
+full report to ``<out-dir>/<scale>/<name>.md``.
 
-Everything trains through the engine into ``<out-dir>`` (checkpointed runs; one-shot scores cached in
-``scores.json``), so a re-run resumes and only rewrites the document.
+    python -m experiments.oneshot_fidelity.run                 # small scale, resumable: re-run to continue
+    python -m experiments.oneshot_fidelity.run --scale medium --variants uniform+dp
+    python -m experiments.oneshot_fidelity.run --scale cpu --rescore --variants uniform+dp uniform+dp+warmup \
+        --bn 10 --name warmup           # new supernets against the recorded stand-alone side
+
+Everything trains through the engine into ``<out-dir>`` (checkpointed runs; each one-shot score a unit of
+``<out-dir>/<scale>/ledger.json``, ``experiments/ledger.py``), so a re-run resumes and only rewrites the report.
 """
 
 from __future__ import annotations
@@ -42,21 +46,26 @@ import math
 import multiprocessing
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import product
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fractal_space.core.files import write_atomic
+from experiments.ledger import Ledger
+from experiments.provenance import header
+from fractal_space.core.files import display_path, write_atomic
 from fractal_space.core.hardware import describe
 from fractal_space.engine import TrainConfig, Trainer
 from fractal_space.search.backends.oneshot import parse_label, subset_labels
 from fractal_space.search.results.fidelity import bootstrap_interval, kendall_tau, spearman
 
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 RECIPE = dict(model="fractalnet_c3", regularization="none", schedule="cosine", batch_size=100, lr=0.02,
               weight_decay=0.0, val_size=2000, eval_columns=False, progress=False, augment="+")
 VARIANTS = {
@@ -151,22 +160,31 @@ def standalone(args: tuple[Scale, str, str]) -> dict[str, Any]:
             "seconds": sum(r.epoch_seconds for r in trainer.history)}
 
 
-def _load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def recorded(scale: Scale, out: Path, docs: Path) -> dict[str, Any] | None:
+def recorded(scale: Scale, out: Path, data_dir: Path) -> dict[str, Any] | None:
     """The one-shot side (sub-fractals chosen, their scores, supernet seconds) that the scale whose supernets this one
-    shares recorded beside its document, when those supernets are not on this machine: the stand-alone trainings
-    then run against the recorded scores instead of retraining the supernet (an hour on 2 cores)."""
+    shares recorded in ``data_dir``, when those supernets are not on this machine: the stand-alone trainings then
+    run against the recorded scores instead of retraining the supernet (an hour on 2 cores)."""
     if not scale.supernets or (out.parent / scale.supernets / "supernet-uniform+dp").exists():
         return None
-    path = docs / f"oneshot-{scale.supernets}.json"
+    path = data_dir / f"{scale.supernets}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cached_scores(ledger: Ledger) -> dict[str, Any]:
+    """The scores ``ledger`` holds, as the report reads them: ``{key: {sub-fractal: accuracy}}`` for each key
+    (``rank``, ``<variant>/bn<n>``), ``score_seconds`` (every timed score) and ``load`` (every invocation's samples)."""
+    scores: dict[str, Any] = {"score_seconds": []}
+    for unit, record in ledger.units().items():
+        key, name = unit.rsplit("/", 1)
+        scores.setdefault(key, {})[name] = record["acc"]
+        if "seconds" in record:
+            scores["score_seconds"].append(record["seconds"])
+    scores["load"] = [sample for invocation in ledger.invocations() for sample in invocation["load"]]
+    return scores
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.oneshot_fidelity.run", description=__doc__.splitlines()[0])
     p.add_argument("--scale", default="small", choices=sorted(SCALES))
     p.add_argument("--out-dir", default=str(REPO / "runs" / "oneshot-fidelity"))
     p.add_argument("--sample", type=int, default=60, help="random sub-fractals scored on the main supernet")
@@ -179,30 +197,39 @@ def main(argv: list[str] | None = None) -> None:
                    help="batch-norm re-estimation batches to score with (10, what --strategy oneshot uses, always)")
     p.add_argument("--rescore", action="store_true",
                    help="train only the --variants supernets and score them against the sub-fractals and stand-alone "
-                        "results this scale recorded in docs/oneshot-<scale>.json (no stand-alone training)")
-    p.add_argument("--doc", help="the document to write (default: docs/oneshot-<scale>.md; its data beside it, .json)")
-    args = p.parse_args(argv)
+                        "results this scale recorded in <data-dir>/<scale>.json (no stand-alone training)")
+    p.add_argument("--name", help="this run's record, <data-dir>/<name>.json, and report, <out-dir>/<scale>/<name>.md "
+                                  "(default: the scale)")
+    p.add_argument("--data-dir", type=Path,
+                   help="where runs record their data and read the records of others (default: this experiment's "
+                        "folder; for --scale smoke, <out-dir>/smoke)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
     args.bn = sorted({*args.bn, 10})
+    args.name = args.name or args.scale
     scale = SCALES[args.scale]
     variants = ["uniform+dp", *(v for v in args.variants if v != "uniform+dp")]
     load: list[float] = []
     out = Path(args.out_dir) / args.scale
     out.mkdir(parents=True, exist_ok=True)
-    scores_path = out / "scores.json"
-    scores = _load(scores_path)
-    started = time.perf_counter()
-    doc = Path(args.doc) if args.doc else REPO / "docs" / f"oneshot-{args.scale}.md"
-    source = recorded(scale, out, doc.parent) if not args.rescore else None
+    data_dir = args.data_dir or (out if args.scale == "smoke" else HERE)
+    ledger = Ledger(out)
+    started, start = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), time.perf_counter()
+    source = recorded(scale, out, data_dir) if not args.rescore else None
     rescored = None
-    # Recorded scores the document shows but scores.json never caches: a cached score counts as scored here, so a
+    # Recorded scores the report shows but the ledger never holds: a unit in the ledger counts as scored here, so a
     # later --rescore in this folder would skip scoring its own supernet and show the recorded number.
     borrowed: dict[str, Any] = {}
     if args.rescore:
-        rescored = json.loads((doc.parent / f"oneshot-{args.scale}.json").read_text())
+        rescored = json.loads((data_dir / f"{args.scale}.json").read_text())
         chosen, alone = rescored["chosen"], rescored["standalone"]
         borrowed = {"rank": rescored["scores"]["rank"]}
         nets = {v: supernet(scale, out, v, args.processes, load) for v in variants}
-        score_chosen(scale, nets, chosen, args.bn, scores, scores_path, load)
+        score_chosen(scale, nets, chosen, args.bn, ledger, load)
         supernet_seconds = trained_seconds(nets)
     elif source:
         print(f"one-shot side recorded by --scale {scale.supernets} ({source['machine']}); training the "
@@ -215,53 +242,54 @@ def main(argv: list[str] | None = None) -> None:
                 alone[r["name"]] = r
                 load.append(os.getloadavg()[0])
     else:
-        chosen, alone, supernet_seconds = one_shot_side(args, scale, out, variants, scores, scores_path, load)
-    scores.setdefault("load", []).extend(load)
-    write_atomic(scores_path, json.dumps(scores, indent=1))
-    write_doc(doc, args, scale, variants, chosen, {**scores, **borrowed}, alone, supernet_seconds,
-              time.perf_counter() - started, source, rescored)
+        chosen, alone, supernet_seconds = one_shot_side(args, scale, out, variants, ledger, load)
+    if load:  # it trained or scored something
+        ledger.add_invocation(started=started, wall_seconds=time.perf_counter() - start, load=load)
+    command = " ".join(["python -m experiments.oneshot_fidelity.run", *argv])
+    write_doc(out / f"{args.name}.md", data_dir, command, args, scale, variants, chosen,
+              {**cached_scores(ledger), **borrowed}, alone, supernet_seconds, time.perf_counter() - start, source,
+              rescored)
 
 
-def one_shot_side(args: argparse.Namespace, scale: Scale, out: Path, variants: list[str], scores: dict[str, Any],
-                  scores_path: Path, load: list[float]) -> tuple[list[str], dict[str, dict[str, Any]],
-                                                                 dict[str, float]]:
+def one_shot_side(args: argparse.Namespace, scale: Scale, out: Path, variants: list[str], ledger: Ledger,
+                  load: list[float]) -> tuple[list[str], dict[str, dict[str, Any]], dict[str, float]]:
     """Train the supernets, rank ``--sample`` random sub-fractals on the main one and choose ``--n`` spanning that
-    ranking, score them on every supernet and BN choice (into ``scores``, saved as it goes) while the pool trains them
-    alone; returns the chosen, their stand-alone results and each supernet's seconds."""
+    ranking, score them on every supernet and BN choice (each score a ledger unit) while the pool trains them alone;
+    returns the chosen, their stand-alone results and each supernet's seconds."""
     labels = subset_labels(scale.num_columns)
     space = ["-".join(c) for c in product(labels, repeat=scale.num_blocks)]
     rng = random.Random(0)
     sample = rng.sample(space, min(args.sample, len(space)))
     main_net = supernet(scale, out, "uniform+dp", args.processes, load)
-    ranked = scores.setdefault("rank", {})
+    done = ledger.units()
+    ranked = {}
     for name in sample:
-        if name not in ranked:
-            ranked[name] = score(main_net, scale.paths(name), 10)[0]
-            write_atomic(scores_path, json.dumps(scores, indent=1))
+        if f"rank/{name}" not in done:
+            ledger.complete(f"rank/{name}", {"acc": score(main_net, scale.paths(name), 10)[0]})
+            done = ledger.units()
+        ranked[name] = done[f"rank/{name}"]["acc"]
     order = sorted(sample, key=lambda n: -ranked[n])
     chosen = [order[round(i * (len(order) - 1) / (args.n - 1))] for i in range(args.n)]
 
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
         pending = pool.map_async(standalone, [(scale, str(out), name) for name in chosen])
         nets = {"uniform+dp": main_net, **{v: supernet(scale, out, v, 1, load) for v in variants[1:]}}
-        score_chosen(scale, nets, chosen, args.bn, scores, scores_path, load)
+        score_chosen(scale, nets, chosen, args.bn, ledger, load)
         alone = {r["name"]: r for r in pending.get()}
     return chosen, alone, trained_seconds(nets)
 
 
-def score_chosen(scale: Scale, nets: dict[str, Trainer], chosen: list[str], bns: list[int], scores: dict[str, Any],
-                 scores_path: Path, load: list[float]) -> None:
-    """Score each chosen sub-fractal on every supernet at every BN choice (into ``scores``, saved as it goes)."""
+def score_chosen(scale: Scale, nets: dict[str, Trainer], chosen: list[str], bns: list[int], ledger: Ledger,
+                 load: list[float]) -> None:
+    """Score each chosen sub-fractal on every supernet at every BN choice (each score a ledger unit, once)."""
+    done = ledger.units()
     for variant, trainer in nets.items():
         for bn in bns:
-            done = scores.setdefault(f"{variant}/bn{bn}", {})
             for name in chosen:
-                if name not in done:
+                if f"{variant}/bn{bn}/{name}" not in done:
                     acc, seconds = score(trainer, scale.paths(name), bn)
-                    done[name] = acc
-                    scores.setdefault("score_seconds", []).append(seconds)
+                    ledger.complete(f"{variant}/bn{bn}/{name}", {"acc": acc, "seconds": seconds})
                     load.append(os.getloadavg()[0])
-                    write_atomic(scores_path, json.dumps(scores, indent=1))
 
 
 def trained_seconds(nets: dict[str, Trainer]) -> dict[str, float]:
@@ -269,12 +297,13 @@ def trained_seconds(nets: dict[str, Trainer]) -> dict[str, float]:
     return {v: sum(r.epoch_seconds for r in t.history) for v, t in nets.items()}
 
 
-def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[str], chosen: list[str],
-              scores: dict[str, Any], alone: dict[str, dict[str, Any]], supernet_seconds: dict[str, float],
-              wall: float, source: dict[str, Any] | None = None, rescored: dict[str, Any] | None = None) -> None:
-    """The document, and beside it (``.json``) its one-shot side, for a scale that shares this one's supernets.
-    ``source`` is the recorded one-shot side a stand-alone-only run used, ``rescored`` the recorded stand-alone side
-    a ``--rescore`` run scored its new supernets against."""
+def write_doc(doc: Path, data_dir: Path, command: str, args: argparse.Namespace, scale: Scale, variants: list[str],
+              chosen: list[str], scores: dict[str, Any], alone: dict[str, dict[str, Any]],
+              supernet_seconds: dict[str, float], wall: float, source: dict[str, Any] | None = None,
+              rescored: dict[str, Any] | None = None) -> None:
+    """The run's report ``doc``, and its record ``<data_dir>/<args.name>.json`` (what a scale that shares this one's
+    supernets, or a ``--rescore``, reads). ``source`` is the recorded one-shot side a stand-alone-only run used,
+    ``rescored`` the recorded stand-alone side a ``--rescore`` run scored its new supernets against."""
     keys = [f"{v}/bn{bn}" for v, bn in product(variants, BN_CHOICES) if f"{v}/bn{bn}" in scores]
     machine = source["machine"] if source else describe()
     sample = source["sample"] if source else rescored["sample"] if rescored else args.sample
@@ -284,7 +313,7 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[
                          **{k: {n: scores[k][n] for n in chosen} for k in keys},
                          "score_seconds": scores.get("score_seconds", [])},
               "standalone": alone, **({"standalone_machine": rescored["machine"]} if rescored else {})}
-    write_atomic(doc.with_suffix(".json"), json.dumps(record, indent=1))
+    write_atomic(data_dir / f"{args.name}.json", json.dumps(record, indent=1))
     y = [alone[n]["val_acc"] for n in chosen]
     rows = []
     for key in keys:
@@ -327,11 +356,13 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[
     load_text = (f"{np.median(load):.1f} in the median ({min(load):.1f}-{max(load):.1f}, sampled {len(load)} times; the"
                  " script itself keeps about 2 cores busy)" if load else "not recorded")
     provenance = (f"\n\nThe one-shot side (the ranking, the sub-fractals chosen from it, their scores, the supernet's"
-                  f" seconds) is what `--scale {scale.supernets}` recorded in `docs/oneshot-{scale.supernets}.json` on"
+                  f" seconds) is what `--scale {scale.supernets}` recorded in"
+                  f" `{display_path(data_dir / f'{scale.supernets}.json')}` on"
                   f" {machine}: the supernet was not retrained for this run, only the stand-alone nets."
                   if source else
                   f"\n\nThe sub-fractals (chosen from the ranking column's scores) and their stand-alone results are"
-                  f" what this scale recorded in `docs/oneshot-{args.scale}.json` on {rescored['machine']}"
+                  f" what this scale recorded in `{display_path(data_dir / f'{args.scale}.json')}` on"
+                  f" {rescored['machine']}"
                   f" (`--rescore`): only the supernets were trained and scored for this run, on this machine."
                   if rescored else "")
     elsewhere = f"; recorded by `--scale {scale.supernets}`, not run here" if source else ""
@@ -342,13 +373,12 @@ def write_doc(doc: Path, args: argparse.Namespace, scale: Scale, variants: list[
               "\n- Drop-path warm-up (`drop_path_warmup`) in the supernet was not varied.")
     scope = ("the CPU default's scale" if args.scale == "cpu" else
              "the default search space at a third of the CPU default's stand-alone budget" if args.scale == "medium"
-             else "smaller than the CPU default")
+             else "smaller than the CPU default's")
     text = f"""# One-shot search: how far the supernet's ranking can be trusted
 
-Written by `benchmarks/oneshot_fidelity.py --scale {args.scale}` (re-run it to reproduce; it resumes). Machine:
-{describe()}; load average while it ran {load_text}. Anchor: Ning et al. 2020, "A Surgery of the Neural
-Architecture Evaluators" (weight-sharing evaluators ranked NAS-Bench-201 architectures with Kendall tau of roughly
-0.5-0.8 after their tricks, far less before).
+{header(command)} Load average while it ran: {load_text}. Anchor: Ning et al. 2020, "A Surgery of
+the Neural Architecture Evaluators" (weight-sharing evaluators ranked NAS-Bench-201 architectures with Kendall tau of
+roughly 0.5-0.8 after their tricks, far less before).
 
 ## Scale: {scope}
 
@@ -390,8 +420,8 @@ trainings of {scale.standalone_epochs * images:,}. The best of {k} sub-fractals 
 {len(chosen)} trained here reaches {expected_best:.1%} validation accuracy in expectation; the one-shot pick
 (`uniform+dp`, BN 10) reaches {alone[pick]['val_acc']:.1%} trained alone. This stands in for "the multi-trial search's
 best at equal compute" (a random search of {k} trials over this sub-fractal space, no successive halving); the real
-comparison, two searches retrained by the final stage, is not part of this script (see docs/oneshot.md, the CPU
-default end to end).
+comparison, two searches retrained by the final stage, is not part of this script (see
+experiments/oneshot_compare/README.md, the CPU default end to end).
 {ning}
 
 ## The sub-fractals (column sets per block, 1 = shallowest)
@@ -418,7 +448,8 @@ Best stand-alone: `{best}` ({alone[best]['val_acc']:.1%} val, {alone[best]['test
 
 - **The one-shot best against the multi-trial search's best at equal total compute**, as two real searches over the
   same space at the same compute, each retrained by the final stage, is not part of this script (`search/run.py`
-  with `--strategy oneshot` and without it; `docs/oneshot.md` reports the CPU default's two runs); the estimate
+  with `--strategy oneshot` and without it; experiments/oneshot_compare/README.md reports the CPU default's two
+  runs); the estimate
   above stands in for it here.{warmup}
 """
     write_atomic(doc, text)

@@ -1,0 +1,1 @@
+"""One-shot against multi-trial search at equal compute (``run.py``, result in ``README.md``)."""

@@ -1,0 +1,1 @@
+"""FractalNet's two central claims at CPU scale (``run.py``, result in ``README.md``)."""

@@ -1,0 +1,1 @@
+"""TPE against random search at equal training images (``run.py``, result in ``README.md``)."""
