@@ -176,5 +176,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))  # document this checkout's package, whichever one is installed
     sys.exit(main())

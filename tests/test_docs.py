@@ -1,26 +1,17 @@
 """The docs state facts, not history: generated tables match the code, and no tracked text narrates its writing."""
 
-import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from scripts import gen_docs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_gen_docs():
-    spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gen_docs"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen_docs = _load_gen_docs()
 
 
 def test_generated_tables_match_the_code():
