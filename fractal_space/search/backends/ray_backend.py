@@ -31,8 +31,8 @@ from fractal_space.search.study.settings import RaySettings, SearchSettings
 from fractal_space.search.study.storage import open_storage
 from fractal_space.search.trial.budget import Budget
 from fractal_space.search.trial.record import (
-    FRACTAL_MODEL,
     OBJECTIVES,
+    SEARCH_MODEL,
     TrialRecord,
     architecture_name,
     fail_reason,
@@ -71,7 +71,7 @@ def trainable(config: dict[str, Any], budget: Budget, study_dir: str) -> None:
     trial_config = {"model_kwargs": config["model_kwargs"], "train": config["train"]}
     out = trial_dir(Path(study_dir), int(config["trial_number"]))
     try:
-        run_trial(model=FRACTAL_MODEL, config=trial_config, budget=budget, out_dir=out, on_epoch=on_epoch)
+        run_trial(model=SEARCH_MODEL, config=trial_config, budget=budget, out_dir=out, on_epoch=on_epoch)
     except Exception as exc:  # noqa: BLE001 - reported to the searcher, which records FAIL with this reason
         scalars = _metrics(last[0]) if last else {"val_acc": 0.0, "params": 0, "flops": 0, "latency_ms": 0.0}
         epoch = last[0].epoch if last else 0
@@ -94,7 +94,7 @@ class StudySearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials[trial_id]
-        tag(ot_trial, "fractalnet", FRACTAL_MODEL)
+        tag(ot_trial, "fractalnet", SEARCH_MODEL)
         if config is not None:
             ot_trial.set_user_attr("config", {k: config[k] for k in ("model_kwargs", "train")})
             ot_trial.set_user_attr("model", architecture_name(config["model_kwargs"]))

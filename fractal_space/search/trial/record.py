@@ -21,8 +21,8 @@ import pyarrow as pa
 
 #: What each objective name minimises next to (maximised) validation accuracy; ``accuracy`` is single-objective.
 OBJECTIVES: dict[str, str | None] = {"accuracy": None, "params": "params", "flops": "flops", "latency": "latency_ms"}
-#: The registered FractalNet variant search trials are built from; their model_kwargs override its B, C and widths.
-FRACTAL_MODEL = "fractalnet_c3"
+#: The timm entry search trials are built from: the generic FractalNet, its architecture from a trial's model_kwargs.
+SEARCH_MODEL = "fractalnet"
 MAX_REASON = 2000
 
 
