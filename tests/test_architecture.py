@@ -119,6 +119,8 @@ def test_the_model_families_are_siblings():
                 "fractal_space.models.densenet_cifar"}
     for family in families:
         assert not GRAPH[family] & (families - {family}), f"{family} imports {GRAPH[family] & families}"
+    # FractalNet's extraction helper serves its family and imports none
+    assert not GRAPH["fractal_space.models.fractalnet_paths"] & families
 
 
 def test_deploy_onnx_imports_only_the_core_and_metrics_reaches_it():

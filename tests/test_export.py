@@ -6,11 +6,13 @@ import json
 import pytest
 import timm
 import torch
+from timm.models import save_for_hf
 
 import fractal_space  # noqa: F401  (registers the models)
 from fractal_space.deploy.export import export_column, export_model, load_line
 from fractal_space.deploy.onnx import OrtModel
 from fractal_space.models.anytime import reestimate_bn_stats
+from fractal_space.search.space import MODEL
 
 WIDTHS = (4, 4, 8, 8, 8)
 
@@ -52,8 +54,10 @@ def test_model_and_every_column_load_with_equal_outputs(join: str, tmp_path) -> 
         torch.testing.assert_close(_load(tmp_path / "net")(x), model(x))
         _assert_runs_in_onnx_runtime(tmp_path / "net", x, model(x))
     config = json.loads((tmp_path / "net" / "config.json").read_text())
-    assert config["architecture"] == "fractalnet_c3"
-    assert config["model_args"]["join"] == join and config["model_args"]["drop_path_rate"] == 0.15
+    assert config["architecture"] == "fractalnet"  # the generic entry, whichever variant built it
+    args = config["model_args"]
+    assert (args["num_blocks"], args["num_columns"], args["widths"]) == (5, 3, list(WIDTHS))
+    assert args["join"] == join and args["drop_path_rate"] == 0.15
 
     for k in range(1, model.num_columns + 1):
         folder = export_column(model, k, tmp_path / f"column{k}", bn_batches)
@@ -71,6 +75,27 @@ def test_model_and_every_column_load_with_equal_outputs(join: str, tmp_path) -> 
         assert args["convs_per_block"] == 2 ** (k - 1) and args["concat_join"] == (join == "concat")
         assert args["widths"] == list(WIDTHS) and args["block_dropout"] == [0.0, 0.1, 0.1, 0.1, 0.1]
         assert f'"local-dir:{folder}"' in load_line(folder)
+
+
+def test_searched_network_exports_as_fractalnet_and_variant_folders_written_before_still_load(tmp_path) -> None:
+    """A searched architecture is ``timm.create_model(MODEL, **model_kwargs)``; its folder names the generic
+    ``fractalnet`` with those arguments. Folders exported before it existed name ``fractalnet_c3`` with model_args
+    overriding its B, C and widths, and load as they did."""
+    torch.manual_seed(0)
+    kwargs = dict(num_blocks=4, num_columns=4, widths=[4, 4, 8, 8], join="concat", paths=[[1, 3], [4], [2, 4], [4]])
+    model = timm.create_model(MODEL, num_classes=10, **kwargs).eval()
+    x = torch.randn(2, 3, 32, 32)
+    export_model(model, tmp_path / "new", x)
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert config["architecture"] == "fractalnet"
+    assert {k: config["model_args"][k] for k in kwargs} == kwargs
+    old = timm.create_model("fractalnet_c3", num_classes=10, **kwargs)
+    old.load_state_dict(model.state_dict())
+    save_for_hf(old, tmp_path / "old", model_args={}, safe_serialization=True)  # what export_model used to write
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["architecture"] == "fractalnet_c3"
+    with torch.no_grad():
+        for folder in ("new", "old"):
+            assert torch.equal(_load(tmp_path / folder)(x), model(x))
 
 
 def test_column_export_needs_bn_batches(tmp_path) -> None:

@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import fractal_space  # noqa: F401  (registers the models)
 from fractal_space.models.anytime import reestimate_bn_stats
 from fractal_space.models.fractalnet import FractalBlock, FractalNet, Join, paper_block_dropout
+from fractal_space.models.fractalnet_paths import fractalnet_args, paths_state_dict
 
 TINY = dict(widths=(8, 8, 8, 8, 8))
 
@@ -376,8 +377,8 @@ def test_sub_fractal_equals_the_full_network_with_the_other_paths_dropped(join: 
     with torch.no_grad():
         torch.testing.assert_close(sub(x), _dropping_other_paths(model, x, PATHS))
     # built by the registry from its arguments, so it is a timm model like any other
-    again = timm.create_model("fractalnet_c4", **model.paths_args(PATHS))
-    again.load_state_dict(model.paths_state_dict(PATHS))
+    again = timm.create_model("fractalnet", **fractalnet_args(model, PATHS))
+    again.load_state_dict(paths_state_dict(model, PATHS))
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(x), sub(x))
     assert not any(a.data_ptr() == b.data_ptr() for a in sub.state_dict().values() for b in model.state_dict().values())
@@ -520,6 +521,18 @@ def test_input_too_small_and_bad_column_are_value_errors() -> None:
     with pytest.raises(ValueError, match="column=0"):
         model.extract_column(0)
     assert math.isclose(sum(paper_block_dropout(5)), 1.0)
+
+
+def test_generic_fractalnet_takes_any_layout_and_names_the_convs_that_read_the_image() -> None:
+    """``fractalnet`` takes every FractalNet argument (defaults: fractalnet_c3's layout); its cfg's first convs, which
+    timm adapts to ``in_chans``, follow num_columns, the first block's kept columns and the stem."""
+    assert timm.create_model("fractalnet").state_dict().keys() == timm.create_model("fractalnet_c3").state_dict().keys()
+    for kwargs in (dict(num_columns=4), dict(num_columns=4, paths=[[2, 4]] + [[1]] * 4),
+                   dict(num_blocks=4, widths=(8,) * 4, stem="resnet", stem_width=8, downsample_last=False)):
+        model = timm.create_model("fractalnet", **{**TINY, **kwargs})
+        first_conv = model.pretrained_cfg["first_conv"]
+        first_convs = {first_conv} if isinstance(first_conv, str) else set(first_conv)
+        assert first_convs == {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3}
 
 
 def test_timm_train_script_model_creation() -> None:

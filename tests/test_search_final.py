@@ -20,10 +20,9 @@ from fractal_space.deploy.onnx import OrtModel
 from fractal_space.engine.checkpoint import read_checkpoint
 from fractal_space.search.cli import main
 from fractal_space.search.results.final import distinct_architectures, plan, spread_architectures
-from fractal_space.search.space import JOIN_DIMS, SearchSpace
+from fractal_space.search.space import JOIN_DIMS, MODEL, SearchSpace
 from fractal_space.search.study.settings import FinalSettings, SearchSettings
 from fractal_space.search.trial.budget import Budget
-from fractal_space.search.trial.record import FRACTAL_MODEL
 
 FINAL = ("--final-top", "2", "--final-spread", "1", "--final-epochs", "1", "--final-baselines", "resnet20_cifar")
 
@@ -76,7 +75,7 @@ def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_si
         torch.testing.assert_close(torch.from_numpy(deployed), trained(x), atol=1e-4, rtol=1e-4)
         assert row.latency_runtime == "onnxruntime-cpu" and row.latency_ms > 0 and row.eager_latency_ms > 0
         if row.kind == "fractalnet":
-            assert row.model == FRACTAL_MODEL and len(row.column_test_acc) == kwargs["num_columns"]
+            assert row.model == MODEL and len(row.column_test_acc) == kwargs["num_columns"]
             columns = [eval(line, {"timm": timm}).eval() for line in row.column_load]  # each column alone
             assert len(columns) == len(row.column_latency_ms) == (kwargs["num_columns"] if kwargs["num_columns"] > 1
                                                                   else 0)

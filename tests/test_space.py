@@ -9,8 +9,7 @@ import torch
 
 import fractal_space  # noqa: F401  (registers the timm models)
 from fractal_space.core.paper import PAPER
-from fractal_space.search.space import DEFAULT, SearchSpace, max_blocks, widths_for
-from fractal_space.search.trial.record import FRACTAL_MODEL
+from fractal_space.search.space import DEFAULT, MODEL, SearchSpace, max_blocks, widths_for
 
 
 def _configs(space: SearchSpace, n: int) -> list[dict]:
@@ -27,7 +26,7 @@ def test_every_sample_is_a_consistent_buildable_network():
         assert kw["join"] in ("mean", "sum", "max", "concat") and max(kw["block_dropout"]) < 1
         assert set(cfg["train"]) == {"lr", "weight_decay", "batch_size", "drop_path_warmup"}
     kw = _configs(space, 1)[0]["model_kwargs"]
-    model = timm.create_model(FRACTAL_MODEL, num_classes=10, **kw).eval()
+    model = timm.create_model(MODEL, num_classes=10, **kw).eval()
     assert model.num_columns == kw["num_columns"]
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
@@ -83,7 +82,7 @@ def test_the_space_rejects_what_the_model_rejects(dim, value):
     else:
         config[dim] = value
     with pytest.raises(ValueError):
-        timm.create_model(FRACTAL_MODEL, num_classes=10, **config)
+        timm.create_model(MODEL, num_classes=10, **config)
     with pytest.raises(ValueError, match=f"space field '{dim}'"):
         space.replace(**{dim: value})
 
@@ -102,7 +101,7 @@ def test_user_objective_calls_the_space():
 
     def objective(trial: optuna.Trial) -> float:
         cfg = space.sample(trial).to_dict()
-        model = timm.create_model(FRACTAL_MODEL, num_classes=10, **cfg["model_kwargs"])
+        model = timm.create_model(MODEL, num_classes=10, **cfg["model_kwargs"])
         return float(sum(p.numel() for p in model.parameters())) * cfg["train"]["lr"]
 
     study = optuna.create_study()
@@ -183,7 +182,7 @@ def test_a_one_column_network_samples_no_join_dimensions():
     for t in by_columns[1]:
         assert not join_dims & set(t.params)
         kwargs = configs[t.number]["model_kwargs"]
-        assert kwargs["drop_path_rate"] == 0.0 and timm.create_model(FRACTAL_MODEL, num_classes=10, **kwargs)
+        assert kwargs["drop_path_rate"] == 0.0 and timm.create_model(MODEL, num_classes=10, **kwargs)
         assert configs[t.number]["train"]["drop_path_warmup"] == 0.0  # no drop-path, nothing to warm up
     for t in by_columns[2]:
         assert join_dims <= set(t.params)

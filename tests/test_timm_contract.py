@@ -244,12 +244,18 @@ def test_torchscript_matches_eager(traced_name: str) -> None:
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_fx_trace_matches_eager_and_scripts(traced_name: str, train: bool) -> None:
-    """timm's FX feature extractor gives the eager outputs; in eval mode a plain symbolic trace scripts and does too
-    (quantisation flows and timm's own tests trace, then script; compiling twice would double this file's cost)."""
+    """timm's FX feature extractor gives the eager outputs; in eval mode under ``torch.inference_mode()`` bit for bit,
+    as timm's ``test_model_forward_fx`` demands (eager inference folds batch norms and sums joins in place, and the
+    traced graph must do the same arithmetic). In eval mode a plain symbolic trace scripts and gives the eager outputs
+    too (quantisation flows and timm's own tests trace, then script; compiling twice would double this file's cost)."""
     model = _create(traced_name).train(train)
     train_nodes, eval_nodes = get_graph_node_names(model)
     fx_model = create_feature_extractor(model, [(train_nodes if train else eval_nodes)[-1]]).train(train)
     x = _input(model)
+    if not train:
+        with torch.inference_mode():
+            (fx_out,) = fx_model(x).values()
+            assert torch.equal(fx_out, model(x))
     with torch.no_grad(), torch.jit.optimized_execution(False):
         (fx_out,) = fx_model(x).values()
         _assert_close(fx_out, model(x))

@@ -3,8 +3,10 @@
 
 Written with timm's ``save_for_hf``, so ``timm.create_model("local-dir:<folder>", pretrained=True)`` (after
 ``import fractal_space``) rebuilds the architecture from ``architecture`` and ``model_args`` and loads the weights,
-and ``timm.models.push_to_hf_hub``'s upload of the same files publishes the folder unchanged. ``model.onnx`` has a
-dynamic batch axis and gives the PyTorch model's outputs in ONNX Runtime (checked on a real batch at export).
+and ``timm.models.push_to_hf_hub``'s upload of the same files publishes the folder unchanged. A FractalNet is saved as
+the generic ``fractalnet`` with every argument; folders that name a variant (``fractalnet_c3``) with arguments
+overriding its layout load as well. ``model.onnx`` has a dynamic batch axis and gives the PyTorch model's outputs in
+ONNX Runtime (checked on a real batch at export).
 """
 
 from __future__ import annotations
@@ -26,19 +28,21 @@ from fractal_space.deploy.metrics import Latency, deployment_latency
 from fractal_space.deploy.onnx import deployable_copy, deployable_graph
 from fractal_space.models.anytime import reestimate_bn_stats
 from fractal_space.models.fractalnet import FractalNet
+from fractal_space.models.fractalnet_paths import fractalnet_args
 
 FILES = ("model.safetensors", "model.onnx", "config.json")  # written in this order: config.json marks a complete export
 
 
-def _regularization_args(model: nn.Module) -> dict[str, Any]:
-    """FractalNet's drop-path and dropout as trained, and the head dropout ``timm.create_model`` was given (timm
-    leaves drop rates out unless they are supplied)."""
+def _config(model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What ``config.json`` rebuilds ``model`` from: a FractalNet, whichever variant built it, as the generic
+    ``fractalnet`` with every argument (:func:`fractalnet_args`: layout, joins, sub-fractal paths, drop-path and
+    dropout as trained); another model as its own architecture with the head dropout ``timm.create_model`` was given
+    (timm leaves drop rates out unless they are supplied). Returns ``(model_config, model_args)`` for ``save_for_hf``.
+    """
+    if isinstance(model, FractalNet):
+        return {"pretrained_cfg": {"architecture": "fractalnet"}}, fractalnet_args(model)
     given = getattr(model, "_model_args", {})
-    args = {"drop_rate": given["drop_rate"]} if "drop_rate" in given else {}
-    if not hasattr(model, "set_regularization"):
-        return args
-    return {**args, "drop_path_rate": float(model.drop_path_rate),
-            "global_drop_fraction": float(model.global_drop_fraction), "block_dropout": model.block_dropout_rates()}
+    return {}, {"drop_rate": given["drop_rate"]} if "drop_rate" in given else {}
 
 
 def export_model(model: nn.Module, folder: str | Path, batch: torch.Tensor, data: DataSplits | None = None) -> Path:
@@ -52,14 +56,16 @@ def export_model(model: nn.Module, folder: str | Path, batch: torch.Tensor, data
     plain = deployable_copy(model)
     graph = deployable_graph(plain, batch)
     folder.mkdir(parents=True, exist_ok=True)
-    data_config, model_config = None, None
+    model_config, model_args = _config(plain)
+    data_config = None
     if data is not None:
         data_config = {"input_size": (data.in_chans, *data.image_size), "mean": tuple(data.norm.mean),
                        "std": tuple(data.norm.std), "crop_pct": 1.0, "interpolation": "bilinear"}
-        model_config = {"label_names": list(data.train.classes)} if data.train.classes else None
+        if data.train.classes:
+            model_config["label_names"] = list(data.train.classes)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.export-") as tmp:
-        save_for_hf(plain, tmp, model_config=model_config, model_args=_regularization_args(plain),
-                    safe_serialization=True, data_config=data_config)
+        save_for_hf(plain, tmp, model_config=model_config, model_args=model_args, safe_serialization=True,
+                    data_config=data_config)
         (Path(tmp) / "model.onnx").write_bytes(graph)
         for name in FILES:
             os.replace(Path(tmp) / name, folder / name)

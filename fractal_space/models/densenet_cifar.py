@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import LayerType, create_conv2d, get_norm_act_layer
+from timm.layers import LayerType, create_conv2d, get_norm_act_layer, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.densenet import DenseBlock, DenseLayer, DenseTransition
 
@@ -38,6 +38,7 @@ from fractal_space.models.fold import (
 __all__ = ["DenseNetCifar"]
 
 
+@register_notrace_module  # a leaf of timm-traced graphs, which then fold like eager inference
 class FoldedDenseLayer(FoldingModule, DenseLayer):
     """timm's ``DenseLayer`` (same parameters and names) whose eager inference folds ``norm2`` into the 1x1 conv
     before it (``models/fold.py``); ``norm1`` normalises the concatenated features before a ReLU and cannot fold."""

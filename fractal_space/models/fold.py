@@ -8,8 +8,11 @@ on first use and again whenever one of the conv's or BN's tensors changed (an op
 FractalNet's eval-mode BN refresh, ``.to()``: anything that bumps a tensor's version or replaces its data), and
 ``train()`` drops them. On CPU the folded weights take the layout oneDNN runs fastest for the conv's width and map
 size (channels_last for narrow convs), so eval runs the per-block layout without ``set_memory_format``.
-Autograd, TorchScript, tracing (FX, ``torch.jit.trace``, ``torch.export`` / ONNX) and ``torch.compile`` see the
-unfolded modules, so gradients and exported graphs are as before.
+Autograd, TorchScript, tracing (``torch.fx.symbolic_trace``, ``torch.jit.trace``, ``torch.export`` / ONNX) and
+``torch.compile`` see the unfolded modules, so gradients and exported graphs are as before. timm's own FX tracer
+(feature extraction, ``timm.models.create_feature_extractor``, timm's model tests) keeps the folding modules as
+leaves (``register_notrace_module``): its graphs call them, so a traced graph run under inference mode folds exactly
+as the eager model does and gives the same outputs bit for bit, which timm's ``test_model_forward_fx`` demands.
 
 ``reparameterize()`` is timm's deployment route (``timm.utils.reparameterize_model`` calls it): it replaces each
 conv + BN pair by one biased conv for good, which also changes the state dict's names.
@@ -22,7 +25,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvNormAct
+from timm.layers import ConvNormAct, register_notrace_module
 
 from fractal_space.models.cpu_conv import cpu_prefers_channels_last
 
@@ -146,6 +149,7 @@ class FoldingModule(nn.Module):
         return super()._apply(fn, recurse)
 
 
+@register_notrace_module  # a leaf of timm-traced graphs, which then fold like eager inference
 class FoldedConvNormAct(FoldingModule, ConvNormAct):
     """timm's ``ConvNormAct`` (same parameters and names) whose eager inference is one conv with the BN folded in,
     then the activation; everything else runs conv -> BN -> activation as before."""

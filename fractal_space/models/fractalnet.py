@@ -21,7 +21,6 @@ Choices where the paper leaves room (documented in the README):
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -40,6 +39,7 @@ from fractal_space.core.paper import (
     check_rate,
     paper_block_dropout,
 )
+from fractal_space.models import fractalnet_paths
 from fractal_space.models.anytime import reestimate_bn_stats
 from fractal_space.models.cifar import CifarStageNet, ClassifierHeadMixin, cifar_cfg
 from fractal_space.models.cpu_conv import SmallMapConv2d, cpu_prefers_channels_last
@@ -51,7 +51,6 @@ __all__ = ["FractalNet", "FractalColumn", "paper_block_dropout"]
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 INIT_TYPES = ("xavier", "kaiming")
 STEM_TYPES = ("none", "resnet")
-COLUMN_CFG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "pool_size")  # parent cfg -> column
 EVAL_BN_REFRESH_BYTES = 12 * 2 ** 20  # training inputs kept for the eval-mode BN refresh: 1024 CIFAR images in fp32
 
 
@@ -107,6 +106,13 @@ def _check_layout(num_blocks: int, widths: Sequence[int], stem: str, init: str, 
     return widths
 
 
+def _check_columns(num_columns: int) -> int:
+    """C, the columns per block."""
+    if not isinstance(num_columns, int) or not 1 <= num_columns <= MAX_COLUMNS:
+        raise ValueError(f"num_columns={num_columns!r} must be an integer in [1, {MAX_COLUMNS}]")
+    return num_columns
+
+
 def _check_block_dropout(block_dropout: Sequence[float], num_blocks: int) -> tuple[float, ...]:
     """One dropout probability per block."""
     block_dropout = tuple(block_dropout)
@@ -123,25 +129,6 @@ def _true_at(flags: list[bool]) -> list[int]:
     for i, flag in enumerate(flags):
         if flag:
             out.append(i)
-    return out
-
-
-def _check_paths(paths: Optional[Sequence[Sequence[int]]], num_blocks: int,
-                 num_columns: int) -> Optional[list[list[int]]]:
-    """A sub-fractal's kept columns, one non-empty set of distinct columns in 1..C per block, sorted; None: all."""
-    if paths is None:
-        return None
-    rule = f"must give each of the {num_blocks} blocks a non-empty set of distinct columns in 1..{num_columns}"
-    if isinstance(paths, (str, bytes)) or not isinstance(paths, Sequence) or len(paths) != num_blocks:
-        raise ValueError(f"paths={paths!r} {rule}")
-    out = []
-    for i, kept in enumerate(paths):
-        ok = (isinstance(kept, (Sequence, set, frozenset)) and not isinstance(kept, (str, bytes)) and len(kept) > 0
-              and all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= num_columns for c in kept)
-              and len(set(kept)) == len(kept))
-        if not ok:
-            raise ValueError(f"paths={paths!r}: block {i} keeps {kept!r}; paths {rule}")
-        out.append(sorted(kept))
     return out
 
 
@@ -206,10 +193,15 @@ class ConcatJoin(nn.Module):
                 return s
         return -1
 
+    def input_weight(self, column: int) -> torch.Tensor:
+        """The projection weight's slice that ``column``'s input meets."""
+        lo = self.slot(column) * self.width
+        return self.proj.weight[:, lo:lo + self.width]
+
     def forward(self, xs: list[torch.Tensor], cols: list[int]) -> torch.Tensor:
         if len(xs) == self.num_inputs:
             return self.bn(self.proj(torch.cat(xs, dim=1)))
-        slices = [self.proj.weight[:, self.slot(c) * self.width:(self.slot(c) + 1) * self.width] for c in cols]
+        slices = [self.input_weight(c) for c in cols]
         weight = slices[0] if len(slices) == 1 else torch.cat(slices, dim=1)
         x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
         return self.bn(F.conv2d(x, weight))
@@ -440,12 +432,11 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
                 ``device="meta"`` builds without memory).
         """
         super().__init__()
-        if not isinstance(num_columns, int) or not 1 <= num_columns <= MAX_COLUMNS:
-            raise ValueError(f"num_columns={num_columns!r} must be an integer in [1, {MAX_COLUMNS}]")
+        _check_columns(num_columns)
         if join not in JOINS:
             raise ValueError(f"join={join!r} is not one of {JOINS}")
         widths = _check_layout(num_blocks, widths, stem, init, drop_rate)
-        self.paths = _check_paths(paths, num_blocks, num_columns)
+        self.paths = fractalnet_paths.check_paths(paths, num_blocks, num_columns)
 
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -770,114 +761,23 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
 
     @torch.jit.ignore
     def column_args(self, column: int) -> dict[str, Any]:
-        """The ``fractalnet_plain`` arguments that build column ``column`` (1 = shallowest) as a plain network."""
-        if column not in self.anytime_columns():
-            raise ValueError(f"column={column} is not one of this network's columns {self.anytime_columns()}")
-        return dict(num_classes=self.num_classes, in_chans=self.in_chans, num_blocks=len(self.blocks),
-                    convs_per_block=2 ** (column - 1), widths=self.widths[:len(self.blocks)],
-                    concat_join=self.join == "concat", block_dropout=self.block_dropout_rates(),
-                    drop_rate=self.drop_rate, global_pool=self.head.global_pool.pool_type, **self.plain_args)
-
-    @torch.jit.ignore
-    def column_state_dict(self, column: int) -> dict[str, torch.Tensor]:
-        """Column ``column``'s weights under a ``fractalnet_plain`` network's names (``column_args``).
-
-        Column c applies one conv unit at each step it takes part in; a concat join adds its 1x1 projection slice
-        for that column's input, then the join's BN.
-        """
-        c = column - 1
-        state = {f"stem.{k}": v for k, v in self.stem.state_dict().items()}
-        for i, block in enumerate(self.blocks):
-            layers: list[dict[str, torch.Tensor]] = []
-            for step in block.steps:
-                if c not in step.cols:
-                    continue
-                layers.append(step.conv_of(c).state_dict())
-                if isinstance(step.join, ConcatJoin):
-                    lo = step.join.slot(c) * step.join.width
-                    layers.append({"proj.weight": step.join.proj.weight[:, lo:lo + step.join.width],
-                                   **{f"bn.{k}": v for k, v in step.join.bn.state_dict().items()}})
-            state.update({f"stages.{i}.{j}.{k}": v for j, layer in enumerate(layers) for k, v in layer.items()})
-        state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
-        return state
+        """The ``fractalnet_plain`` arguments that build column ``column`` (1 = shallowest) as a plain network
+        (:func:`fractalnet_paths.column_args`)."""
+        return fractalnet_paths.column_args(self, column)
 
     @torch.jit.ignore
     def extract_column(self, column: int) -> "FractalColumn":
-        """Column ``column`` (1 = shallowest) as a standalone plain network sharing no tensors with this one.
-
-        It is built by ``timm.create_model("fractalnet_plain", **self.column_args(column))``, so it trains, exports
-        and loads like any timm model; its outputs equal ``self(x, column=column)``.
-        """
-        return self._extract("fractalnet_plain", self.column_args(column), self.column_state_dict(column))
-
-    @torch.jit.ignore
-    def paths_args(self, paths: Sequence[Sequence[int]]) -> dict[str, Any]:
-        """The FractalNet arguments that build sub-fractal ``paths`` (per block the kept columns, 1 = shallowest)
-        with this network's layout and regularisation; ``paths`` must lie within this network's own."""
-        checked = _check_paths(paths, len(self.blocks), self.num_columns)
-        assert checked is not None
-        for i, (kept, own) in enumerate(zip(checked, self.block_kept, strict=True)):
-            missing = [c for c in kept if not own[c - 1]]
-            if missing:
-                raise ValueError(f"paths={paths!r}: block {i} keeps column(s) {missing}, which this sub-fractal "
-                                 f"does not have (paths={self.paths!r})")
-        return dict(num_classes=self.num_classes, in_chans=self.in_chans, num_blocks=len(self.blocks),
-                    num_columns=self.num_columns, widths=self.widths[:len(self.blocks)], join=self.join,
-                    block_dropout=self.block_dropout_rates(), drop_rate=self.drop_rate,
-                    drop_path_rate=self.drop_path_rate, global_drop_fraction=self.global_drop_fraction,
-                    paths=checked, global_pool=self.head.global_pool.pool_type, eval_bn_refresh=self.eval_bn_refresh,
-                    eval_bn_refresh_bytes=self.eval_bn_refresh_bytes, **self.plain_args)
-
-    @torch.jit.ignore
-    def paths_state_dict(self, paths: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """Sub-fractal ``paths``' weights under the names of the network ``paths_args(paths)`` builds: each kept
-        column's conv units, and of a concat join the projection slices of its kept inputs."""
-        kept = self.paths_args(paths)["paths"]
-        state = {f"stem.{k}": v for k, v in self.stem.state_dict().items()}
-        for i, block in enumerate(self.blocks):
-            for d, step in enumerate(block.steps):
-                cols = [c for c in step.cols if c + 1 in kept[i]]
-                prefix = f"blocks.{i}.steps.{d}"
-                for j, c in enumerate(cols):
-                    state.update({f"{prefix}.convs.{j}.{k}": v for k, v in step.conv_of(c).state_dict().items()})
-                if isinstance(step.join, ConcatJoin) and cols:
-                    w = step.join.width
-                    state[f"{prefix}.join.proj.weight"] = torch.cat(
-                        [step.join.proj.weight[:, step.join.slot(c) * w:(step.join.slot(c) + 1) * w] for c in cols], 1)
-                    state.update({f"{prefix}.join.bn.{k}": v for k, v in step.join.bn.state_dict().items()})
-        state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
-        return state
+        """Column ``column`` (1 = shallowest) as a standalone ``fractalnet_plain`` network sharing no tensors with this
+        one, its outputs equal to ``self(x, column=column)`` (:func:`fractalnet_paths.extract_column`)."""
+        return fractalnet_paths.extract_column(self, column)
 
     @torch.jit.ignore
     def extract_paths(self, paths: Sequence[Sequence[int]],
                       bn_batches: Optional[Sequence[torch.Tensor]] = None) -> "FractalNet":
-        """Sub-fractal ``paths`` (per block the kept columns, 1 = shallowest) as a standalone FractalNet that shares
-        no tensors with this one: the one-shot search's weight inheritance.
-
-        It is built by ``timm.create_model(<this variant>, **self.paths_args(paths))``, so it trains, exports and
-        loads like any timm model, with only its own weights and cost. Its batch-norm statistics come from this
-        network, gathered on other paths; ``bn_batches`` (input batches, e.g. a few training batches) re-estimates
-        them through the sub-fractal alone (:func:`fractal_space.models.anytime.reestimate_bn_stats`), the fair way to
-        evaluate it.
-        """
-        cfg = getattr(self, "pretrained_cfg", None) or {}
-        sub = self._extract(cfg.get("architecture") or "fractalnet_c4", self.paths_args(paths),
-                            self.paths_state_dict(paths))
-        if bn_batches is not None:
-            reestimate_bn_stats(sub, bn_batches)
-        return sub
-
-    @torch.jit.ignore
-    def _extract(self, name: str, args: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
-        """``timm.create_model(name, **args)`` where this network's weights are, reading inputs like it, with
-        ``state`` loaded, in this network's training mode."""
-        weight = next(self.parameters())
-        cfg = getattr(self, "pretrained_cfg", None) or {}
-        overlay = {k: cfg[k] for k in COLUMN_CFG_KEYS if k in cfg}
-        model = timm.create_model(name, pretrained_cfg_overlay=overlay, device=weight.device, dtype=weight.dtype,
-                                  **args)
-        model.load_state_dict(state)
-        return model.train(self.training)
+        """Sub-fractal ``paths`` (per block the kept columns, 1 = shallowest) as a standalone ``fractalnet`` sharing no
+        tensors with this one, its batch-norm statistics re-estimated on ``bn_batches`` if given
+        (:func:`fractalnet_paths.extract_paths`)."""
+        return fractalnet_paths.extract_paths(self, paths, bn_batches)
 
 
 class _ConcatSlice(nn.Module):
@@ -957,15 +857,19 @@ class FractalColumn(CifarStageNet):
 
 
 def _create_fractalnet(variant: str, pretrained: bool = False, **kwargs: Any) -> FractalNet:
-    """Build a registered variant through timm; ``features_only`` taps every block (4 for the ImageNet layout).
+    """Build a FractalNet through timm; ``features_only`` taps every block (4 for the ImageNet layout).
 
-    A sub-fractal's first convs are those of the columns its first block keeps.
+    The cfg's first convs (those timm adapts to ``in_chans``) follow the arguments, not the variant: the ImageNet
+    stem's conv, else the first conv of every column the first block keeps.
     """
-    out_indices = kwargs.pop("out_indices", tuple(range(kwargs.get("num_blocks", 5))))
-    paths = _check_paths(kwargs.get("paths"), kwargs.get("num_blocks", 5), kwargs.get("num_columns", 4))
-    if paths is not None and kwargs.get("stem", "none") == "none":
-        first_conv = _first_convs(kwargs.get("num_columns", 4), paths[0])
-        kwargs["pretrained_cfg_overlay"] = {"first_conv": first_conv, **(kwargs.get("pretrained_cfg_overlay") or {})}
+    out_indices = kwargs.pop("out_indices", tuple(range(kwargs["num_blocks"])))
+    num_columns = _check_columns(kwargs["num_columns"])
+    paths = fractalnet_paths.check_paths(kwargs.get("paths"), kwargs["num_blocks"], num_columns)
+    if kwargs.get("stem", "none") == "resnet":
+        first_conv: Union[str, tuple[str, ...]] = "stem.0.conv"
+    else:
+        first_conv = _first_convs(num_columns, None if paths is None else paths[0])
+    kwargs["pretrained_cfg_overlay"] = {"first_conv": first_conv, **(kwargs.get("pretrained_cfg_overlay") or {})}
     return build_model_with_cfg(
         FractalNet,
         variant,
@@ -1009,6 +913,7 @@ def _first_convs(num_columns: int, columns: Optional[Sequence[int]] = None) -> t
 
 
 default_cfgs = generate_default_cfgs({
+    "fractalnet.untrained": _cfg(first_conv=_first_convs(3)),
     **{f"fractalnet_c{c}.untrained": _cfg(first_conv=_first_convs(c)) for c in range(1, 7)},
     "fractalnet20_cifar.untrained": _cfg(first_conv=_first_convs(3)),
     "fractalnet40_cifar.untrained": _cfg(first_conv=_first_convs(4)),
@@ -1021,6 +926,15 @@ default_cfgs = generate_default_cfgs({
 
 REDUCED_WIDTHS = (16, 32, 64, 128, 128)
 PAPER_WIDTHS = (64, 128, 256, 512, 512)
+
+
+@register_model
+def fractalnet(pretrained: bool = False, **kwargs: Any) -> FractalNet:
+    """Any FractalNet, every :class:`FractalNet` argument by keyword (``num_blocks``, ``num_columns``, ``widths``,
+    ``join``, ``paths``, ...): the name a searched or exported architecture is built and saved under. Unset layout
+    arguments are ``fractalnet_c3``'s (B=5, C=3, reduced widths 16-128)."""
+    args = dict(num_blocks=5, num_columns=3, widths=REDUCED_WIDTHS)
+    return _create_fractalnet("fractalnet", pretrained, **dict(args, **kwargs))
 
 
 def _reduced(columns: int, pretrained: bool, **kwargs: Any) -> FractalNet:

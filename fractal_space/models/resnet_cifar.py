@@ -29,6 +29,7 @@ from timm.layers import (
     get_act_layer,
     get_norm_act_layer,
     get_norm_layer,
+    register_notrace_module,
 )
 from timm.models import (
     build_model_with_cfg,
@@ -64,9 +65,11 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.pad_chs))
 
 
+@register_notrace_module  # a leaf of timm-traced graphs, which then fold like eager inference
 class FoldedBasicBlock(FoldingModule, BasicBlock):
     """timm's ``BasicBlock`` (same parameters and names) whose eager inference runs both convs with their batch
-    norms folded in (``models/fold.py``); training, scripting and tracing run timm's conv -> BN order."""
+    norms folded in (``models/fold.py``); training, scripting and tracing run timm's conv -> BN order (timm's FX
+    tracer calls the block as a leaf)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

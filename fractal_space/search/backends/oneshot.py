@@ -36,13 +36,13 @@ import timm
 from fractal_space.core.hardware import device_label, peak_memory_mb, usable_cpus
 from fractal_space.deploy.metrics import count_flops, count_params, deployment_latency, measure_latency
 from fractal_space.engine import TrainConfig, Trainer
-from fractal_space.search.space import architecture_name
+from fractal_space.search.space import MODEL, architecture_name
 from fractal_space.search.study import lifecycle
 from fractal_space.search.study.accounting import reap_stale, tally
 from fractal_space.search.study.runner import recording_failure
 from fractal_space.search.study.settings import SearchSettings
 from fractal_space.search.trial import stops
-from fractal_space.search.trial.record import FRACTAL_MODEL, TrialRecord, tag
+from fractal_space.search.trial.record import TrialRecord, tag
 from fractal_space.search.trial.stops import fault_point
 
 
@@ -93,7 +93,7 @@ _COST_RATIO: dict[str, float] = {}
 
 def _flops(model_kwargs: dict[str, Any], input_size: int) -> int:
     """Forward FLOPs per image of a FractalNet."""
-    return count_flops(timm.create_model(FRACTAL_MODEL, **model_kwargs), (3, input_size, input_size))
+    return count_flops(timm.create_model(MODEL, **model_kwargs), (3, input_size, input_size))
 
 
 def _cost_ratio(settings: SearchSettings) -> float:
@@ -128,7 +128,7 @@ def supernet_train_config(settings: SearchSettings, progress: bool = False) -> T
     """The supernet's engine run: the multi-trial search's compute, every core, checkpointed in the study."""
     config = supernet_config(settings)
     epochs = max(1, math.ceil(supernet_images(settings) / settings.budget.rungs.min_images))
-    return settings.budget.config(model=FRACTAL_MODEL, model_kwargs=dict(config["model_kwargs"]), epochs=epochs,
+    return settings.budget.config(model=MODEL, model_kwargs=dict(config["model_kwargs"]), epochs=epochs,
                                   supernet_sampling="uniform", num_threads=usable_cpus(), progress=progress,
                                   out_dir=str(settings.supernet_dir), **config["train"])
 
@@ -165,7 +165,7 @@ class SubFractalObjective:
     def __call__(self, trial: optuna.Trial) -> list[float]:
         started, started_at = time.perf_counter(), time.time()
         fault_point("trial-running")
-        tag(trial, "fractalnet", FRACTAL_MODEL)
+        tag(trial, "fractalnet", MODEL)
         fault_point("trial-tagged")
         trial.set_user_attr("strategy", "oneshot")
         with recording_failure(trial):

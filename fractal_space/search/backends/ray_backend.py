@@ -35,7 +35,6 @@ from fractal_space.search.study.storage import open_storage
 from fractal_space.search.trial.adapters import flat_params, ray_metrics
 from fractal_space.search.trial.budget import Budget
 from fractal_space.search.trial.record import (
-    FRACTAL_MODEL,
     OBJECTIVES,
     TrialRecord,
     fail_reason,
@@ -142,7 +141,7 @@ class StudySearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials[trial_id]
-        tag(ot_trial, "fractalnet", FRACTAL_MODEL)
+        tag(ot_trial, "fractalnet", MODEL)
         if config is not None:
             trial = self._fractal_space.config(flat_params(config, self._fractal_space))
             ot_trial.set_user_attr("config", trial.to_dict())

@@ -36,10 +36,9 @@ from fractal_space.deploy.export import export_trained, load_line
 from fractal_space.deploy.metrics import measure_latency
 from fractal_space.deploy.onnx import run_line
 from fractal_space.engine import Trainer
-from fractal_space.search.space import architecture_name
+from fractal_space.search.space import MODEL, architecture_name
 from fractal_space.search.study.accounting import is_search_trial
 from fractal_space.search.study.settings import SearchSettings
-from fractal_space.search.trial.record import FRACTAL_MODEL
 
 log = logging.getLogger("fractal_space.search")
 RESULTS = "results.parquet"
@@ -119,7 +118,7 @@ def _fractal_job(t: optuna.trial.FrozenTrial, seed: int, suffix: str, role: str)
     config = t.user_attrs["config"]
     kwargs = config["model_kwargs"]
     kept = {k: v for k, v in config["train"].items() if k in REGULARIZATION_FIELDS}
-    return FinalJob(f"{architecture_name(kwargs)}_t{t.number:04d}{suffix}", "fractalnet", FRACTAL_MODEL, kwargs, kept,
+    return FinalJob(f"{architecture_name(kwargs)}_t{t.number:04d}{suffix}", "fractalnet", MODEL, kwargs, kept,
                     seed, t.number, t.values[0], role)
 
 

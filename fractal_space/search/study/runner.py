@@ -18,12 +18,12 @@ import optuna
 from optuna.trial import TrialState
 from optuna_dashboard import save_note
 
-from fractal_space.search.space import SearchSpace, architecture_name
+from fractal_space.search.space import MODEL, SearchSpace, architecture_name
 from fractal_space.search.study.accounting import counts_as_finished, is_search_trial
 from fractal_space.search.study.retention import trial_dir
 from fractal_space.search.trial import stops
 from fractal_space.search.trial.budget import Budget
-from fractal_space.search.trial.record import FRACTAL_MODEL, TrialRecord, fail_reason, tag
+from fractal_space.search.trial.record import TrialRecord, fail_reason, tag
 from fractal_space.search.trial.stops import fault_point
 from fractal_space.search.trial.training import Pruned, run_trial
 
@@ -45,7 +45,7 @@ class TrialRunner:
     def search(self, trial: optuna.Trial) -> list[float]:
         """The objective of a search trial: sample the space, train, prune on per-epoch accuracy."""
         fault_point("trial-running")
-        tag(trial, "fractalnet", FRACTAL_MODEL)
+        tag(trial, "fractalnet", MODEL)
         fault_point("trial-tagged")
         trials = trial.study.get_trials(deepcopy=False)
         ahead = [t for t in trials if t.number < trial.number and (
@@ -56,7 +56,7 @@ class TrialRunner:
             first = [t.number for t in ahead if t.user_attrs.get("reference")]
             if first:
                 _surplus(trial, f"the reference point is already trial {first[0]}")
-        return self._train(trial, FRACTAL_MODEL, lambda: self.space.sample(trial).to_dict(), named=True)
+        return self._train(trial, MODEL, lambda: self.space.sample(trial).to_dict(), named=True)
 
     def baseline(self, model: str, train: dict[str, Any]) -> Callable[[optuna.Trial], list[float]]:
         """The objective of a baseline trial: ``model`` trained with the same budget and the reference recipe."""

@@ -21,8 +21,6 @@ import pyarrow as pa
 
 #: What each objective name minimises next to (maximised) validation accuracy; ``accuracy`` is single-objective.
 OBJECTIVES: dict[str, str | None] = {"accuracy": None, "params": "params", "flops": "flops", "latency": "latency_ms"}
-#: The registered FractalNet variant search trials are built from; their model_kwargs override its B, C and widths.
-FRACTAL_MODEL = "fractalnet_c3"
 MAX_REASON = 2000
 
 
