@@ -18,18 +18,22 @@ from fractal_space.search.trial.record import TrialRecord
 def test_ray_search_end_to_end_with_dashboard(tmp_path):
     """With the random-search control as sampler (TPE through the same searcher: test_asha_stopped_trials...)."""
     proc = spawn_search(tmp_path, "ray", "--backend", "ray", "--trials", "2", "--sampler", "random", rungs=2)
-    url, lines = None, []
+    urls, lines = {}, []
     deadline = time.monotonic() + 120
-    while url is None and time.monotonic() < deadline:
+    while len(urls) < 2 and time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line and proc.poll() is not None:
             break
         lines.append(line)
-        if line.startswith("Ray dashboard: "):
-            url = line.split(": ", 1)[1].split()[0]
-    assert url, "".join(lines)
-    with urllib.request.urlopen(url, timeout=30) as page:  # the dashboard answers while the search runs
+        for name in ("Ray dashboard: ", "Optuna dashboard, search: "):  # Optuna's too, on the same storage
+            if line.startswith(name):
+                urls[name] = line.split(": ", 1)[1].split()[0]
+    assert len(urls) == 2, "".join(lines)
+    with urllib.request.urlopen(urls["Ray dashboard: "], timeout=30) as page:  # answers while the search runs
         assert page.status == 200
+    base, study_id = urls["Optuna dashboard, search: "].split("/dashboard/studies/")
+    with urllib.request.urlopen(f"{base}/api/studies/{study_id}", timeout=60) as page:
+        assert page.status == 200 and json.loads(page.read())["name"] == "ray"
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, "".join(lines) + out
     console = "".join(lines) + out  # the bar and the search's own lines only: none of Ray Tune's chatter
