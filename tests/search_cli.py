@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pandas as pd
@@ -67,3 +69,17 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def trials_table(runs: Path, study: str) -> pd.DataFrame:
     return pd.read_parquet(runs / study / "trials.parquet")
+
+
+def dashboard_json(runs: Path, study: str, path: str) -> dict:
+    """What the Optuna dashboard's API answers at ``path`` for the storage of ``study`` (its pages show this), from
+    the dashboard's WSGI app in this process; ``{id}`` in ``path`` is the study's id."""
+    from optuna_dashboard import wsgi
+
+    storage = open_storage(None, runs / study, heartbeat_s=None)
+    environ = {"PATH_INFO": path.format(id=storage.get_study_id_from_name(study))}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = b"".join(wsgi(storage)(environ, lambda code, headers, *exc: status.append(code)))
+    assert status == ["200 OK"], (status, body[:500])
+    return json.loads(body)

@@ -55,6 +55,15 @@ def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_si
     assert list(after.role).count("spread") == len(architectures) - len(distinct_architectures(study, 2))
     kept = after.set_index("name").loc[before.name, "test_acc"]
     assert kept.tolist() == before.test_acc.tolist()  # a finished model is not trained again
+    # The dashboard's study of the final stage: one trial per model, the killed one's taken over by the re-run, each
+    # with its validation curve (one epoch) and its test accuracy as value.
+    trials = load_study(tmp_path, "final-final", storage=f"sqlite:///{tmp_path / 'final' / 'study.db'}").trials
+    retrained = {t.user_attrs["name"]: t for t in trials}
+    assert sorted(retrained) == sorted(after.name) and len(trials) == len(after)
+    for row in after.itertuples():
+        trial = retrained[row.name]
+        assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == row.test_acc
+        assert trial.intermediate_values == {1: row.val_acc} and trial.user_attrs["role"] == row.role
     assert after.test_acc.between(0, 1).all() and (after.latency_ms_batch > 0).all() and (after.params > 0).all()
 
     x = torch.randn(3, 3, 32, 32)

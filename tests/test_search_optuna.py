@@ -2,13 +2,14 @@
 
 import json
 import multiprocessing
-import time
+import os
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from optuna.trial import TrialState
-from search_cli import finished, load_study, run_search, trials_table
+from search_cli import dashboard_json, finished, load_study, run_search, trials_table
 
 from fractal_space.search.cli import main
 from fractal_space.search.results.table import FIXED_SCHEMA
@@ -170,6 +171,15 @@ def test_successive_halving_stops_trials_at_a_rung_and_promoted_ones_continue(tm
                for row in complete.itertuples())  # the anytime metrics once the budget is spent
     best = load_study(tmp_path, "sh").best_trial
     assert best.intermediate_values.keys() == {1, 2, 3}  # every epoch reported, the last one too
+    page = dashboard_json(tmp_path, "sh", "/api/studies/{id}")  # the study page says what a step is, the rungs, why
+    assert "one epoch of 50 training images" in page["note"]["body"]
+    assert "rung 0 at step 1 (50 images), rung 1 at step 3 (150 images)" in page["note"]["body"]
+    reason = "stopped at rung 0 (1 epochs of 50 images) by successive halving"
+    stopped = [t for t in page["trials"] if t["state"] == "Pruned"]
+    assert len(stopped) == len(pruned)
+    for trial in stopped:
+        assert {"key": "pruned_reason", "value": reason} in trial["user_attrs"]
+        assert trial["note"]["body"].endswith(f"Pruned: {reason}.")
     metrics = (tmp_path / "sh" / "trials" / f"{best.number:05d}" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in metrics] == [1, 2, 3]
 
@@ -188,37 +198,68 @@ def test_every_option_has_help_with_its_default_and_choices():
     assert "{optuna,ray}" in text and "{accuracy,params,flops,latency}" in text and "(default: 200)" in text
 
 
-def test_the_optuna_dashboard_answers_while_the_search_runs_and_is_gone_after(tmp_path):
+def _get_json(url: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=120) as page:
+        assert page.status == 200, url
+        return json.loads(page.read())
+
+
+def test_the_dashboard_serves_both_study_pages_until_the_run_ends_and_never_prints_on_the_console(tmp_path):
+    """The printed URLs are the study pages of the search and of the final stage. They answer during the final stage,
+    with the search process stopped meanwhile (the dashboard is a process of its own); computing importances makes
+    Optuna warn ("Some regimes for parameter `join` ..." with 3 trials, one of them C=1), and that warning goes to the
+    dashboard's log, not to the search's console. Afterwards the final study holds the retrained model's curve."""
+    import re
+    import signal
     import urllib.error
     import urllib.request
 
+    import optuna
+    import pandas as pd
     from search_cli import spawn_search
 
-    proc = spawn_search(tmp_path, "dash", "--trials", "3", rungs=2)
-    url, lines = None, []
-    while url is None:
-        line = proc.stdout.readline()
-        if not line:
-            break
+    proc = spawn_search(tmp_path, "dash", "--trials", "3", "--final-top", "1", "--final-epochs", "2")
+    lines = []
+    for line in proc.stdout:
         lines.append(line)
-        if line.startswith("Optuna dashboard: "):
-            url = line.split(": ", 1)[1].split()[0]
-    assert url, "".join(lines)
-    deadline, listed = time.monotonic() + 120, b""
-    while b'"dash"' not in listed and time.monotonic() < deadline:  # the study appears once the search creates it
-        with urllib.request.urlopen(f"{url}/api/studies", timeout=30) as page:
-            assert page.status == 200
-            listed = page.read()
-        time.sleep(0.5)
-    assert b'"dash"' in listed and proc.poll() is None  # answered while the search runs
+        if line.startswith("final stage: "):  # the final stage's first model, its trial created
+            break
+    pages = dict(re.findall(r"^Optuna dashboard, (search|final stage): (\S+)", "".join(lines), re.MULTILINE))
+    assert set(pages) == {"search", "final stage"}, "".join(lines)
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        base, search_id = pages["search"].split("/dashboard/studies/")
+        final_id = pages["final stage"].removeprefix(f"{base}/dashboard/studies/")
+        with urllib.request.urlopen(pages["search"], timeout=120) as page:
+            assert page.status == 200 and b"Optuna Dashboard" in page.read()
+        search = _get_json(f"{base}/api/studies/{search_id}")
+        final = _get_json(f"{base}/api/studies/{final_id}")
+        importances = _get_json(f"{base}/api/studies/{search_id}/param_importances")["param_importances"]
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, "".join(lines) + out
+    console = "".join(lines) + out
+    assert proc.returncode == 0, console
+    assert search["name"] == "dash" and "rung 0 at step 1 (100 images)" in search["note"]["body"]
+    for trial in search["trials"]:  # each note leads with the architecture and the trial number
+        model = {a["key"]: a["value"] for a in trial["user_attrs"]}["model"]
+        assert trial["note"]["body"].startswith(f"**{model}** (trial {trial['number']})"), trial["note"]
+    assert final["name"] == "dash-final" and len(final["trials"]) == 1 and len(importances[0]) > 0
+    name = pd.read_parquet(tmp_path / "dash" / "final" / "results.parquet").name.tolist()
+    assert final["trials"][0]["note"]["body"].startswith(f"**{name[0]}** (final stage, trial 0)")
+    assert "Some regimes" in (tmp_path / "dash" / "dashboard.log").read_text()  # Optuna warned, in the dashboard
+    assert "Some regimes" not in console and "Warning" not in console
+    assert f"reopen it with: {Path(sys.executable).parent / 'optuna-dashboard'} sqlite:///" in console
+    retrained = optuna.load_study(study_name="dash-final", storage=f"sqlite:///{tmp_path / 'dash' / 'study.db'}")
+    assert [t.user_attrs["name"] for t in retrained.trials] == name
+    assert retrained.trials[0].intermediate_values.keys() == {1, 2} and retrained.trials[0].value is not None
     try:  # gone; the freed port may already serve another test's search (xdist), never this study
-        with urllib.request.urlopen(f"{url}/api/studies", timeout=5) as page:
+        with urllib.request.urlopen(f"{base}/api/studies", timeout=5) as page:
             assert b'"dash"' not in page.read()
     except urllib.error.URLError:
         pass
-
 
 
 def test_the_dashboard_takes_the_next_port_when_its_own_is_bound_but_not_yet_listening(tmp_path):
@@ -233,7 +274,7 @@ def test_the_dashboard_takes_the_next_port_when_its_own_is_bound_but_not_yet_lis
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # bound, not listening
         port = taken.getsockname()[1]
-        with serve(open_storage(None, tmp_path, heartbeat_s=None), port) as url:
+        with serve(open_storage(None, tmp_path, heartbeat_s=None), tmp_path / "dashboard.log", port) as url:
             assert int(url.rsplit(":", 1)[1]) > port
             with urllib.request.urlopen(f"{url}/api/studies", timeout=30) as page:
                 assert page.status == 200

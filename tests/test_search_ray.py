@@ -32,16 +32,21 @@ def test_ray_search_end_to_end_with_dashboard(tmp_path):
     runs, Ray's own state API shows each trial actor by its study trial number and architecture, and its log holds
     its epoch lines; afterwards no process the search started is alive."""
     proc = spawn_search(tmp_path, "ray", "--backend", "ray", "--trials", "3", "--sampler", "random", rungs=2)
-    url, lines = None, []
+    urls, lines = {}, []
     deadline = time.monotonic() + 120
-    while url is None and time.monotonic() < deadline:
+    while len(urls) < 2 and time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line and proc.poll() is not None:
             break
         lines.append(line)
-        if line.startswith("Ray dashboard: "):
-            url = line.split(": ", 1)[1].split()[0]
-    assert url, "".join(lines)
+        for name in ("Ray dashboard: ", "Optuna dashboard, search: "):  # Optuna's too, on the same storage
+            if line.startswith(name):
+                urls[name] = line.split(": ", 1)[1].split()[0]
+    assert len(urls) == 2, "".join(lines)
+    url = urls["Ray dashboard: "]
+    base, study_id = urls["Optuna dashboard, search: "].split("/dashboard/studies/")
+    with urllib.request.urlopen(f"{base}/api/studies/{study_id}", timeout=60) as page:
+        assert page.status == 200 and json.loads(page.read())["name"] == "ray"
     started, actors, logs = set(), {}, {}
     while proc.poll() is None:
         started |= {child for child in psutil.Process(proc.pid).children(recursive=True)}

@@ -11,7 +11,8 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="Ray: GPUs per trial, fractions allowed (default: 1 with --device cuda, else 0)")
     p.add_argument("--dashboard-port", type=int, default=None,
-                   help="dashboard port on 127.0.0.1 (default: the next free one from 8080 for the Optuna dashboard, "
-                        "from 8265 for Ray's)")
+                   help="dashboard port on 127.0.0.1: the Optuna dashboard's (default: the next free one from 8080); "
+                        "with --backend ray, Ray's dashboard's (default: 8265), the Optuna dashboard's the next free "
+                        "one from 8080")
     p.add_argument("--no-dashboard", action="store_true",
-                   help="serve no dashboard (Optuna backend: its live Optuna dashboard; Ray: Ray's dashboard)")
+                   help="serve no dashboard (neither the live Optuna dashboard nor, with --backend ray, Ray's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -301,19 +303,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fractal_space.search.backends import oneshot as backend
     else:
         from fractal_space.search.backends import optuna_backend as backend
-    if not complete:
-        code = _search(settings, backend, args.no_progress, optuna_dashboard=args.backend == "optuna")
-        if code:
-            return code
-    report = finish(settings)  # the search's results first, so they are there whatever the final stage does
-    if settings.final.top:
-        code = _final(settings, args.no_progress)
-        if code:
-            return code
-        report = finish(settings)  # again, with the final stage's table
+    _describe(settings)
+    with _dashboard(settings, args.backend):  # one dashboard for the whole run: search, final stage and report
+        if not complete:
+            code = _search(settings, backend, args.no_progress)
+            if code:
+                return code
+        report = finish(settings)  # the search's results first, so they are there whatever the final stage does
+        if settings.final.top:
+            code = _final(settings, args.no_progress)
+            if code:
+                return code
+            report = finish(settings)  # again, with the final stage's table
     print(f"trials: {settings.study_dir / 'trials.parquet'}")
     print(f"report: {report}")
+    if settings.dashboard:
+        from fractal_space.search.study.watch import reopen_command
+
+        print(f"the Optuna dashboard stops with the run; reopen it with: {reopen_command(storage_label(settings))}")
     return 0
+
+
+def _describe(settings: SearchSettings) -> None:
+    """Create the search's study (and the final stage's) now, so the dashboard has their pages from the start, each
+    with its note: what a step is, where the rungs fall, the sampler and the objective."""
+    from fractal_space.search.results.final import final_study
+    from fractal_space.search.study.lifecycle import describe, load, study_note
+
+    describe(load(settings, heartbeat=False), study_note(settings))
+    if settings.final.top:
+        final_study(settings)
+
+
+@contextmanager
+def _dashboard(settings: SearchSettings, backend: str) -> Iterator[None]:
+    """Serve the Optuna dashboard while the block runs (unless ``--no-dashboard``), on both backends (beside Ray's
+    with Ray), and say which page follows the search and which the final stage."""
+    from fractal_space.search.study.lifecycle import FINAL_SUFFIX
+    from fractal_space.search.study.storage import open_storage
+    from fractal_space.search.study.watch import serve, study_url
+
+    if not settings.dashboard:
+        yield
+        return
+    storage = open_storage(settings.storage_url, settings.study_dir, heartbeat_s=None)
+    port = settings.dashboard_port if backend == "optuna" else None  # with Ray, --dashboard-port is Ray's dashboard's
+    with serve(storage, settings.study_dir / "dashboard.log", port) as url:
+        print(f"Optuna dashboard, search: {study_url(url, storage, settings.study)} (trials, curves, parameters, "
+              "importances)", flush=True)
+        if settings.final.top:
+            print(f"Optuna dashboard, final stage: {study_url(url, storage, settings.study + FINAL_SUFFIX)} (each "
+                  "retrained model's validation curve and test accuracy)", flush=True)
+        yield
 
 
 def _estimate(settings: SearchSettings) -> str:
@@ -388,23 +429,11 @@ def _complete(settings: SearchSettings, study: Any) -> bool:
     return tally(study)[0] >= settings.trials and set(settings.baselines) <= baselines
 
 
-def _search(settings: SearchSettings, backend: Any, no_progress: bool, optuna_dashboard: bool) -> int:
-    """Run the backend with a progress bar (and the live Optuna dashboard, unless turned off); 130 after Ctrl-C (with
-    the report of what finished), else 0."""
-    from contextlib import nullcontext
-
-    from fractal_space.search.study.storage import open_storage
-    from fractal_space.search.study.watch import serve
-
-    served = serve(open_storage(settings.storage_url, settings.study_dir, heartbeat_s=None), settings.dashboard_port
-                   ) if optuna_dashboard and settings.dashboard else nullcontext(None)
+def _search(settings: SearchSettings, backend: Any, no_progress: bool) -> int:
+    """Run the backend with a progress bar; 130 after Ctrl-C (with the report of what finished), else 0."""
     progress = Progress(settings.trials, enabled=not no_progress)
     try:
-        with served as url:
-            if url:
-                print(f"Optuna dashboard: {url} (trials, curves, parameters, importances; live while the search "
-                      "runs)", flush=True)
-            backend.run(settings, progress.update)
+        backend.run(settings, progress.update)
     except KeyboardInterrupt:
         progress.close()
         print(f"interrupted: finished trials are stored in {storage_label(settings)}; re-run the same command to "

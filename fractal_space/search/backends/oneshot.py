@@ -32,6 +32,7 @@ from typing import Any
 
 import optuna
 import timm
+from optuna_dashboard import save_note
 
 from fractal_space.core.hardware import device_label, peak_memory_mb, usable_cpus
 from fractal_space.deploy.metrics import count_flops, count_params, deployment_latency, measure_latency
@@ -39,7 +40,7 @@ from fractal_space.engine import TrainConfig, Trainer
 from fractal_space.search.space import MODEL, architecture_name
 from fractal_space.search.study import lifecycle
 from fractal_space.search.study.accounting import reap_stale, tally
-from fractal_space.search.study.runner import recording_failure
+from fractal_space.search.study.runner import recording_failure, trial_note
 from fractal_space.search.study.settings import SearchSettings
 from fractal_space.search.trial import stops
 from fractal_space.search.trial.record import TrialRecord, tag
@@ -173,6 +174,7 @@ class SubFractalObjective:
             config = {"model_kwargs": {**self.kwargs, "paths": paths}, "train": self.train}
             trial.set_user_attr("config", json.loads(json.dumps(config)))
             trial.set_user_attr("model", architecture_name(config["model_kwargs"]))
+            save_note(trial, trial_note(trial.number, trial.user_attrs))
             sub = self.supernet.extract_paths(paths, bn_batches=self.bn_batches).eval()
             loss, acc = self.trainer.accuracy(sub, "val")
             size, device = self.trainer.input_size, self.trainer.device

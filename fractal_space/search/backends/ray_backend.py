@@ -29,7 +29,7 @@ from fractal_space.search.space import MODEL, SearchSpace
 from fractal_space.search.study import lifecycle
 from fractal_space.search.study.accounting import fail_interrupted, tally
 from fractal_space.search.study.retention import keep_best_checkpoints, trial_dir
-from fractal_space.search.study.runner import trial_note
+from fractal_space.search.study.runner import record_pruned, trial_note
 from fractal_space.search.study.settings import RaySettings, SearchSettings
 from fractal_space.search.study.storage import open_storage
 from fractal_space.search.trial.adapters import flat_params, ray_metrics
@@ -146,7 +146,7 @@ class StudySearch(OptunaSearch):
             trial = self._fractal_space.config(flat_params(config, self._fractal_space))
             ot_trial.set_user_attr("config", trial.to_dict())
             ot_trial.set_user_attr("model", trial.architecture)
-            save_note(ot_trial, trial_note(ot_trial.user_attrs))
+            save_note(ot_trial, trial_note(ot_trial.number, ot_trial.user_attrs))
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -180,7 +180,7 @@ class StudySearch(OptunaSearch):
                 why = ("no epoch reported" if record is None else
                        f"stopped at rung {rungs.rung_of(record.epoch)} ({record.epoch} epochs of {rungs.min_images:,} "
                        "images) by ASHA")
-                ot_trial.set_user_attr("pruned_reason", why)
+                record_pruned(ot_trial, why)
                 self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             else:
                 self._ot_study.tell(ot_trial, record.objective_values(self._objective))

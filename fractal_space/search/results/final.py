@@ -13,6 +13,10 @@ Each model trains through the engine into ``final/<name>/run/`` (checkpointed, r
 columns each alone to ``final/<name>/columns/column<k>/`` with their own batch-norm statistics;
 ``final/results.parquet`` gains its row when the export is complete, so a re-run skips finished models and a SIGKILL
 loses none.
+
+The Optuna dashboard follows the stage in the study ``<study>-final`` of the search's storage (:func:`final_study`):
+one trial per model, named in its note and user attribute ``name``, its validation accuracy after each epoch reported
+as an intermediate value, its test accuracy as its value.
 """
 
 from __future__ import annotations
@@ -29,16 +33,20 @@ from typing import Any
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
+from optuna_dashboard import save_note
 
 from fractal_space.core.files import atomic_path
 from fractal_space.core.hardware import usable_cpus
 from fractal_space.deploy.export import export_trained, load_line
 from fractal_space.deploy.metrics import measure_latency
 from fractal_space.deploy.onnx import run_line
-from fractal_space.engine import Trainer
+from fractal_space.engine import EpochReport, Trainer
 from fractal_space.search.space import MODEL, architecture_name
 from fractal_space.search.study.accounting import is_search_trial
+from fractal_space.search.study.lifecycle import FINAL_SUFFIX, describe
 from fractal_space.search.study.settings import SearchSettings
+from fractal_space.search.study.storage import open_storage
+from fractal_space.search.trial.record import fail_reason
 
 log = logging.getLogger("fractal_space.search")
 RESULTS = "results.parquet"
@@ -128,6 +136,66 @@ def read_results(final_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(path) if path.exists() else pd.DataFrame()
 
 
+def final_study(settings: SearchSettings) -> optuna.Study:
+    """The final stage's study ``<study>-final`` in the search's storage, created if new, with its dashboard note."""
+    study = optuna.create_study(study_name=settings.study + FINAL_SUFFIX, direction="maximize", load_if_exists=True,
+                                storage=open_storage(settings.storage_url, settings.study_dir, heartbeat_s=None))
+    study.set_metric_names(["test_acc"])
+    describe(study, "\n".join([
+        f"## {settings.study}{FINAL_SUFFIX}", "",
+        f"The final stage of study `{settings.study}`: one trial per retrained model, its name leading its note and "
+        "in its user attribute `name` (role: top, spread or baseline).", "",
+        f"**A step** of a curve is one epoch, a pass over the whole training split; {settings.final.epochs} epochs "
+        "with one recipe for every model (the reference point's learning rate, batch size and weight decay, a cosine "
+        f"schedule). Its value is the validation accuracy on {settings.budget['val_size']:,} held-out images.", "",
+        "**The trial's value** is the model's test accuracy, on the test split the search never saw."]))
+    return study
+
+
+class _FinalTrial:
+    """One model's trial in :func:`final_study`: its epochs reported as they are trained, its test accuracy told.
+
+    A re-run takes over the trial an interrupted run left RUNNING, as the engine resumes the model's training from its
+    checkpoint, so each model stays one trial with one curve.
+    """
+
+    def __init__(self, study: optuna.Study, job: FinalJob, epochs: int) -> None:
+        self.study = study
+        earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
+                   if t.user_attrs.get("name") == job.name]
+        self.reported = set(earlier[0].intermediate_values) if earlier else set()
+        if earlier:  # COMPLETE: the run was killed between telling it and writing the model's results row
+            running = earlier[0].state == TrialState.RUNNING
+            self.trial = optuna.Trial(study, earlier[0]._trial_id) if running else None  # noqa: SLF001
+            return
+        self.trial = study.ask()
+        model = architecture_name(job.model_kwargs) if job.kind == "fractalnet" else job.model
+        for key, value in {"name": job.name, "role": job.role, "kind": job.kind, "model": model, "seed": job.seed,
+                           "search_trial": job.trial, "search_val_acc": job.search_val_acc}.items():
+            self.trial.set_user_attr(key, value)
+        origin = ("a baseline, retrained beside the winners" if job.kind == "baseline" else
+                  f"search trial {job.trial}'s architecture ({job.role}), validation accuracy "
+                  f"{job.search_val_acc:.4f} in the search")
+        save_note(self.trial, f"**{job.name}** (final stage, trial {self.trial.number}): {origin}; retrained {epochs} "
+                              f"epoch(s), seed {job.seed}.")
+
+    def report(self, history: list[EpochReport]) -> None:
+        """Report every epoch of ``history`` not reported yet (a resumed run's earlier epochs included)."""
+        for epoch in history:
+            if self.trial is not None and epoch.epoch not in self.reported:
+                self.trial.report(epoch.val_acc, epoch.epoch)
+                self.reported.add(epoch.epoch)
+
+    def tell(self, test_acc: float) -> None:
+        if self.trial is not None:
+            self.study.tell(self.trial, test_acc)
+
+    def fail(self, exc: Exception) -> None:
+        if self.trial is not None:
+            self.trial.set_user_attr("fail_reason", fail_reason(exc))
+            self.study.tell(self.trial, state=TrialState.FAIL)
+
+
 def run_final(settings: SearchSettings, study: optuna.Study,
               progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Retrain, test and export every job not finished yet; returns the whole results table."""
@@ -136,13 +204,20 @@ def run_final(settings: SearchSettings, study: optuna.Study,
     table = read_results(final_dir)
     done = set(table.name) if len(table) else set()
     train = settings.baseline_train()
+    dashboard = final_study(settings)
     for i, job in enumerate(jobs):
         if progress is not None:
             progress(i, len(jobs))
         if job.name in done:
             continue
+        trial = _FinalTrial(dashboard, job, settings.final.epochs)
         log.info("final stage: %s (%d/%d)", job.name, i + 1, len(jobs))
-        row = {**_train_and_export(settings, job, train, final_dir / job.name), "role": job.role}
+        try:
+            row = {**_train_and_export(settings, job, train, final_dir / job.name, trial.report), "role": job.role}
+        except Exception as exc:
+            trial.fail(exc)
+            raise
+        trial.tell(row["test_acc"])
         table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
         with atomic_path(final_dir / RESULTS) as tmp:
             table.to_parquet(tmp, index=False)
@@ -151,15 +226,19 @@ def run_final(settings: SearchSettings, study: optuna.Study,
     return table
 
 
-def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, Any], folder: Path) -> dict[str, Any]:
+def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, Any], folder: Path,
+                      on_epoch: Callable[[list[EpochReport]], None]) -> dict[str, Any]:
+    """Train ``job`` (``on_epoch(history)`` after each epoch, and before the first with a resumed run's), test and
+    export it; returns its results row."""
     started = time.perf_counter()
     cfg = settings.budget.config(model=job.model, model_kwargs=dict(job.model_kwargs), seed=job.seed,
                                  epochs=settings.final.epochs, epoch_images=None, eval_columns=True,
                                  num_threads=settings.final.threads or usable_cpus(), out_dir=str(folder / "run"),
                                  **train, **job.regularization)
     trainer = Trainer(cfg)
+    on_epoch(trainer.history)
     for _ in trainer.epochs():
-        pass
+        on_epoch(trainer.history)
     test = trainer.test()
     model = trainer.model.eval()
     eager_batch = measure_latency(model, trainer.input_size, batch_size=cfg.batch_size)

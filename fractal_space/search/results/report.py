@@ -28,6 +28,7 @@ from fractal_space.search.results.fidelity import bootstrap_interval, kendall_ta
 from fractal_space.search.results.final import read_results  # noqa: E402
 from fractal_space.search.study.retention import pareto  # noqa: E402
 from fractal_space.search.study.settings import SearchSettings  # noqa: E402
+from fractal_space.search.study.watch import reopen_command  # noqa: E402
 from fractal_space.search.trial.record import OBJECTIVES  # noqa: E402
 
 MULTI_NOTE = "Optuna cannot prune multi-objective studies: every trial of this study ran its full budget."
@@ -288,7 +289,7 @@ def write_report(*, settings: SearchSettings, storage: str) -> Path:
     cost = OBJECTIVES[objective] or "latency_ms"
     lines = [f"# Search report: `{settings.study}`", "",
              f"Objective: **{objective}** ({'accuracy' if OBJECTIVES[objective] is None else 'accuracy vs ' + cost})."
-             f" Storage: `{storage}` (open it with `optuna-dashboard {storage}`).", ""]
+             f" Storage: `{storage}` (open it with `{reopen_command(storage)}`).", ""]
     if len(final):
         lines += _final_section(final, out_dir)
     lines += _trust_section(df, final, settings)

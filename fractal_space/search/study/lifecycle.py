@@ -1,5 +1,5 @@
 """The study lifecycle both backends share: open the study with its sampler (TPE or random search) and pruner, reap
-what dead workers left, train the baselines, queue the paper's reference point.
+what dead workers left, train the baselines, queue the paper's reference point; the study's note in the dashboard.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import logging
 import numpy as np
 import optuna
 from optuna.trial import TrialState
+from optuna_dashboard import get_note, save_note
 
 from fractal_space.search.study.accounting import counts_as_finished, reap_stale
 from fractal_space.search.study.runner import TrialRunner
@@ -19,7 +20,8 @@ from fractal_space.search.trial.record import OBJECTIVES, directions
 from fractal_space.search.trial.rungs import Rungs
 
 log = logging.getLogger("fractal_space.search")
-
+#: The final stage's study is the search's name with this suffix, in the same storage.
+FINAL_SUFFIX = "-final"
 
 #: The samplers ``--sampler`` offers, and what each does with the conditional space (a C=1 trial samples no join
 #: dimension). Any other Optuna sampler object works through ``fractal_space.search.optuna_objective``.
@@ -133,6 +135,44 @@ def load(settings: SearchSettings, heartbeat: bool = True) -> optuna.Study:
     storage = open_storage(settings.storage_url, settings.study_dir, settings.heartbeat_s if heartbeat else None)
     return create_study(settings.study, storage, settings.objective, settings.seed, settings.budget.rungs,
                         settings.sampler)
+
+
+def study_note(settings: SearchSettings) -> str:
+    """The study's note on its dashboard page: what a step of a curve is, where the rungs fall, sampler, objective."""
+    rungs, metric = settings.budget.rungs, OBJECTIVES[settings.objective]
+    objective = ("validation accuracy, maximised" if metric is None else
+                 f"validation accuracy (maximised) against {metric} (minimised): a Pareto front")
+    lines = [f"## {settings.study}", "",
+             f"**Objective**: {settings.objective}, {objective}. **Sampler**: {settings.sampler}, "
+             f"{SAMPLERS[settings.sampler]}.", ""]
+    if settings.strategy == "oneshot":
+        lines += ["**Strategy**: one-shot. One supernet is trained once; each trial is a sub-fractal scored on its "
+                  "weights without training, so its curve is one step.", ""]
+    else:
+        lines += [f"**A step** of a trial's curve is one epoch of {rungs.min_images:,} training images "
+                  f"(`--rung-images`), each epoch a new shuffle of the training split; its value is the validation "
+                  f"accuracy on {settings.budget['val_size']:,} held-out images.", ""]
+        where = ", ".join(f"rung {k} at step {rungs.factor**k} ({images:,} images)"
+                          for k, images in enumerate(rungs.images))
+        if metric is None:
+            lines += [f"**Rungs** of successive halving: {where}. At each rung the best 1/{rungs.factor} of the trials "
+                      "that reached it go on; the others are PRUNED, their reason in the user attribute "
+                      "`pruned_reason`. A trial at the top rung has its whole budget.", ""]
+        else:
+            lines += [f"**No pruning** (Optuna cannot prune multi-objective studies): every trial trains to the top "
+                      f"rung, step {rungs.epochs} ({rungs.images[-1]:,} images). Rungs: {where}.", ""]
+    if settings.baselines:
+        lines += [f"**Baselines** ({', '.join(settings.baselines)}): trained to the top rung with the reference "
+                  "recipe; not search trials.", ""]
+    if settings.final.top:
+        lines += [f"**Final stage**: the retrained models are the study `{settings.study}{FINAL_SUFFIX}`.", ""]
+    return "\n".join(lines)
+
+
+def describe(study: optuna.Study, note: str) -> None:
+    """Make ``note`` the study's dashboard note, unless it is already (every save is a new version of the note)."""
+    if get_note(study) != note:
+        save_note(study, note)
 
 
 def trial_runner(settings: SearchSettings, budget: Budget | None = None) -> TrialRunner:

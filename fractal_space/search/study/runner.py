@@ -84,8 +84,7 @@ class TrialRunner:
             if single:  # every epoch, the last too, so the dashboard's curves are whole
                 trial.report(record.val_acc, record.epoch)
             if prune and not record.finished_budget and trial.should_prune():  # a finished budget is never pruned
-                raise Pruned(f"stopped at rung {self.budget.rungs.rung_of(record.epoch)} ({record.epoch} epochs of "
-                             f"{self.budget.rungs.min_images:,} images) by successive halving")
+                raise Pruned(self.budget.rungs.pruned_reason(record.epoch))
 
         try:
             with recording_failure(trial, passing=(Pruned,)):
@@ -93,11 +92,12 @@ class TrialRunner:
                 trial.set_user_attr("config", json.loads(json.dumps(config)))
                 if named:
                     trial.set_user_attr("model", architecture_name(config["model_kwargs"]))
-                save_note(trial, trial_note(trial.user_attrs))
+                save_note(trial, trial_note(trial.number, trial.user_attrs))
                 record = run_trial(model=model, config=config, budget=self.budget,
                                    out_dir=trial_dir(self.study_dir, trial.number), on_epoch=on_epoch)
                 return record.objective_values(self.objective)
         except Pruned as exc:
+            record_pruned(trial, str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         finally:
             _release_accelerator_memory()
@@ -121,11 +121,21 @@ def recording_failure(trial: optuna.Trial, passing: tuple[type[Exception], ...] 
         raise
 
 
-def trial_note(attrs: dict[str, Any]) -> str:
-    """The trial's name as the Optuna dashboard shows it (a baseline has no parameters to tell it by)."""
+def trial_note(number: int, attrs: dict[str, Any], pruned: str | None = None) -> str:
+    """The trial's note on the Optuna dashboard, led by its architecture and number: the dashboard's lists and curve
+    legends say "Trial N" only (and a baseline has no parameters to tell it by); a pruned trial's says why."""
+    head = f"**{attrs['model']}** (trial {number})"
     if attrs.get("kind") == "baseline":
-        return f"**Baseline {attrs['model']}**: trained to the top rung with the reference recipe; not a search trial."
-    return f"**{attrs['model']}**" + (" (the paper's reference point)" if attrs.get("reference") else "")
+        head += ": baseline, trained to the top rung with the reference recipe; not a search trial."
+    elif attrs.get("reference"):
+        head += ": the paper's reference point"
+    return head + (f"\n\nPruned: {pruned}." if pruned else "")
+
+
+def record_pruned(trial: optuna.Trial, reason: str) -> None:
+    """Say on a pruned ``trial`` why it stopped: user attribute ``pruned_reason`` and its note."""
+    trial.set_user_attr("pruned_reason", reason)
+    save_note(trial, trial_note(trial.number, trial.user_attrs, reason))
 
 
 def _surplus(trial: optuna.Trial, why: str) -> None:

@@ -62,7 +62,8 @@ class SearchSettings:
     heartbeat_s: int = 30
     ray: RaySettings = field(default_factory=RaySettings)
     final: FinalSettings = field(default_factory=FinalSettings)
-    #: The live dashboard: Optuna's for the Optuna backend, Ray's for the Ray backend; None = the default port.
+    #: The live dashboards: Optuna's (both backends) and, with Ray, Ray's; the port is Optuna's with the Optuna
+    #: backend, Ray's with Ray (None = the default port).
     dashboard: bool = True
     dashboard_port: int | None = None
 

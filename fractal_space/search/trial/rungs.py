@@ -44,6 +44,11 @@ class Rungs:
         """The highest rung (0-based) that ``epoch`` epochs have reached."""
         return max(k for k in range(self.levels) if self.factor**k <= epoch)
 
+    def pruned_reason(self, epoch: int) -> str:
+        """Why a trial that stopped after ``epoch`` epochs stopped, as its ``pruned_reason`` and dashboard note say."""
+        return (f"stopped at rung {self.rung_of(epoch)} ({epoch} epochs of {self.min_images:,} images) by successive "
+                "halving")
+
     def expected_images(self, trials: int) -> int:
         """Images all of ``trials`` trials train under successive halving (1/factor of them reach each next rung)."""
         total, reaching, done = 0.0, float(trials), 0
