@@ -27,7 +27,7 @@ def checkout() -> str:
     return f"commit {commit} ({'with uncommitted changes' if changed else 'clean'})"
 
 
-def header(command: str, device: str = "cpu") -> str:
+def header(command: str, device: str = "cpu", resumes: bool = True) -> str:
     """The page's provenance line: ``command``, the commit it ran from, the machine (``device``'s), the date."""
-    return (f"Written by `{command}`, run from the repository root (a re-run resumes), at {checkout()} on "
-            f"{describe(device)}, {datetime.now(UTC):%Y-%m-%d %H:%M UTC}.")
+    how = "run from the repository root" + (" (a re-run resumes)" if resumes else "")
+    return f"Written by `{command}`, {how}, at {checkout()} on {describe(device)}, {datetime.now(UTC):%Y-%m-%d %H:%M UTC}."

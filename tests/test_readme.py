@@ -8,6 +8,8 @@ import sys
 
 from conftest import REPO_ROOT
 
+from fractal_space.data import cache_dir
+
 SECTION = "## Use the space in your own study"
 
 
@@ -29,8 +31,8 @@ def test_the_section_has_the_four_ways_in():
 def test_the_readme_snippets_run(data_root, tmp_path):
     checks = ("\nassert len(study.trials) == 4 and all(t.state.name in ('COMPLETE', 'PRUNED') for t in study.trials)"
               "\nassert cfg.create_model(num_classes=10) is not None\nimport ray; ray.shutdown()\nprint('ok')\n")
-    env = {**os.environ, "FRACTAL_SPACE_DATA": str(data_root), "HOME": str(tmp_path),  # Tune writes under ~/ray_results
-           "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    env = {**os.environ, "FRACTAL_SPACE_DATA": str(data_root), "FRACTAL_SPACE_CACHE": str(cache_dir()),
+           "HOME": str(tmp_path), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",  # Tune writes under ~/ray_results
            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
     done = subprocess.run([sys.executable, "-c", "\n".join(snippets()) + checks], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
