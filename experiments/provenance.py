@@ -30,4 +30,5 @@ def checkout() -> str:
 def header(command: str, device: str = "cpu", resumes: bool = True) -> str:
     """The page's provenance line: ``command``, the commit it ran from, the machine (``device``'s), the date."""
     how = "run from the repository root" + (" (a re-run resumes)" if resumes else "")
-    return f"Written by `{command}`, {how}, at {checkout()} on {describe(device)}, {datetime.now(UTC):%Y-%m-%d %H:%M UTC}."
+    when = f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}"
+    return f"Written by `{command}`, {how}, at {checkout()} on {describe(device)}, {when}."
