@@ -1,11 +1,13 @@
 """README.md's "Use the space in your own study" snippets, run as written (one process, in order), so the README
-cannot drift from the code."""
+cannot drift from the code. Running them trains 10 small networks and starts a Ray cluster (minutes on 2 cores), so
+that run is behind the ``slow`` marker; the default suite checks the section's shape."""
 
 import os
 import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO_ROOT
 
 from fractal_space.data import cache_dir
@@ -28,11 +30,13 @@ def test_the_section_has_the_four_ways_in():
         assert any(name in block for block in code), name
 
 
+@pytest.mark.slow
 def test_the_readme_snippets_run(data_root, tmp_path):
     checks = ("\nassert len(study.trials) == 4 and all(t.state.name in ('COMPLETE', 'PRUNED') for t in study.trials)"
               "\nassert cfg.create_model(num_classes=10) is not None\nimport ray; ray.shutdown()\nprint('ok')\n")
     env = {**os.environ, "FRACTAL_SPACE_DATA": str(data_root), "FRACTAL_SPACE_CACHE": str(cache_dir()),
-           "HOME": str(tmp_path), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",  # Tune writes under ~/ray_results
+           "HOME": str(tmp_path), "RAY_ADDRESS": "local",  # a cluster of its own; Tune writes under ~/ray_results
+           "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
     done = subprocess.run([sys.executable, "-c", "\n".join(snippets()) + checks], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
