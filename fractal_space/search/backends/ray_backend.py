@@ -334,6 +334,7 @@ def run(settings: SearchSettings, progress: Callable[[int], None]) -> optuna.Stu
     fn = tune.with_resources(tune.with_parameters(StudyTrial, space=settings.space, budget=budget,
                                                    study_dir=str(settings.study_dir), study=settings.study),
                              {"cpu": cpus, "gpu": gpus})
+    fn.__name__ = fn.__qualname__ = StudyTrial.__name__  # the dashboard's Class column, not Tune's wrapper's name
     root = settings.study_dir / "ray"
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C raises here, as in the Optuna backend
     try:
