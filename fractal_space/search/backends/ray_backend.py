@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from fractal_space.core.errors import first_line
 from fractal_space.core.hardware import usable_cpus
 from fractal_space.search.space import SearchSpace
 from fractal_space.search.study import lifecycle
@@ -36,7 +37,6 @@ from fractal_space.search.trial.record import (
     TrialRecord,
     architecture_name,
     fail_reason,
-    first_line,
     tag,
     worker_id,
 )
