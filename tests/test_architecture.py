@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "fractal_space.search.results": 7,
     "fractal_space.search.backends": 7,
     "fractal_space.search": 8,  # the public surface, the command line and ``python -m fractal_space.search``
+    "fractal_space.checks": 9,  # acceptance checks over everything: ``python -m fractal_space.checks.gpu``
 }
 
 
