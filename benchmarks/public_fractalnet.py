@@ -3,8 +3,9 @@
 Same architecture, widths and FLOPs as ``fractal_space``'s FractalNet (flat mean joins, correct local and global
 drop-path), but every column is always computed, joins stack their inputs, and drop masks are built on the host
 for each join and then applied to the stacked outputs. Only the benchmarks use it: ``bench_model.py`` builds it
-directly, ``gpu_check.py`` trains it through the engine as the timm model ``public_fractalnet`` (registered when this
-module is imported, never by ``import fractal_space``).
+directly, the GPU check's throughput step (``python -m fractal_space.checks.gpu``, run from a checkout) imports this
+file and trains it through the engine as the timm model ``public_fractalnet`` (registered when this module is
+imported, never by ``import fractal_space``).
 """
 
 from __future__ import annotations

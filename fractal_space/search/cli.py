@@ -16,11 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fractal_space.core.errors import first_line
 from fractal_space.search.study.lifecycle import SAMPLERS, check_sampler, check_strategy
 from fractal_space.search.study.settings import STRATEGIES, FinalSettings, RaySettings, SearchSettings
 from fractal_space.search.study.storage import default_url
 from fractal_space.search.study.watch import Progress, quiet_optuna
-from fractal_space.search.trial.record import OBJECTIVES, first_line
+from fractal_space.search.trial.record import OBJECTIVES
 
 #: Baselines of the final stage (retrained with the winners, tested). The search stage trains them to its top rung too,
 #: but on CPU only ResNet-20: DenseNet-BC-100 trains at ~40 images/s on 2 cores, 40 min for the top rung's 94,500

@@ -24,6 +24,7 @@ from optuna_dashboard import save_note
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from fractal_space.core.errors import first_line
 from fractal_space.core.hardware import usable_cpus
 from fractal_space.search.space import MODEL, SearchSpace
 from fractal_space.search.study import lifecycle
@@ -38,7 +39,6 @@ from fractal_space.search.trial.record import (
     OBJECTIVES,
     TrialRecord,
     fail_reason,
-    first_line,
     tag,
     worker_id,
 )

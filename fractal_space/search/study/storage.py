@@ -14,7 +14,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from fractal_space.search.trial.record import first_line
+from fractal_space.core.errors import first_line
 
 
 def default_url(study_dir: Path) -> str:

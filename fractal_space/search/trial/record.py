@@ -109,12 +109,6 @@ def tag(trial: Any, kind: str, model: str) -> None:
     trial.set_user_attr("model", model)
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception as one line: the first line of its message, or its type when it has none."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def fail_reason(exc: BaseException) -> str:
     """A failure as stored in ``fail_reason``: the exception type and its message, bounded."""
     return f"{type(exc).__name__}: {exc}"[:MAX_REASON]

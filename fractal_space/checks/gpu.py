@@ -1,27 +1,32 @@
-"""The GPU path in one command: five steps, each one line of pass/fail, numbers and error, in minutes on one GPU.
+"""The GPU acceptance check: five steps, each one line of pass/fail/skipped, numbers and error, minutes on one GPU.
 
-    bash scripts/gpu_check.sh                 # needs CUDA: gpu-check/summary.json and gpu-check/summary.md
-    bash scripts/gpu_check.sh --dry-run       # the same steps on CPU at the smallest size (the test suite runs it)
+    python -m fractal_space.checks.gpu             # needs CUDA: gpu-check/summary.json and gpu-check/summary.md
+    python -m fractal_space.checks.gpu --dry-run   # the steps it can run, on CPU at the smallest size
+
+It runs with the interpreter it is given and installs nothing: every step runs in a child process of the same
+interpreter (``sys.executable``), which must find torch with CUDA and this package (installed, ``pip install --no-deps
+-e .``, or on ``PYTHONPATH`` from a checkout).
 
 1. ``families``: every registered FractalNet variant and CIFAR baseline trains ``family_steps`` steps through the
    engine with bf16 autocast and channels_last, keeps a finite loss and is evaluated (each FractalNet column too);
    ``fractalnet34`` at 224x224 (CIFAR-10 images upscaled).
 2. ``throughput``: training images/s of the engine's loop (data and augmentation on the device) for fractalnet_c4
-   (reduced widths, the paper's drop-path), fractalnet20_cifar, ResNet-56 and DenseNet-BC-100, and of the public-style
-   FractalNet (``public_fractalnet.py``) in both FractalNet configurations, interleaved round by round in one run; the
-   ratio fractal_space / public per configuration.
-3. ``ray``: ``search/run.py --backend ray`` with 8 tiny trials at ``--gpus-per-trial 0.25``; from the trials' own
-   records (start time, wall time, device) exactly 4 ran at once, and every one trained on the GPU.
+   (reduced widths, the paper's drop-path), fractalnet20_cifar, ResNet-56 and DenseNet-BC-100, interleaved round by
+   round in one run; and, run from a checkout that has it, of the reference FractalNet (a public-style
+   re-implementation in ``benchmarks/``) in both FractalNet configurations, with the ratio fractal_space / reference.
+3. ``ray``: the search command line with ``--backend ray``, 8 tiny trials at ``--gpus-per-trial 0.25``; from the
+   trials' own records (start time, wall time, device) exactly 4 ran at once, and every one trained on the GPU.
 4. ``optuna``: the Optuna backend with 2 worker processes on the one GPU: both ran trials, on the GPU.
 5. ``final``: that study's final stage (its best FractalNet and ResNet-20, one epoch) on the GPU; every exported folder
    loads on CPU with the outputs it gives on the device and the test accuracy the stage recorded, and its
    ``model.onnx`` runs in ONNX Runtime with the same outputs.
 
-Each step runs in its own process under a timeout, so a hang or a crash costs that step only, and records its GPU
-memory peak (``torch.cuda.max_memory_allocated``: its own process's and, for the searches, the trials'). The dry run
-uses a slice of the real CIFAR-10 and widths of a few channels, and pins each step (and its workers) to one core;
-steps and checks are the same. Exit code 0 only if every step passed; 2 without CUDA (and no --dry-run) or without
-CIFAR-10. ``docs/gpu.md`` has the sizes, the timeouts and how to run it on a GPU machine.
+A step whose packages (``Step.needs``) are not installed is skipped, not failed. Each step that runs does so in its
+own process under a timeout, so a hang or a crash costs that step only, and records its GPU memory peak
+(``torch.cuda.max_memory_allocated``: its own process's and, for the searches, the trials'). The dry run uses a slice
+of the real CIFAR-10 and widths of a few channels, and pins each step (and its workers) to one core; steps and checks
+are the same. Exit code 0 only if every step that ran passed, 1 if one failed; 2 without torch, without CUDA (and no
+--dry-run) or without CIFAR-10.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import importlib.util
 import io
 import json
 import math
 import os
+import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -41,14 +49,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-STEPS = ("families", "throughput", "ray", "optuna", "final")
+#: The checkout holding this package (its parent folder); from a checkout, ``benchmarks/`` lies beside it.
+CHECKOUT = Path(__file__).resolve().parents[2]
+#: The reference FractalNet's file in a checkout's ``benchmarks/``, first match used; importing it registers it with
+#: timm. The package itself never imports ``benchmarks/``: only the throughput step, when the file is there.
+REFERENCE_FILES = ("reference_fractalnet.py", "public_fractalnet.py")
 SIDE = 224  # fractalnet34's input side
 SMALL_BLOCKS = 2  # FractalNet blocks in the dry run
+#: Packages whose versions the summary records: (import name, distribution name).
+VERSIONS = (("torch", "torch"), ("torchvision", "torchvision"), ("timm", "timm"), ("optuna", "optuna"),
+            ("optuna_dashboard", "optuna-dashboard"), ("ray", "ray"), ("onnxruntime", "onnxruntime"))
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,7 @@ DRY = Sizes(device="cpu", train_rows=160, test_rows=40, side=(8, 2, 4), val_size
             family_steps=2, family_batch=2, side_batch=2, bn_batches=1, throughput_batch=4, throughput_steps=2,
             throughput_rounds=1, search_subset=40, rung_images=40, ray_trials=4,
             ray_flags=("--cpus-per-trial", "0.25", "--gpus-per-trial", "0"), ray_at_once=4, optuna_trials=2,
-            timeouts=dict.fromkeys(STEPS, 600))  # a loaded shared CPU is 3-5x slower than an idle one
+            timeouts=dict.fromkeys(GPU.timeouts, 600))  # a loaded shared CPU is 3-5x slower than an idle one
 #: The tiny corner of the space the searches sample (trials of seconds).
 SPACE = ("num_blocks: {low: 2, high: 3}\nnum_columns: {low: 1, high: 3}\nbase_width: 8\n"
          "width_growth: {choices: [1.0, 2.0]}\nbatch_size: 64\n")
@@ -113,7 +127,7 @@ class Context:
         return small_kwargs(model) if self.sizes.small_models else {}
 
     def search_args(self, study: str) -> list[str]:
-        """``search/run.py`` arguments of a tiny search writing under ``<out>/runs``; the final stage off."""
+        """The search command line's arguments of a tiny search writing under ``<out>/runs``; the final stage off."""
         space = self.out / "space.yaml"
         space.write_text(SPACE)
         s = self.sizes
@@ -210,9 +224,9 @@ def step_families(ctx: Context, out: Outcome) -> None:
     """Every family trains ``family_steps`` steps with bf16 autocast and channels_last and is evaluated."""
     import torch
 
+    from fractal_space.core.errors import first_line
     from fractal_space.core.hardware import peak_memory_mb, reset_peak_memory
     from fractal_space.engine import Trainer
-    from fractal_space.search.trial.record import first_line
 
     s = ctx.sizes
     models = family_models()
@@ -249,8 +263,34 @@ def step_families(ctx: Context, out: Outcome) -> None:
             _free()
 
 
-def throughput_variants(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, timm model, kwargs): the four networks and the public-style FractalNet of both FractalNet configs."""
+#: The reference FractalNet's configurations: (label, columns, widths key), and the network each is compared with.
+REFERENCE_CONFIGS = (("C=4", 4, "c4"), ("20-layer", 3, "20layer"))
+COMPARED = {"C=4": "fractalnet_c4", "20-layer": "fractalnet20_cifar"}
+
+
+def reference_model() -> tuple[str | None, str]:
+    """The timm name of the checkout's reference FractalNet, registered by importing its file from ``benchmarks/``;
+    or None and why not (the package installed without a checkout, or the checkout without the file)."""
+    import timm
+
+    path = next((CHECKOUT / "benchmarks" / name for name in REFERENCE_FILES
+                 if (CHECKOUT / "benchmarks" / name).is_file()), None)
+    if path is None:
+        return None, f"no benchmarks/{REFERENCE_FILES[0]} beside the package at {CHECKOUT}"
+    if path.stem not in sys.modules:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+    registered = timm.list_models(module=path.stem)
+    if len(registered) != 1:
+        return None, f"benchmarks/{path.name} registers {len(registered)} timm models, not 1"
+    return registered[0], f"benchmarks/{path.name}"
+
+
+def throughput_variants(ctx: Context, reference: str | None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, timm model, kwargs): the four networks and, given its timm name, the reference FractalNet in both
+    FractalNet configurations."""
     from fractal_space.core.paper import PAPER
     from fractal_space.models.fractalnet import PAPER_WIDTHS, REDUCED_WIDTHS
 
@@ -258,25 +298,26 @@ def throughput_variants(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
     if ctx.sizes.small_models:
         widths = {k: (4,) * SMALL_BLOCKS for k in widths}
     blocks = len(widths["c4"])
-    public = dict(PAPER.regularization(blocks))  # the drop-path the engine gives fractal_space's nets
-    return [
+    drop = dict(PAPER.regularization(blocks))  # the drop-path the engine gives fractal_space's nets
+    variants = [
         ("fractalnet_c4", "fractalnet_c4", {"num_blocks": blocks, "widths": widths["c4"]}),
-        ("public C=4", "public_fractalnet", {"num_columns": 4, "widths": widths["c4"], **public}),
         ("fractalnet20_cifar", "fractalnet20_cifar", {"num_blocks": blocks, "widths": widths["20layer"]}),
-        ("public 20-layer", "public_fractalnet", {"num_columns": 3, "widths": widths["20layer"], **public}),
         ("resnet56_cifar", "resnet56_cifar", ctx.model_kwargs("resnet56_cifar")),
         ("densenet_bc100_cifar", "densenet_bc100_cifar", ctx.model_kwargs("densenet_bc100_cifar")),
     ]
+    if reference is not None:
+        variants += [(f"reference {config}", reference, {"num_columns": columns, "widths": widths[key], **drop})
+                     for config, columns, key in REFERENCE_CONFIGS]
+    return variants
 
 
 def step_throughput(ctx: Context, out: Outcome) -> None:
     """Training images/s through the engine, the variants interleaved round by round (A B C, B C A, ...)."""
-    import public_fractalnet  # noqa: F401  (registers public_fractalnet with timm)
-
     from fractal_space.engine import Trainer
 
     s = ctx.sizes
-    variants = throughput_variants(ctx)
+    reference, source = reference_model()
+    variants = throughput_variants(ctx, reference)
     trainers = {label: Trainer(_train_config(ctx, model, model_kwargs=kwargs, epochs=s.throughput_rounds + 1,
                                              epoch_images=s.throughput_steps * s.throughput_batch,
                                              batch_size=s.throughput_batch, eval_columns=False))
@@ -291,14 +332,16 @@ def step_throughput(ctx: Context, out: Outcome) -> None:
                 rates[label].append(report.train_images_per_s)
     out.numbers["batch"] = s.throughput_batch
     out.numbers["images_per_s"] = {label: round(statistics.median(v)) for label, v in rates.items()}
-    for ours, public in (("fractalnet_c4", "public C=4"), ("fractalnet20_cifar", "public 20-layer")):
-        ratio = statistics.median(a / b for a, b in zip(rates[ours], rates[public], strict=True))
-        out.numbers[f"{ours} / public"] = round(ratio, 2)
+    out.numbers["reference"] = source if reference is not None else f"skipped: {source}"
+    if reference is not None:
+        for config, ours in COMPARED.items():
+            ratio = statistics.median(a / b for a, b in zip(rates[ours], rates[f"reference {config}"], strict=True))
+            out.numbers[f"{ours} / reference"] = round(ratio, 2)
     out.check(all(v > 0 and math.isfinite(v) for r in rates.values() for v in r), "a non-positive rate")
 
 
 def _search(ctx: Context, study: str, *flags: str) -> tuple[int, Any]:
-    """Run ``search/run.py`` in this process; its exit code and trials.parquet (None if absent)."""
+    """Run the search command line in this process; its exit code and trials.parquet (None if absent)."""
     import pandas as pd
 
     from fractal_space.search.cli import main
@@ -310,7 +353,7 @@ def _search(ctx: Context, study: str, *flags: str) -> tuple[int, Any]:
 
 def _check_trials(ctx: Context, out: Outcome, code: int, trials: Any, want: int) -> Any:
     """The search exited 0 with ``want`` finished search trials, each trained on the check's device; returns them."""
-    out.check(code == 0, f"search/run.py exited {code}")
+    out.check(code == 0, f"the search exited {code}")
     if trials is None:
         out.failures.append("no trials.parquet")
         return None
@@ -360,7 +403,7 @@ def step_final(ctx: Context, out: Outcome) -> None:
 
     code = main([*ctx.search_args("optuna"), *_optuna_flags(ctx), "--final-top", "1", "--final-spread", "0",
                  "--final-epochs", "1", "--final-baselines", "resnet20_cifar"])
-    out.check(code == 0, f"search/run.py exited {code}")
+    out.check(code == 0, f"the search exited {code}")
     final = ctx.out / "runs" / "optuna" / "final"
     if not out.check((final / "results.parquet").exists(), "no final/results.parquet"):
         return
@@ -417,9 +460,39 @@ def _check_export(ctx: Context, out: Outcome, folder: Path, name: str, recorded:
     return result
 
 
-STEP_FUNCTIONS: dict[str, Callable[[Context, Outcome], None]] = {
-    "families": step_families, "throughput": step_throughput, "ray": step_ray, "optuna": step_optuna,
-    "final": step_final}
+@dataclass(frozen=True)
+class Step:
+    """A step and the packages it imports (import names): with one of them not installed the step is skipped, not
+    failed, so that an environment without Ray or Optuna still checks the rest."""
+
+    run: Callable[[Context, Outcome], None]
+    needs: tuple[str, ...]
+
+    def missing(self) -> list[str]:
+        return [name for name in self.needs if not installed(name)]
+
+
+#: What training through the engine imports (timm needs torchvision; the engine times deployment in ONNX Runtime).
+TRAINING = ("torch", "torchvision", "timm", "onnxruntime")
+#: What the search command line imports (the trial runner writes notes for the Optuna dashboard).
+SEARCH = ("optuna", "optuna_dashboard")
+STEPS: dict[str, Step] = {
+    "families": Step(step_families, TRAINING),
+    "throughput": Step(step_throughput, TRAINING),
+    "ray": Step(step_ray, (*TRAINING, "ray", *SEARCH)),
+    "optuna": Step(step_optuna, (*TRAINING, *SEARCH)),
+    "final": Step(step_final, (*TRAINING, *SEARCH, "onnx")),  # torch.onnx.export needs onnx
+}
+
+
+def installed(name: str) -> bool:
+    """Whether ``import name`` finds the package (without importing it: Ray alone takes seconds). A bare folder of
+    that name on the path (Ray's temporary folder /tmp/ray, seen from /tmp) is a namespace package, not the package."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except ImportError:  # a finder that refuses the name
+        return False
+    return spec is not None and spec.origin is not None
 
 
 def _round(value: float | None) -> float | None:
@@ -428,13 +501,13 @@ def _round(value: float | None) -> float | None:
 
 def run_step(name: str, ctx: Context) -> dict[str, Any]:
     """Run one step in this process; never raises (an exception is the step's error)."""
+    from fractal_space.core.errors import first_line
     from fractal_space.core.hardware import peak_memory_mb, reset_peak_memory
-    from fractal_space.search.trial.record import first_line
 
     out = Outcome()
     reset_peak_memory(ctx.device)
     try:
-        STEP_FUNCTIONS[name](ctx, out)
+        STEPS[name].run(ctx, out)
     except Exception as exc:  # noqa: BLE001 - the step's error, in its one line
         out.failures.append(f"{type(exc).__name__}: {first_line(exc)}")
     out.peak(peak_memory_mb(ctx.device))
@@ -492,17 +565,20 @@ def _write_parquet(folder: Path, train: Any, test: Any, train_rows: int, test_ro
 
 
 def _spawn_step(name: str, args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
-    """Run one step in a child process (its own session, killed whole on timeout); its result line."""
+    """Run one step in a child process of this interpreter (its own session, killed whole on timeout), importing
+    this package from where this process did; its result line."""
     logs = ctx.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     result = logs / f"{name}.json"
     result.unlink(missing_ok=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--out", str(ctx.out),
-               "--context", json.dumps([ctx.dataset, ctx.side_dataset, ctx.data_dir])] + (["--dry-run"] * args.dry_run)
+    command = [sys.executable, "-m", "fractal_space.checks.gpu", "--step", name, "--out", str(ctx.out),
+               "--context", json.dumps([ctx.dataset, ctx.side_dataset, ctx.data_dir])]
+    command += ["--dry-run"] * args.dry_run
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))}
     timeout = ctx.sizes.timeouts[name]
     started = time.perf_counter()
     with open(logs / f"{name}.log", "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -516,7 +592,50 @@ def _spawn_step(name: str, args: argparse.Namespace, ctx: Context) -> dict[str, 
         why = f"timed out after {timeout} s" if code is None else f"its process exited {code} without a result"
         line = {"passed": False, "numbers": {}, "error": f"{why} (last log line: {_last_line(logs / f'{name}.log')})",
                 "peak_memory_mb": None}
-    return {"step": name, **line, "seconds": seconds, "timeout_s": timeout}
+    return {"step": name, **line, "skipped": None, "seconds": seconds, "timeout_s": timeout}
+
+
+def _skipped_step(name: str, missing: Sequence[str], ctx: Context) -> dict[str, Any]:
+    """The result line of a step not run because packages it imports are not installed."""
+    names = f"{', '.join(missing[:-1])} and {missing[-1]}" if len(missing) > 1 else missing[0]
+    why = f"{names} {'is' if len(missing) == 1 else 'are'} not installed"
+    return {"step": name, "passed": None, "numbers": {}, "error": None, "peak_memory_mb": None, "skipped": why,
+            "seconds": 0.0, "timeout_s": ctx.sizes.timeouts[name]}
+
+
+def package_version(name: str, distribution: str) -> str | None:
+    """The installed version of the package ``import name`` finds, or None where it is not installed."""
+    if not installed(name):
+        return None
+    try:
+        return version(distribution)
+    except PackageNotFoundError:  # importable, but not from an installed distribution
+        return None
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver's version as ``nvidia-smi`` reports it; None where there is no nvidia-smi or it fails."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        done = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
+
+
+def environment() -> dict[str, Any]:
+    """What the check ran with: the interpreter, the GPU, its driver, torch's CUDA and the versions of the packages
+    the steps import (None: not installed, or no GPU)."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    return {"python": f"{platform.python_version()} ({sys.executable})",
+            "gpu": torch.cuda.get_device_name(0) if gpu else None, "driver": nvidia_driver() if gpu else None,
+            "cuda": torch.version.cuda, **{dist: package_version(name, dist) for name, dist in VERSIONS}}
 
 
 def _last_line(path: Path) -> str:
@@ -533,27 +652,50 @@ def _compact(numbers: dict[str, Any]) -> str:
     return "; ".join(parts).replace("|", "/")
 
 
+def _environment_line(env: dict[str, Any]) -> str:
+    """The environment as one line: a package's None reads "not installed", the GPU's and driver's "none"."""
+    packages = {distribution for _, distribution in VERSIONS}
+    return ", ".join(f"{key} {value if value is not None else 'not installed' if key in packages else 'none'}"
+                     for key, value in env.items())
+
+
 def write_summary(out: Path, summary: dict[str, Any]) -> None:
     """``summary.json`` and ``summary.md`` (one table row per step, the numbers and error in full)."""
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     steps = summary["steps"]
-    passed = sum(s["passed"] for s in steps)
+    ran = [s for s in steps if s["skipped"] is None]
+    skipped = ", ".join(f"{s['step']} ({s['skipped']})" for s in steps if s["skipped"]) or "none"
     lines = [f"# GPU check{' (dry run on CPU)' if summary['dry_run'] else ''}", "",
              f"- machine: {summary['machine']}", f"- started: {summary['started']}, {summary['seconds']:.0f} s in all",
-             f"- command: `{summary['command']}`", f"- result: **{passed} of {len(steps)} steps passed**", "",
-             "| step | result | seconds (timeout) | GPU memory peak (MiB) | error |", "|---|---|---|---|---|"]
+             f"- command: `{summary['command']}`",
+             f"- environment: {_environment_line(summary['environment'])}",
+             f"- result: **{sum(s['passed'] for s in ran)} of {len(ran)} steps that ran passed**; skipped: {skipped}",
+             "", "| step | result | seconds (timeout) | GPU memory peak (MiB) | error |", "|---|---|---|---|---|"]
     for s in steps:
+        if s["skipped"]:
+            lines.append(f"| {s['step']} | skipped: {s['skipped']} | - | - | |")
+            continue
         peak = "n/a (CPU)" if s["peak_memory_mb"] is None else f"{s['peak_memory_mb']:.0f}"
         error = (s["error"] or "").replace("|", "/")
         lines.append(f"| {s['step']} | {'pass' if s['passed'] else 'FAIL'} | {s['seconds']:.0f} ({s['timeout_s']}) | "
                      f"{peak} | {error} |")
-    lines += ["", "## Numbers", ""] + [f"- **{s['step']}**: {_compact(s['numbers'])}" for s in steps]
+    lines += ["", "## Numbers", ""] + [f"- **{s['step']}**: {_compact(s['numbers'])}" for s in ran]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
+def _print_step(line: dict[str, Any]) -> None:
+    if line["skipped"]:
+        print(f"{line['step']}: skipped: {line['skipped']}", flush=True)
+        return
+    peak = "" if line["peak_memory_mb"] is None else f", peak {line['peak_memory_mb']:.0f} MiB"
+    print(f"{line['step']}: {'pass' if line['passed'] else 'FAIL'} ({line['seconds']:.0f} s{peak}) "
+          f"{_compact(line['numbers'])}{'; error: ' + line['error'] if line['error'] else ''}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dry-run", action="store_true", help="the same steps on CPU at the smallest size")
+    """Run the steps (or, with the internal ``--step``, one step in this process); the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m fractal_space.checks.gpu", description=__doc__.split("\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="the steps it can run, on CPU at the smallest size")
     parser.add_argument("--out", default="gpu-check", help="folder for summary.json, summary.md, logs/ and runs/")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {', '.join(STEPS)}")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this process
@@ -573,13 +715,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown step {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(STEPS)}",
               file=sys.stderr)
         return 2
+    if not installed("torch"):
+        print(f"error: torch is not installed for {sys.executable}: the GPU check needs torch with CUDA",
+              file=sys.stderr)
+        return 2
     import torch
 
     from fractal_space.core.hardware import describe
     from fractal_space.data import DataNotFoundError
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("error: no CUDA device here: the GPU check needs one (--dry-run runs its steps on CPU)", file=sys.stderr)
+        print(f"error: no CUDA device for {sys.executable} (torch {torch.__version__}, built for CUDA "
+              f"{torch.version.cuda}): the GPU check needs one; --dry-run runs its steps on CPU", file=sys.stderr)
         return 2
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -590,17 +737,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     results = []
     for name in steps:
-        line = _spawn_step(name, args, ctx)
+        missing = STEPS[name].missing()
+        line = _skipped_step(name, missing, ctx) if missing else _spawn_step(name, args, ctx)
         results.append(line)
-        peak = "" if line["peak_memory_mb"] is None else f", peak {line['peak_memory_mb']:.0f} MiB"
-        print(f"{name}: {'pass' if line['passed'] else 'FAIL'} ({line['seconds']:.0f} s{peak}) "
-              f"{_compact(line['numbers'])}{'; error: ' + line['error'] if line['error'] else ''}", flush=True)
+        _print_step(line)
+    ran = [r for r in results if r["skipped"] is None]
     summary = {"dry_run": args.dry_run, "device": sizes.device, "machine": describe(sizes.device),
-               "started": started.isoformat(timespec="seconds"), "seconds": round(time.perf_counter() - clock, 1),
-               "command": " ".join(["benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]),
-               "passed": all(r["passed"] for r in results), "steps": results, "sizes": asdict(sizes)}
+               "environment": environment(), "started": started.isoformat(timespec="seconds"),
+               "seconds": round(time.perf_counter() - clock, 1),
+               "command": " ".join(["python -m fractal_space.checks.gpu",
+                                    *(argv if argv is not None else sys.argv[1:])]),
+               "passed": all(r["passed"] for r in ran), "skipped": [r["step"] for r in results if r["skipped"]],
+               "steps": results, "sizes": asdict(sizes)}
     write_summary(out, summary)
-    print(f"summary: {out / 'summary.md'} ({sum(r['passed'] for r in results)} of {len(results)} steps passed)")
+    print(f"summary: {out / 'summary.md'} ({sum(r['passed'] for r in ran)} of {len(ran)} steps that ran passed, "
+          f"{len(results) - len(ran)} skipped)")
     return 0 if summary["passed"] else 1
 
 
