@@ -162,5 +162,5 @@ def test_cli_recipe_flag_and_overrides():
 def test_search_budgets_keep_the_paper_recipe():
     from fractal_space.search.trial.budget import Budget
 
-    cfg = Budget.default("cpu").config()
+    cfg = Budget(device="cpu").config()
     assert (cfg.recipe, cfg.schedule, cfg.lr_warmup, cfg.nesterov) == ("paper", "cosine", 0.0, False)

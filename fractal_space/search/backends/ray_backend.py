@@ -176,11 +176,8 @@ class StudySearch(OptunaSearch):
                 ot_trial.set_user_attr("fail_reason", reason)
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL)
             elif record is None or not record.finished_budget:  # stopped by ASHA (or never reported)
-                rungs = self._rungs
-                why = ("no epoch reported" if record is None else
-                       f"stopped at rung {rungs.rung_of(record.epoch)} ({record.epoch} epochs of {rungs.min_images:,} "
-                       "images) by ASHA")
-                record_pruned(ot_trial, why)
+                record_pruned(ot_trial, "no epoch reported" if record is None else
+                              self._rungs.pruned_reason(record.epoch))
                 self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             else:
                 self._ot_study.tell(ot_trial, record.objective_values(self._objective))
