@@ -143,7 +143,8 @@ def _reaches_above_the_package(node: ast.AST, depth: int) -> bool:
 def test_the_package_reads_nothing_outside_itself():
     """An installed library has no experiments/, benchmarks/ or docs/: no module imports the experiments or the
     benchmarks, or builds a path from its own file to above the package folder. The acceptance checks are the one
-    exception: they run from a checkout, and the GPU check times the checkout's reference FractalNet when it is there."""
+    exception: they run from a checkout, and the GPU check times the checkout's reference FractalNet when it is
+    there."""
     for name, path in MODULES.items():
         if _layer(name) == "fractal_space.checks":
             continue

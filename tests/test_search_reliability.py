@@ -170,8 +170,8 @@ def ray_head(tmp_path_factory):
 def test_joining_a_plain_ray_start_cluster_works_with_its_defaults(ray_head, tmp_path):
     """No RAY_* variable set, as after a plain `ray start --head`: the CLI's connect joins with the saved token."""
     address, home = ray_head
-    code = ("from pathlib import Path; from fractal_space.search.backends import ray_backend; from fractal_space.search.cli "
-            "import build_parser, settings_from_args; from search_cli import tiny_args; "
+    code = ("from pathlib import Path; from fractal_space.search.backends import ray_backend; "
+            "from fractal_space.search.cli import build_parser, settings_from_args; from search_cli import tiny_args; "
             f"s = settings_from_args(build_parser().parse_args(tiny_args(Path({str(tmp_path)!r}), 'join', "
             f"'--backend', 'ray', '--address', {address!r}))); print(ray_backend.connect(s)); "
             "import ray; ray.shutdown()")
