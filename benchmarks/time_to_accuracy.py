@@ -40,7 +40,8 @@ from fractal_space.engine import EvalReport, TrainConfig, Trainer  # noqa: E402
 
 MODELS = {"resnet20": "resnet20_cifar", "fractalnet_c3": "fractalnet_c3"}
 #: The recipe variants: paper is the search's final stage (the paper's SGD with its cosine schedule); fast is the
-#: engine's fast recipe; the rest change one of fast's options (leave-one-out) or its learning rate.
+#: engine's fast recipe; the rest change one of fast's options (leave-one-out), its learning rate, or its batch size
+#: (batch64 with the lr scaled alike).
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"recipe": "paper", "schedule": "cosine"},
     "fast": {"recipe": "fast"},
@@ -51,6 +52,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fast-no-warmup": {"recipe": "fast", "lr_warmup": 0.0},
     "fast-cosine": {"recipe": "fast", "schedule": "cosine"},
     "fast-batch100": {"recipe": "fast", "batch_size": 100},
+    "fast-batch64": {"recipe": "fast", "batch_size": 64, "lr": 0.2},
     "fast-ema": {"recipe": "fast", "ema": 0.99},
     "fast-lr0.1": {"recipe": "fast", "lr": 0.1},
     "fast-lr0.2": {"recipe": "fast", "lr": 0.2},
