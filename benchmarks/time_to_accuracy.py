@@ -10,8 +10,8 @@ a run part-way through its own schedule, so it is a lower bound on what a run bu
     python benchmarks/time_to_accuracy.py --report                              # table + plot of all runs
 
 Runs are named ``<model>/<variant>`` (``--list`` shows them); each ends in
-``<out>/runs/<model>-<variant>-<images>-<epoch images>.json``, so several invocations may train side by side and
-``--report`` gathers whatever is finished.
+``<out>/runs/<model>-<variant>-<images>-<epoch images>.json`` (not versioned), so several invocations may train side by
+side; ``--report`` gathers whatever is finished into ``<out>/results.json`` and ``<out>/accuracy_vs_cpu_minutes.png``.
 """
 
 from __future__ import annotations
@@ -184,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(train_run(name, cfg), indent=1))
     if args.report:
-        print(report(load_results(args.out), args.out))
+        results = load_results(args.out)
+        write_atomic(args.out / "results.json", json.dumps(results, indent=1))
+        print(report(results, args.out))
     return 0
 
 
