@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -32,11 +31,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, also when not pip-installed
-
-from fractal_space.core.files import write_atomic  # noqa: E402
-from fractal_space.core.hardware import describe  # noqa: E402
-from fractal_space.engine import EvalReport, TrainConfig, Trainer  # noqa: E402
+from fractal_space.core.files import write_atomic
+from fractal_space.core.hardware import describe
+from fractal_space.engine import EvalReport, TrainConfig, Trainer
 
 MODELS = {"resnet20": "resnet20_cifar", "fractalnet_c3": "fractalnet_c3"}
 #: The recipe variants: paper is the search's final stage (the paper's SGD with its cosine schedule); fast is the

@@ -1,19 +1,11 @@
 """benchmarks/time_to_accuracy.py: the runs' configs, training CPU time without evaluation, the table and the plot."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 from small_data import tiny_dataset
 
+from benchmarks import time_to_accuracy as bench
 from fractal_space.engine import TrainConfig
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("time_to_accuracy", REPO_ROOT / "benchmarks" / "time_to_accuracy.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["time_to_accuracy"] = bench
-spec.loader.exec_module(bench)
 
 
 def test_run_configs_are_the_engine_recipes_with_one_change_each():
