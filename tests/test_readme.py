@@ -39,5 +39,5 @@ def test_the_readme_snippets_run(data_root, tmp_path):
            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
     done = subprocess.run([sys.executable, "-c", "\n".join(snippets()) + checks], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0 and done.stdout.rstrip().endswith("ok"), done.stderr[-3000:]
