@@ -9,14 +9,16 @@ a run part-way through its own schedule, so it is a lower bound on what a run bu
     python benchmarks/time_to_accuracy.py --runs resnet20/paper resnet20/fast    # train (skips finished runs)
     python benchmarks/time_to_accuracy.py --report                              # table + plot of all runs
 
-Runs are named ``<model>/<variant>`` (``--list`` shows them); each ends in
-``<out>/runs/<model>-<variant>-<images>-<epoch images>.json`` (not versioned), so several invocations may train side by
-side; ``--report`` gathers whatever is finished into ``<out>/results.json`` and ``<out>/accuracy_vs_cpu_minutes.png``.
+Runs are named ``<model>/<variant>`` (``--list`` shows them); each trains in ``<out>/runs/<stem>/`` (checkpointed, so
+re-running the command resumes a killed run) and ends in ``<out>/runs/<stem>.json``, ``<stem>`` being
+``<model>-<variant>-<images>-<epoch images>`` (``runs/`` is not versioned). Several invocations may train side by side;
+``--report`` gathers whatever is finished into ``<out>/results.json`` and ``<out>/accuracy_vs_cpu_minutes.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import subprocess
@@ -85,12 +87,38 @@ def run_config(name: str, images: int, epoch_images: int, threads: int) -> Train
                        num_threads=threads, **VARIANTS[variant])
 
 
-def train_run(name: str, cfg: TrainConfig) -> dict[str, Any]:
-    """Train ``cfg``, testing after each epoch; the run's points (images, CPU and wall minutes, accuracies)."""
-    trainer = TimedTrainer(cfg)
-    points = []
-    cpu = wall = 0.0
-    images = 0
+def train_run(name: str, cfg: TrainConfig, folder: Path) -> dict[str, Any]:
+    """Train ``cfg`` in ``folder``, testing after each epoch; the run's points (images, CPU and wall minutes of the
+    epochs trained, accuracies). The engine checkpoints every epoch and ``points.jsonl`` logs each epoch's training
+    and then its test, so a killed run resumes at its last epoch (the CPU time of an epoch cut short is not counted).
+    """
+    trainer = TimedTrainer(dataclasses.replace(cfg, out_dir=str(folder)))
+    log = folder / "points.jsonl"
+    points: dict[int, dict[str, Any]] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        entry = json.loads(line)
+        if entry["epoch"] <= trainer.epoch:
+            points.setdefault(entry["epoch"], {}).update(entry)
+    if trainer.epoch and trainer.epoch not in points:
+        raise RuntimeError(f"{folder} has epoch {trainer.epoch} checkpointed but not its CPU time; delete the folder "
+                           f"to train {name} again")
+
+    def record(entry: dict[str, Any]) -> None:
+        with open(log, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        points.setdefault(entry["epoch"], {}).update(entry)
+
+    def test(epoch: int) -> None:
+        report = trainer.test()
+        record({"epoch": epoch, "test_acc": report.acc, "test_acc_tta": report.acc_tta})
+        p = points[epoch]
+        print(f"{name} epoch {epoch}: {p['images']} images, {p['train_cpu_minutes']:.1f} CPU-min, test {report.acc:.4f}"
+              + ("" if report.acc_tta is None else f" (tta {report.acc_tta:.4f})"), flush=True)
+
+    if points and "test_acc" not in points[trainer.epoch]:  # killed between an epoch and its test
+        test(trainer.epoch)
+    last = points.get(trainer.epoch, {"images": 0, "train_cpu_minutes": 0.0, "wall_minutes": 0.0})
+    images, cpu, wall = last["images"], last["train_cpu_minutes"] * 60, last["wall_minutes"] * 60
     epochs = trainer.epochs()
     while True:
         eval_before, cpu_start, wall_start = trainer.eval_cpu_seconds, time.process_time(), time.perf_counter()
@@ -100,16 +128,14 @@ def train_run(name: str, cfg: TrainConfig) -> dict[str, Any]:
         cpu += time.process_time() - cpu_start - (trainer.eval_cpu_seconds - eval_before)
         wall += time.perf_counter() - wall_start
         images += len(trainer.train_loader) * cfg.batch_size
-        test = trainer.test()
-        points.append({"epoch": report.epoch, "images": images, "train_cpu_minutes": cpu / 60,
-                       "wall_minutes": wall / 60, "val_acc": report.val_acc, "val_acc_tta": report.val_acc_tta,
-                       "test_acc": test.acc, "test_acc_tta": test.acc_tta})
-        print(f"{name} epoch {report.epoch}: {images} images, {cpu / 60:.1f} CPU-min, test {test.acc:.4f}"
-              + ("" if test.acc_tta is None else f" (tta {test.acc_tta:.4f})"), flush=True)
+        record({"epoch": report.epoch, "images": images, "train_cpu_minutes": cpu / 60, "wall_minutes": wall / 60,
+                "val_acc": report.val_acc, "val_acc_tta": report.val_acc_tta})
+        test(report.epoch)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
-    return {"name": name, "config": cfg.to_dict(), "points": points, "threads": trainer.threads, "commit": commit,
-            "machine": describe(), "date": datetime.now(UTC).strftime("%Y-%m-%d")}
+    return {"name": name, "config": cfg.to_dict(), "points": [points[e] for e in sorted(points)],
+            "threads": trainer.threads, "commit": commit, "machine": describe(),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d")}
 
 
 def minutes_to(points: list[dict[str, Any]], threshold: float, key: str = "test_acc") -> float | None:
@@ -174,12 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     for name, cfg in configs.items():
-        path = args.out / "runs" / f"{name.replace('/', '-')}-{args.images}-{args.epoch_images}.json"
+        stem = args.out / "runs" / f"{name.replace('/', '-')}-{args.images}-{args.epoch_images}"
+        path = stem.with_suffix(".json")
         if path.exists() and json.loads(path.read_text())["config"] == cfg.to_dict():
             print(f"{name}: done ({path})")
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(train_run(name, cfg), indent=1))
+        write_atomic(path, json.dumps(train_run(name, cfg, stem), indent=1))
     if args.report:
         results = load_results(args.out)
         write_atomic(args.out / "results.json", json.dumps(results, indent=1))

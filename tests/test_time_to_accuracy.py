@@ -19,14 +19,21 @@ def test_run_configs_are_the_engine_recipes_with_one_change_each():
         bench.run_config("resnet20/slow", 90_000, 15_000, 1)
 
 
-def test_a_run_counts_training_cpu_time_without_its_evaluations():
+def test_a_run_counts_training_cpu_time_and_resumes_where_it_was_killed(tmp_path):
     cfg = TrainConfig(model="test_efficientnet", dataset=tiny_dataset(), train_subset=200, val_size=100,
                       epoch_images=100, epochs=2, batch_size=50, tta="flip", progress=False, num_threads=1)
-    result = bench.train_run("tiny/fast", cfg)
+    result = bench.train_run("tiny/fast", cfg, tmp_path / "run")
     first, second = result["points"]
     assert (first["images"], second["images"]) == (100, 200)
-    assert 0 < first["train_cpu_minutes"] < second["train_cpu_minutes"] < second["wall_minutes"] * 2 + 1
+    assert 0 < first["train_cpu_minutes"] < second["train_cpu_minutes"]
     assert all(0 <= p[k] <= 1 for p in result["points"] for k in ("test_acc", "test_acc_tta", "val_acc_tta"))
+
+    log = tmp_path / "run" / "points.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:3]) + "\n")  # killed after epoch 2 was trained, before its test was logged
+    again = bench.train_run("tiny/fast", cfg, tmp_path / "run")
+    assert again["points"][0] == first and again["points"][1]["train_cpu_minutes"] == second["train_cpu_minutes"]
+    assert again["points"][1]["test_acc"] == second["test_acc"]  # tested again, on the checkpointed weights
 
 
 def test_report_tabulates_minutes_to_each_threshold_and_plots(tmp_path):
