@@ -73,7 +73,7 @@ def test_configspace_samples_build_and_carry_the_conditions(space):
 
 def test_config_names_the_bad_value_in_one_line(space):
     good = space.suggest(optuna.trial.FixedTrial(space.reference_point()))
-    cases = [({**good, "lr": 5.0}, "space field 'lr': 5.0 is outside [0.005, 0.1]"),
+    cases = [({**good, "lr": 5.0}, "space field 'lr': 5.0 is outside [0.05, 0.8]"),
              ({k: v for k, v in good.items() if k != "batch_size"}, "space field 'batch_size': missing"),
              ({**good, "join": "median"}, "space field 'join': 'median' is not one of"),
              ({**good, "depth": 3}, "sampled value 'depth': not a dimension of this space"),

@@ -12,7 +12,7 @@ from fractal_space.core.paper import PAPER
 from fractal_space.engine import TrainConfig, Trainer, lr_factor, train
 from fractal_space.engine.averaging import tta_views
 from fractal_space.engine.cli import build_parser
-from fractal_space.engine.config import PRESETS, RECIPE_FIELDS, recipe_changes
+from fractal_space.engine.config import DEFAULT_RECIPE, PRESETS, RECIPE_FIELDS, recipe_changes
 from fractal_space.engine.trainer import _export
 
 TINY = dict(model="test_efficientnet", dataset=tiny_dataset(), train_subset=100, val_size=100, batch_size=50,
@@ -159,8 +159,19 @@ def test_cli_recipe_flag_and_overrides():
         parser.format_help().split())
 
 
-def test_search_budgets_keep_the_paper_recipe():
-    from fractal_space.search.trial.budget import Budget
+def test_search_trials_the_final_stage_and_baselines_train_with_the_default_recipe_around_its_learning_rate():
+    from fractal_space.search import Budget, SearchSpace
+    from fractal_space.search.cli import build_parser, settings_from_args
 
+    fast = PRESETS[DEFAULT_RECIPE]
     cfg = Budget(device="cpu").config()
-    assert (cfg.recipe, cfg.schedule, cfg.lr_warmup, cfg.nesterov) == ("paper", "cosine", 0.0, False)
+    assert DEFAULT_RECIPE == "fast" and (cfg.recipe, cfg.schedule, cfg.nesterov) == ("fast", "linear", True)
+    assert Budget(device="cpu", recipe="paper").config().schedule == PAPER.schedule  # one keyword away
+    space = SearchSpace.default(32, "cpu")
+    low, high = space.to_dict()["lr"]["low"], space.to_dict()["lr"]["high"]
+    assert low < fast["lr"] < high and not low <= PAPER.lr <= high  # the recipe's range, not the paper's
+    settings = settings_from_args(build_parser().parse_args(["--device", "cpu"]))
+    train = settings.baseline_train()
+    assert train == {k: fast[k] for k in ("lr", "weight_decay", "batch_size")}
+    final = settings.budget.config(model="resnet20_cifar", epochs=2, epoch_images=None, **train)
+    assert (final.recipe, final.lr, final.tta) == ("fast", fast["lr"], fast["tta"])

@@ -9,6 +9,7 @@ import torch
 
 import fractal_space  # noqa: F401  (registers the timm models)
 from fractal_space.core.paper import PAPER
+from fractal_space.core.recipes import DEFAULT_RECIPE, PRESETS
 from fractal_space.search.space import DEFAULT, MODEL, SearchSpace, max_blocks, widths_for
 
 
@@ -54,16 +55,19 @@ def test_blocks_are_bounded_by_the_input_size():
         SearchSpace.from_dict({"num_blocks": {"low": 2, "high": "max"}}, input_size=2)
 
 
-def test_paper_reference_point_is_in_the_space():
+def test_the_reference_point_is_the_papers_network_at_the_default_recipes_training_values():
     space = SearchSpace.default(32, "cuda")
     cfg = space.config(space.reference_point()).to_dict()
     assert cfg["model_kwargs"]["widths"] == [16, 32, 64, 128, 128]
     assert cfg["model_kwargs"]["block_dropout"] == [0.0, 0.1, 0.2, 0.3, 0.4]
-    # The paper states no weight decay (recipe.PAPER: 0); the default log range cannot hold 0, so the reference point
-    # takes its lower bound, the nearest value the space can represent.
     # The paper has no drop-path warm-up: its constant rate from the first step.
-    assert cfg["train"] == {"lr": 0.02, "weight_decay": DEFAULT["weight_decay"]["low"], "batch_size": 100,
+    fast = PRESETS[DEFAULT_RECIPE]
+    assert cfg["train"] == {"lr": fast["lr"], "weight_decay": fast["weight_decay"], "batch_size": fast["batch_size"],
                             "drop_path_warmup": 0.0}
+    # a value outside a narrowed range is clipped to it: the nearest value the space can represent
+    narrowed = space.replace(lr={"low": 0.005, "high": 0.1, "log": True}, batch_size={"choices": [32, 100]})
+    assert narrowed.config(narrowed.reference_point()).train["lr"] == 0.1
+    assert narrowed.config(narrowed.reference_point()).train["batch_size"] == 32
     fixed = space.replace(weight_decay=PAPER.weight_decay, lr=PAPER.lr, batch_size=PAPER.batch_size)
     assert fixed.sample(optuna.trial.FixedTrial(fixed.reference_point())).train == {
         "lr": PAPER.lr, "weight_decay": PAPER.weight_decay, "batch_size": PAPER.batch_size, "drop_path_warmup": 0.0}

@@ -13,6 +13,7 @@ stopped; the table goes to ``<out-dir>/results.parquet`` and ``<out-dir>/results
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,13 @@ from fractal_space.engine import TrainConfig, train
 from fractal_space.engine.cli import recipe_parser
 
 DEFAULT_MODELS = ("fractalnet_c3", "resnet20_cifar", "resnet56_cifar", "densenet_bc100_cifar")
-COLUMNS = ("model", "test_acc", "num_params", "flops", "train_images_per_s", "val_acc", "epochs", "train_seconds")
+COLUMNS = ("model", "test_acc", "test_acc_tta", "num_params", "flops", "train_images_per_s", "val_acc", "epochs",
+           "train_seconds")
 # the table's Markdown rendering: column -> (header, format)
 MARKDOWN = {
     "model": ("model", "{}"),
     "test_acc": ("test acc (%)", "{:.2%}"),
+    "test_acc_tta": ("test acc, TTA (%)", "{:.2%}"),
     "num_params": ("params (M)", "{:.3f}"),
     "flops": ("MFLOPs / image", "{:.1f}"),
     "train_images_per_s": ("train images/s", "{:.0f}"),
@@ -59,7 +62,8 @@ def run_baselines(models: Sequence[str], recipe: dict[str, Any], out_dir: Path) 
     for name in models:
         cfg = TrainConfig.from_dict({**recipe, "model": name, "out_dir": str(out_dir / name)})
         summary = train(cfg)
-        rows.append({"model": name, **{c: summary[c] for c in COLUMNS if c != "model"}})
+        rows.append({"model": name, **{c: math.nan if summary[c] is None else summary[c] for c in COLUMNS
+                                       if c != "model"}})
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     write_table(table, recipe, out_dir)
     return table
@@ -73,11 +77,15 @@ def to_markdown(table: pd.DataFrame, recipe: dict[str, Any]) -> str:
         "",
         f"One recipe for every model: {shared}.",
         "",
+        "Test accuracy is the plain forward pass (what an exported model gives); the TTA column adds the recipe's "
+        "test-time augmentation (- where it is off).",
+        "",
         "| " + " | ".join(MARKDOWN[c][0] for c in COLUMNS) + " |",
         "|" + "|".join("---" if c == "model" else "---:" for c in COLUMNS) + "|",
     ]
     for row in table.itertuples(index=False):
-        cells = [MARKDOWN[c][1].format(getattr(row, c) * SCALE.get(c, 1)) for c in COLUMNS]
+        cells = ["-" if isinstance(v := getattr(row, c), float) and math.isnan(v) else
+                 MARKDOWN[c][1].format(v * SCALE.get(c, 1)) for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

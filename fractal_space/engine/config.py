@@ -17,6 +17,7 @@ import timm
 
 from fractal_space.core.hardware import DEVICES, is_device_name
 from fractal_space.core.paper import PAPER, PATH_SAMPLINGS
+from fractal_space.core.recipes import DEFAULT_RECIPE, PRESETS, RECIPES
 from fractal_space.data import AUGMENTS, NAMED, check_dataset_spec
 
 SCHEDULES = ("paper", "cosine", "linear", "constant")
@@ -28,17 +29,6 @@ REGULARIZATIONS = ("paper", "none")
 #: resumed with other values for them. Every other field is part of the recipe.
 RUN_TIME = {"recipe": False}
 AMPS = ("auto", "bf16", "fp16", "none")
-RECIPES = ("paper", "fast")
-#: What each recipe gives the fields a config leaves at None. ``paper`` is ``PAPER``'s recipe with every later option
-#: off, which is also what a saved config that predates a field trained with.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"batch_size": PAPER.batch_size, "lr": PAPER.lr, "nesterov": False, "weight_decay": PAPER.weight_decay,
-              "norm_bias_decay": True, "schedule": PAPER.schedule, "lr_warmup": 0.0, "label_smoothing": 0.0,
-              "ema": 0.0, "tta": "none"},
-    "fast": {"batch_size": 128, "lr": 0.4, "nesterov": True, "weight_decay": 5e-4, "norm_bias_decay": False,
-             "schedule": "linear", "lr_warmup": 0.2, "label_smoothing": 0.1, "ema": 0.0, "tta": "flip"},
-}
-DEFAULT_RECIPE = "fast"
 
 
 def _option(default: Any, help: str, *, run_time: bool = False, choices: tuple[str, ...] = (),

@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 
 from fractal_space.core.paper import BLOCK_DROPOUT, DROP_PATH_RATE, GLOBAL_DROP_FRACTION, JOINS, MAX_COLUMNS, PAPER
+from fractal_space.core.recipes import DEFAULT_RECIPE, PRESETS
 
 #: Dimensions the expansion rules above understand; anything else must name a TrainConfig field or a
 #: FractalNet constructor argument and is passed through unchanged.
@@ -60,7 +61,7 @@ DEFAULT: dict[str, Any] = {
     "global_drop_fraction": {"low": 0.0, "high": 1.0},
     "drop_path_warmup": {"low": 0.0, "high": 0.5},
     "dropout_scale": {"low": 0.0, "high": 0.1},
-    "lr": {"low": 0.005, "high": 0.1, "log": True},
+    "lr": {"low": 0.05, "high": 0.8, "log": True},  # around the default recipe's (core.recipes), not the paper's
     "weight_decay": {"low": 1e-6, "high": 1e-3, "log": True},
     "batch_size": {"choices": [32, 64, 100, 128]},
 }
@@ -73,13 +74,14 @@ JOIN_DIMS = ("join", "drop_path_rate", "global_drop_fraction", "drop_path_warmup
 NO_JOINS: dict[str, Any] = {"join": PAPER.join, "drop_path_rate": 0.0, "global_drop_fraction": 0.0,
                             "drop_path_warmup": 0.0}
 
-#: The paper's reduced-width 20-layer network (B=5, C=3, widths 16..128) with the paper's recipe: the reference
-#: point (the first trial a search enqueues) and the recipe baselines train with.
-PAPER_POINT: dict[str, Any] = {
+#: The paper's reduced-width 20-layer network (B=5, C=3, widths 16..128, its drop-path and dropout) with the default
+#: recipe's learning rate, weight decay and batch size: the reference point (the first trial a search enqueues) and
+#: the values the baselines and the final stage train with.
+REFERENCE_POINT: dict[str, Any] = {
     "num_blocks": 5, "num_columns": 3, "base_width": 16, "width_growth": 2.0, "join": PAPER.join,
     "drop_path_rate": PAPER.drop_path_rate, "global_drop_fraction": PAPER.global_drop_fraction,
-    "drop_path_warmup": 0.0, "dropout_scale": PAPER.dropout_step, "lr": PAPER.lr, "weight_decay": PAPER.weight_decay,
-    "batch_size": PAPER.batch_size,
+    "drop_path_warmup": 0.0, "dropout_scale": PAPER.dropout_step,
+    **{name: PRESETS[DEFAULT_RECIPE][name] for name in ("lr", "weight_decay", "batch_size")},
 }
 
 
@@ -450,12 +452,13 @@ class SearchSpace:
         return cs
 
     def reference_point(self) -> dict[str, Any]:
-        """The paper's recipe projected into this space (each searched value clipped to its range or choices).
+        """``REFERENCE_POINT`` projected into this space (each searched value clipped to its range or choices).
 
-        Searches enqueue it as their first trial, and baselines train with its lr / weight decay / batch size.
+        Searches enqueue it as their first trial; baselines and the final stage train with its lr, weight decay and
+        batch size.
         """
-        point = {name: _project(self._dims[name], PAPER_POINT.get(name)) for name in self.searched}
-        if _project(self._dims["num_columns"], PAPER_POINT["num_columns"]) == 1:  # no joins to configure
+        point = {name: _project(self._dims[name], REFERENCE_POINT.get(name)) for name in self.searched}
+        if _project(self._dims["num_columns"], REFERENCE_POINT["num_columns"]) == 1:  # no joins to configure
             point = {name: value for name, value in point.items() if name not in JOIN_DIMS}
         return point
 

@@ -2,8 +2,10 @@
 
 The search ranks architectures on validation accuracy at a proxy budget; this stage answers the user's question. The
 top ``top`` distinct FractalNet architectures (B, C, widths, join) and every baseline are trained with one identical
-recipe (the reference point's lr, batch size and weight decay, a cosine schedule over ``epochs`` passes of the whole
-training split) and evaluated once on the test split, which the search never saw. Each FractalNet keeps its own
+recipe (the search budget's, by default ``fast``, at the reference point's lr, batch size and weight decay, over
+``epochs`` passes of the whole training split) and evaluated once on the test split, which the search never saw:
+``test_acc`` is the plain forward pass (what the exported model gives), ``test_acc_tta`` the recipe's test-time
+augmentation. Each FractalNet keeps its own
 searched regularisation (drop-path, global fraction, dropout, drop-path warm-up). Models run one after another with
 every core, so their latencies (batch 1 and the training batch; deployed in ONNX Runtime from the exported
 ``model.onnx``, and eager PyTorch's beside them) are measured with nothing else running.
@@ -146,8 +148,9 @@ def final_study(settings: SearchSettings) -> optuna.Study:
         f"The final stage of study `{settings.study}`: one trial per retrained model, its name leading its note and "
         "in its user attribute `name` (role: top, spread or baseline).", "",
         f"**A step** of a curve is one epoch, a pass over the whole training split; {settings.final.epochs} epochs "
-        "with one recipe for every model (the reference point's learning rate, batch size and weight decay, a cosine "
-        f"schedule). Its value is the validation accuracy on {settings.budget['val_size']:,} held-out images.", "",
+        f"with one recipe for every model (`{settings.budget['recipe']}`, at the reference point's learning rate, "
+        "batch size and weight decay). Its value is the validation accuracy (plain forward pass) on "
+        f"{settings.budget['val_size']:,} held-out images.", "",
         "**The trial's value** is the model's test accuracy, on the test split the search never saw."]))
     return study
 
@@ -249,6 +252,7 @@ def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, 
             architecture_name(job.model_kwargs) if job.kind == "fractalnet" else job.model),
         "model_kwargs": json.dumps(job.model_kwargs), "drop_path_warmup": cfg.drop_path_warmup, "seed": job.seed,
         "trial": job.trial, "search_val_acc": job.search_val_acc, "test_acc": test.acc, "test_loss": test.loss,
+        "recipe": cfg.recipe, "tta": cfg.tta, "test_acc_tta": math.nan if test.acc_tta is None else test.acc_tta,
         "val_acc": history[-1].val_acc if history else math.nan,
         "params": trainer.num_params, "flops": trainer.flops, "latency_ms": exported.latency.ms[1],
         "latency_ms_batch": exported.latency.ms[cfg.batch_size], "latency_runtime": exported.latency.runtime,

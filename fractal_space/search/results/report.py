@@ -136,8 +136,9 @@ def _final_section(final: pd.DataFrame, out_dir: Path) -> list[str]:
     """The headline: test accuracy of every retrained model (mean ± std over seeds), best columns, load lines; the
     ``--final-spread`` models, retrained only to measure fidelity, are marked as such."""
     lines = ["## Final test results (retrained from scratch, one recipe, test split unseen by the search)", "",
-             "| model | test acc | params | FLOPs / image | latency b=1 (ms) | latency b=train (ms / image) | "
-             "eager PyTorch b=1 (ms) | load (timm) | run (ONNX Runtime) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | test acc | test acc, TTA | params | FLOPs / image | latency b=1 (ms) | "
+             "latency b=train (ms / image) | eager PyTorch b=1 (ms) | load (timm) | run (ONNX Runtime) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     multi_column = []
     for (kind, architecture), group in final.groupby(["kind", "architecture"], sort=False):
         acc = group.test_acc
@@ -147,7 +148,9 @@ def _final_section(final: pd.DataFrame, out_dir: Path) -> list[str]:
         label = f"{architecture}{seeds}" if kind == "fractalnet" else f"baseline {architecture}{seeds}"
         if first.get("role") == "spread":  # retrained to measure the proxy's fidelity, not one of the answers
             label += " (spread: fidelity sample)"
-        lines.append(f"| {label} | {acc.mean():.2%}{spread} | {first.params:,} | {first.flops:,} | "
+        tta = group.get("test_acc_tta", pd.Series(dtype=float)).dropna()
+        tta_cell = f"{tta.mean():.2%} ({first.tta})" if len(tta) else "-"
+        lines.append(f"| {label} | {acc.mean():.2%}{spread} | {tta_cell} | {first.params:,} | {first.flops:,} | "
                      f"{_fmt(first.latency_ms, '.3f')} | {_fmt(first.latency_ms_batch, '.3f')} | "
                      f"{_fmt(first.get('eager_latency_ms'), '.3f')} | `{first.load}` | {_code(first.get('onnx'))} |")
         columns = [list(c) for c in group.column_test_acc]
@@ -155,12 +158,14 @@ def _final_section(final: pd.DataFrame, out_dir: Path) -> list[str]:
             mean = [sum(c[k] for c in columns) / len(columns) for k in range(len(columns[0]))]
             k = max(range(len(mean)), key=mean.__getitem__)
             load = f"`{first.column_load[k]}`" if len(first.column_load) > k else ""
-            lines.append(f"| ↳ its best column alone (column {k + 1} of {len(mean)}) | {mean[k]:.2%} | | | "
+            lines.append(f"| ↳ its best column alone (column {k + 1} of {len(mean)}) | {mean[k]:.2%} | | | | "
                          f"{first.column_latency_ms[k]:.3f} | | | {load} | |")
             multi_column.append({"label": architecture, "column_latency_ms": first.column_latency_ms,
                                  "column_acc": mean, "latency_ms": first.latency_ms, "acc": acc.mean(),
                                  "metric": "test accuracy"})
-    lines += ["", f"Latencies: {_runtimes(final)}, one model at a time with every core; eager PyTorch's batch-1 "
+    lines += ["", "Test accuracy is the plain forward pass, what the exported model gives; the TTA column averages "
+              "the recipe's test-time views (flip: each image and its mirror image).", "",
+              f"Latencies: {_runtimes(final)}, one model at a time with every core; eager PyTorch's batch-1 "
               "latency, mostly Python's per-module overhead on CPU, for comparison. `x` in the ONNX Runtime line is a "
               "float32 (N, C, H, W) batch normalised as the folder's `config.json` says.", ""]
     if multi_column:
@@ -260,14 +265,16 @@ def _trust_section(df: pd.DataFrame, final: pd.DataFrame, settings: SearchSettin
     lines = ["## Budgets, wall times and how far to trust the ranking", "",
              f"- Hardware: {describe(budget['device'])}; training precision "
              f"{precision(budget['amp'], budget['device'])}.",
-             f"- Search: {settings.trials} trials, {how}, validation on {budget['val_size']} held-out training "
+             f"- Search: {settings.trials} trials, {how}, recipe `{budget['recipe']}`, validation (plain forward pass) "
+             f"on {budget['val_size']} held-out training "
              f"images; {len(settings.baselines)} baseline(s) to the top rung. Wall time from the first trial to the "
              f"last: {search_wall / 60:.1f} min (trial time summed: {df.duration_s.sum() / 60:.1f} min)."]
     if len(final):
         train = settings.baseline_train()
-        lines.append(f"- Final stage: {settings.final.epochs} epoch(s) over the whole training split per model, lr "
-                     f"{train['lr']:g}, batch {train['batch_size']}, weight decay {train['weight_decay']:g}, cosine "
-                     f"schedule, {settings.final.seeds} seed(s); FractalNets keep their searched regularisation. "
+        lines.append(f"- Final stage: {settings.final.epochs} epoch(s) over the whole training split per model, recipe "
+                     f"`{budget['recipe']}` (schedule {budget['schedule']}, test-time augmentation {budget['tta']}) "
+                     f"at lr {train['lr']:g}, batch {train['batch_size']}, weight decay {train['weight_decay']:g}, "
+                     f"{settings.final.seeds} seed(s); FractalNets keep their searched regularisation. "
                      f"Training time summed: {final.train_seconds.sum() / 60:.1f} min.")
         lines.append(_fidelity(final, settings.final.spread))
     if settings.sampler == "random":

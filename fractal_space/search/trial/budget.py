@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+from fractal_space.core.recipes import DEFAULT_RECIPE
 from fractal_space.engine import TrainConfig
 from fractal_space.search.trial.rungs import Rungs
 
@@ -30,15 +31,16 @@ class Budget:
     ``Budget(dataset="cifar10", rung_images=[500, 1500], val_size=200, device="cpu")``: ``rung_images`` are the
     images a trial has seen at each rung (a geometric series: each rung a whole multiple >= 2 of the one before; the
     stock rungs of ``device`` when omitted); every other keyword is a ``TrainConfig`` field all trials share. The
-    stock budget of a device (its validation size, the paper's recipe with a cosine schedule) lies under what is
-    given. Validated at once: an unknown field or a bad value is a one-line ``ValueError`` here, not in a trial.
+    stock budget of a device (its validation size, the default recipe ``fast``; ``recipe="paper"`` for the paper's)
+    lies under what is given. Validated at once: an unknown field or a bad value is a one-line ``ValueError`` here,
+    not in a trial.
     """
 
     def __init__(self, *, rung_images: Sequence[int] | Rungs | None = None, device: str = "cpu",
                  **overrides: Any) -> None:
         hardware = "cpu" if device == "cpu" else "cuda"
         self.rungs = _rungs(rung_images) if rung_images is not None else DEFAULT_RUNGS[hardware]
-        base = {"val_size": DEFAULT_VAL_SIZE[hardware], "device": device, "recipe": "paper", "schedule": "cosine"}
+        base = {"val_size": DEFAULT_VAL_SIZE[hardware], "device": device, "recipe": DEFAULT_RECIPE}
         self.overrides: dict[str, Any] = {**base, **overrides}
         self.config()
 
