@@ -43,6 +43,7 @@ def test_one_epoch_comparison_writes_table(run_module, tiny_cifar: Path, tmp_pat
     assert list(table.columns) == list(run_module.COLUMNS)
     assert list(table["model"]) == MODELS
     assert table["test_acc"].between(0, 1).all() and (table["epochs"] == 1).all()
+    assert table["test_acc_tta"].between(0, 1).all()  # the fast recipe's flip TTA, beside the plain accuracy
     assert (table["train_images_per_s"] > 0).all() and (table["flops"] > 0).all()
     assert table["num_params"].tolist() == [269_722, 464_154]  # the architectures trained are the papers'
     for name in MODELS:  # each model trained through the engine into its own run folder

@@ -65,6 +65,8 @@ def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_si
         assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == row.test_acc
         assert trial.intermediate_values == {1: row.val_acc} and trial.user_attrs["role"] == row.role
     assert after.test_acc.between(0, 1).all() and (after.latency_ms_batch > 0).all() and (after.params > 0).all()
+    # the default recipe, its flip test-time augmentation reported beside the plain forward pass
+    assert set(after.recipe) == {"fast"} and set(after.tta) == {"flip"} and after.test_acc_tta.between(0, 1).all()
 
     x = torch.randn(3, 3, 32, 32)
     for row in after.itertuples():
@@ -98,6 +100,8 @@ def test_final_stage_retrains_tests_and_exports_timm_models_and_resumes_after_si
     assert all("local-dir:" in line and "onnxruntime.InferenceSession(" in line
                for line in headline.splitlines() if line.startswith("| fractalnet"))
     assert "Latencies: deployed on ONNX Runtime, CPU provider" in headline
+    assert "| test acc | test acc, TTA |" in headline and f"| {after.test_acc_tta.iloc[0]:.2%} (flip) |" in headline
+    assert "recipe `fast` (schedule linear, test-time augmentation flip)" in report
     marked = [line for line in headline.splitlines() if "(spread: fidelity sample)" in line]
     assert len(marked) == list(after.role).count("spread")
     assert "Proxy fidelity:" in report and f"(n = {len(architectures)}," in report  # those with a search score
