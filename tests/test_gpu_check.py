@@ -67,36 +67,50 @@ def test_a_bare_folder_named_like_a_package_is_not_the_package(tmp_path, monkeyp
     assert not installed("fractal_space_absent") and installed("fractal_space")
 
 
-def test_dry_run_skips_what_is_not_installed_trains_every_family_and_measures_throughput(data_root, tmp_path):
-    """Without Ray and Optuna the dry run skips their steps (and the final stage, which needs Optuna), runs the
-    training steps on CPU (every registered family, fractalnet34 at 224x224, the throughput ratios) and exits 0."""
+def _dry_run_without_ray_and_optuna(tmp_path: Path, *steps: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "out"
-    done = _run([sys.executable, "-m", "fractal_space.checks.gpu", "--dry-run", "--out", str(out)], tmp_path,
-                hidden=("ray", "optuna"))
+    done = _run([sys.executable, "-m", "fractal_space.checks.gpu", "--dry-run", "--out", str(out),
+                 *(["--steps", ",".join(steps)] if steps else [])], tmp_path, hidden=("ray", "optuna"))
     assert done.returncode == 0, done.stdout + done.stderr
-    summary = json.loads((out / "summary.json").read_text())
+    return done, json.loads((out / "summary.json").read_text())
+
+
+def test_dry_run_skips_what_is_not_installed_and_measures_throughput(data_root, tmp_path):
+    """Without Ray and Optuna the dry run skips their steps (and the final stage, which needs Optuna), runs the
+    throughput step on CPU and exits 0; the summary says what ran, what was skipped and why."""
+    done, summary = _dry_run_without_ray_and_optuna(tmp_path, "throughput", "ray", "optuna", "final")
     steps = _steps(summary)
     assert summary["passed"] and summary["skipped"] == ["ray", "optuna", "final"]
     assert steps["ray"]["skipped"] == "ray and optuna are not installed"
     assert steps["optuna"]["skipped"] == steps["final"]["skipped"] == "optuna is not installed"
-    for name in ("families", "throughput"):
-        assert steps[name]["passed"] and steps[name]["error"] is None and steps[name]["skipped"] is None, steps[name]
-        assert steps[name]["peak_memory_mb"] is None  # CPU: no CUDA memory counter
-    families = steps["families"]["numbers"]
-    assert families["models"] == len(family_models()) and families["models"] >= 17
-    assert families["fractalnet34"]["input"] == "224x224" and families["fractalnet_c4"]["input"] == "32x32"
-    throughput = steps["throughput"]["numbers"]
-    assert {"fractalnet_c4 / reference", "fractalnet20_cifar / reference"} <= set(throughput)
-    assert throughput["reference"].startswith("benchmarks/")
+    throughput = steps["throughput"]
+    assert throughput["passed"] and throughput["error"] is None and throughput["skipped"] is None, throughput
+    assert throughput["peak_memory_mb"] is None  # CPU: no CUDA memory counter
+    assert {"fractalnet_c4 / reference", "fractalnet20_cifar / reference"} <= set(throughput["numbers"])
+    assert throughput["numbers"]["reference"].startswith("benchmarks/")
     env = summary["environment"]
     assert env["ray"] is None and env["optuna"] is None and env["torch"] and env["timm"] and env["gpu"] is None
-    md = (out / "summary.md").read_text()
-    assert "2 of 2 steps that ran passed" in md and "| families | pass |" in md and "n/a (CPU)" in md
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "1 of 1 steps that ran passed" in md and "| throughput | pass |" in md and "n/a (CPU)" in md
     assert "| ray | skipped: ray and optuna are not installed |" in md
     assert "ray not installed" in md and "optuna not installed" in md
     printed = done.stdout.splitlines()
-    assert [line.split(":")[0] for line in printed[:5]] == ["families", "throughput", "ray", "optuna", "final"]
-    assert printed[2] == "ray: skipped: ray and optuna are not installed"
+    assert [line.split(":")[0] for line in printed[:4]] == ["throughput", "ray", "optuna", "final"]
+    assert printed[1] == "ray: skipped: ray and optuna are not installed"
+
+
+@pytest.mark.slow
+def test_the_whole_dry_run_trains_every_family(data_root, tmp_path):
+    """Every step in its order; the families step trains every registered family on CPU, fractalnet34 at 224x224."""
+    done, summary = _dry_run_without_ray_and_optuna(tmp_path)
+    assert summary["passed"] and summary["skipped"] == ["ray", "optuna", "final"]
+    families = _steps(summary)["families"]
+    assert families["passed"] and families["error"] is None and families["peak_memory_mb"] is None, families
+    assert families["numbers"]["models"] == len(family_models()) and families["numbers"]["models"] >= 17
+    assert families["numbers"]["fractalnet34"]["input"] == "224x224"
+    assert families["numbers"]["fractalnet_c4"]["input"] == "32x32"
+    assert [line.split(":")[0] for line in done.stdout.splitlines()[:5]] == [
+        "families", "throughput", "ray", "optuna", "final"]
 
 
 @pytest.mark.slow

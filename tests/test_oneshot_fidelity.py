@@ -110,3 +110,9 @@ def test_rescore_trains_new_supernets_against_the_recorded_stand_alone_side(tmp_
     text = (runs / "warm.md").read_text()
     assert "| uniform+dp+warmup | 10 |" in text and "was not varied" not in text
     assert f"`{data / 'smoke.json'}` on the stand-alone machine" in text  # where the stand-alone side came from
+
+
+def test_every_run_trains_with_the_papers_recipe_as_its_recorded_results_did(tmp_path):
+    """The recorded scores were trained with the paper's recipe; the engine's default recipe is another one."""
+    cfg = bench._config(bench.SCALES["smoke"], tmp_path, 1, {})
+    assert (cfg.recipe, cfg.lr, cfg.schedule, cfg.nesterov) == ("paper", 0.02, "cosine", False)

@@ -43,6 +43,7 @@ def tiny_cifar(data_root, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_quick_run_writes_tables_and_plots_and_resumes(tiny_cifar, tmp_path, capsys) -> None:
     doc = tmp_path / "doc" / "README.md"
     # two of experiment A's five variants: the other three train the same network the same way, with other rates
@@ -142,4 +143,5 @@ def test_default_budget_fits_in_two_and_a_half_hours(tmp_path) -> None:
     assert len(plan.runs) == 2 * (len(VARIANTS) + 4)
     warmups = {name: cfg.drop_path_warmup for experiment, name, _, cfg in plan.runs if experiment == "A"}
     assert warmups == {"none": 0.0, "paper": 0.0, "no-dropout": 0.0, "low-rate": 0.0, "warmup": 0.5}  # the engine's
+    assert {cfg.recipe for *_, cfg in plan.runs} == {"paper"}  # the paper's claims, tested with the paper's recipe
     assert 60 <= plan.estimate_seconds() / 60 <= 150

@@ -97,9 +97,16 @@ def test_ray_search_end_to_end_with_dashboard(tmp_path):
     assert [f.name for f in folders] == [f"trial_{t.number:05d}" for t in study.trials]
     for folder in folders:
         assert (folder / "result.json").read_text().strip() and "val_acc" in (folder / "progress.csv").read_text()
-    # the same seeds through the Optuna backend: the same trials, the same curves where both trained
+
+
+@pytest.mark.slow
+def test_the_same_seeds_give_the_same_trials_and_curves_through_ray_and_optuna(tmp_path):
+    """Ray's trials are the Optuna backend's: the same params and, where both trained, the same validation curves."""
+    ray = spawn_search(tmp_path, "ray", "--backend", "ray", "--trials", "3", "--sampler", "random", rungs=2)
+    out, _ = ray.communicate(timeout=600)
+    assert ray.returncode == 0, out
     assert run_search(tmp_path, "same", "--trials", "3", "--sampler", "random", rungs=2) == 0
-    optuna_side = {t.number: t for t in load_study(tmp_path, "same").trials}
+    study, optuna_side = load_study(tmp_path, "ray"), {t.number: t for t in load_study(tmp_path, "same").trials}
     for trial in study.trials:
         other = optuna_side[trial.number]
         assert trial.params == other.params

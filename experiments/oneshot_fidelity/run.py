@@ -66,7 +66,7 @@ from fractal_space.search.results.fidelity import bootstrap_interval, kendall_ta
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-RECIPE = dict(model="fractalnet_c3", regularization="none", schedule="cosine", batch_size=100, lr=0.02,
+RECIPE = dict(model="fractalnet_c3", recipe="paper", regularization="none", schedule="cosine", batch_size=100, lr=0.02,
               weight_decay=0.0, val_size=2000, eval_columns=False, progress=False, augment="+")
 VARIANTS = {
     "uniform+dp": dict(supernet_sampling="uniform", drop_path_rate=0.15, global_drop_fraction=0.5),

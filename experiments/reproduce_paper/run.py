@@ -194,7 +194,7 @@ class Plan:
     def build(cls, scale: Scale, seeds: int, variants: Sequence[Variant], out_dir: Path,
               common: dict[str, Any]) -> Plan:
         budget = dict(epochs=scale.epochs, epoch_images=scale.epoch_images, train_subset=scale.train_subset,
-                      val_size=scale.val_size, eval_columns=False, **common)
+                      val_size=scale.val_size, eval_columns=False, recipe="paper", **common)
         runs = []
         for seed in range(seeds):
             for v in variants:
