@@ -57,6 +57,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fast-lr0.2": {"recipe": "fast", "lr": 0.2},
     "fast-lr0.8": {"recipe": "fast", "lr": 0.8},
     "fast-augment-none": {"recipe": "fast", "augment": "none"},
+    "fast-augment-none-batch64": {"recipe": "fast", "augment": "none", "batch_size": 64, "lr": 0.2},
 }
 THRESHOLDS = (0.70, 0.80, 0.85, 0.90)
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "experiments" / "time_to_accuracy"

@@ -166,6 +166,7 @@ def test_search_trials_the_final_stage_and_baselines_train_with_the_default_reci
     fast = PRESETS[DEFAULT_RECIPE]
     cfg = Budget(device="cpu").config()
     assert DEFAULT_RECIPE == "fast" and (cfg.recipe, cfg.schedule, cfg.nesterov) == ("fast", "linear", True)
+    assert cfg.augment == "none" and Budget(device="cpu", augment="+").config().augment == "+"  # CPU's 2 passes
     assert Budget(device="cpu", recipe="paper").config().schedule == PAPER.schedule  # one keyword away
     space = SearchSpace.default(32, "cpu")
     low, high = space.to_dict()["lr"]["low"], space.to_dict()["lr"]["high"]

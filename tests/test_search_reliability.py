@@ -264,7 +264,7 @@ def test_killing_the_main_process_takes_its_workers_with_it_and_the_next_run_wri
     assert len(workers) == 2
     time.sleep(3)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=30)
+    proc.communicate(timeout=120)  # the workers share its stdout: it closes when the last of them has gone
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(_running(w) for w in workers):
         time.sleep(0.2)
