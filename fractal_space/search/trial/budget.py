@@ -36,8 +36,8 @@ class Budget:
     images a trial has seen at each rung (a geometric series: each rung a whole multiple >= 2 of the one before; the
     stock rungs of ``device`` when omitted); every other keyword is a ``TrainConfig`` field all trials share. The
     stock budget of a device (``DEVICE_BASE``: its validation size and augmentation; the default recipe ``fast``,
-    ``recipe="paper"`` for the paper's) lies under what is given. Validated at once: an unknown field or a bad value is a one-line ``ValueError`` here,
-    not in a trial.
+    ``recipe="paper"`` for the paper's) lies under what is given. Validated at once: an unknown field or a bad value
+    is a one-line ``ValueError`` here, not in a trial.
     """
 
     def __init__(self, *, rung_images: Sequence[int] | Rungs | None = None, device: str = "cpu",
