@@ -174,5 +174,4 @@ def test_search_trials_the_final_stage_and_baselines_train_with_the_default_reci
     settings = settings_from_args(build_parser().parse_args(["--device", "cpu"]))
     train = settings.baseline_train()
     assert train == {k: fast[k] for k in ("lr", "weight_decay", "batch_size")}
-    final = settings.budget.config(model="resnet20_cifar", epochs=2, epoch_images=None, **train)
-    assert (final.recipe, final.lr, final.tta) == ("fast", fast["lr"], fast["tta"])
+    assert cfg.tta == "none"  # trials rank on the plain accuracy: no second pass per evaluation

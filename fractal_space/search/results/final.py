@@ -235,7 +235,7 @@ def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, 
     export it; returns its results row."""
     started = time.perf_counter()
     cfg = settings.budget.config(model=job.model, model_kwargs=dict(job.model_kwargs), seed=job.seed,
-                                 epochs=settings.final.epochs, epoch_images=None, eval_columns=True,
+                                 epochs=settings.final.epochs, epoch_images=None, eval_columns=True, tta=None,
                                  num_threads=settings.final.threads or usable_cpus(), out_dir=str(folder / "run"),
                                  **train, **job.regularization)
     trainer = Trainer(cfg)

@@ -271,8 +271,9 @@ def _trust_section(df: pd.DataFrame, final: pd.DataFrame, settings: SearchSettin
              f"last: {search_wall / 60:.1f} min (trial time summed: {df.duration_s.sum() / 60:.1f} min)."]
     if len(final):
         train = settings.baseline_train()
+        tta = final["tta"].iloc[0] if "tta" in final else "none"  # results written before the column existed
         lines.append(f"- Final stage: {settings.final.epochs} epoch(s) over the whole training split per model, recipe "
-                     f"`{budget['recipe']}` (schedule {budget['schedule']}, test-time augmentation {budget['tta']}) "
+                     f"`{budget['recipe']}` (schedule {budget['schedule']}, test-time augmentation {tta}) "
                      f"at lr {train['lr']:g}, batch {train['batch_size']}, weight decay {train['weight_decay']:g}, "
                      f"{settings.final.seeds} seed(s); FractalNets keep their searched regularisation. "
                      f"Training time summed: {final.train_seconds.sum() / 60:.1f} min.")

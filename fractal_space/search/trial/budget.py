@@ -17,8 +17,10 @@ from fractal_space.core.recipes import DEFAULT_RECIPE
 from fractal_space.engine import TrainConfig
 from fractal_space.search.trial.rungs import Rungs
 
-#: What every search trial sets whatever the budget: no bars; columns are evaluated once, after the last epoch.
-TRIAL_FIELDS: dict[str, Any] = {"eval_columns": False, "progress": False}
+#: What every search trial sets whatever the budget: no bars; columns are evaluated once, after the last epoch; no
+#: test-time augmentation, since trials rank on the plain validation accuracy and flip TTA doubles every evaluation
+#: (the final stage passes ``tta=None`` for the recipe's).
+TRIAL_FIELDS: dict[str, Any] = {"eval_columns": False, "progress": False, "tta": "none"}
 #: The stock rungs. CPU: 3,500 -> 94,500 images in 4 rungs, the top one 2 passes over CIFAR-10's 45-48k training
 #: images. GPU: 28,000 -> 2.27M in 5 rungs, 50 passes over 45k.
 DEFAULT_RUNGS = {"cpu": Rungs(min_images=3_500, levels=4), "cuda": Rungs(min_images=28_000, levels=5)}
