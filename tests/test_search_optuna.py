@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 from search_cli import dashboard_json, finished, load_study, run_search, trials_table
 
+from fractal_space.core.recipes import DEFAULT_RECIPE, PRESETS
 from fractal_space.search.cli import main
 from fractal_space.search.results.table import FIXED_SCHEMA
 
@@ -44,8 +45,8 @@ def test_search_with_baseline_writes_parquet_report_and_resumes(tmp_path, capsys
         assert len(row.column_val_acc) == len(row.column_latency_ms) == config["num_columns"] == row.num_columns
         assert len(row.val_acc_history) == row.epochs_run == 3 and row.duration_s > 0
         assert row.train_threads == row.latency_threads == 1
-    reference = load_study(tmp_path, "e2e").trials[1]  # trial 0 is the baseline, trial 1 the paper's recipe
-    assert reference.user_attrs.get("reference") and reference.params["lr"] == 0.02
+    reference = load_study(tmp_path, "e2e").trials[1]  # trial 0 is the baseline, trial 1 the reference point
+    assert reference.user_attrs.get("reference") and reference.params["lr"] == PRESETS[DEFAULT_RECIPE]["lr"]
 
     report = (study_dir / "report.md").read_text()
     assert "resnet20_cifar" in report and "best FractalNet" in report

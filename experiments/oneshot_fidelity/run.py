@@ -389,7 +389,8 @@ the medium scale's supernet. This run is **B={scale.num_blocks}, C={scale.num_co
 ({(2 ** scale.num_columns - 1) ** scale.num_blocks} sub-fractals), widths {'-'.join(map(str, scale.widths))}**:
 each supernet trained on {scale.supernet_epochs * images:,} CIFAR-10 images, each of the {len(chosen)} sub-fractals
 trained alone on {scale.standalone_epochs * images:,} images ({scale.rung}), validation on 2,000
-held-out training images, the recipe of the search (SGD lr 0.02, batch 100, cosine, augmentation +, no block dropout).
+held-out training images, the paper's recipe with a cosine schedule (SGD lr 0.02, batch 100, augmentation +, no block
+dropout).
 At these budgets accuracies are low and close together, so the correlations
 measure the evaluator at a very short training budget, not at convergence.
 

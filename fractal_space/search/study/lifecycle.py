@@ -199,7 +199,8 @@ def run_baselines(settings: SearchSettings, study: optuna.Study) -> None:
 
 
 def enqueue_reference(study: optuna.Study, settings: SearchSettings) -> None:
-    """Queue the paper's recipe (projected into the space) as the next search trial unless it ran, runs or waits.
+    """Queue the reference point (the paper's network, projected into the space) as the next search trial unless it
+    ran, runs or waits.
 
     An interrupted reference trial does not count, so it is queued again. Invocations that start together may both
     queue it; the trial runner runs only the first and records the others as surplus.

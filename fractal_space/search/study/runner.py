@@ -128,7 +128,7 @@ def trial_note(number: int, attrs: dict[str, Any], pruned: str | None = None) ->
     if attrs.get("kind") == "baseline":
         head += ": baseline, trained to the top rung with the reference recipe; not a search trial."
     elif attrs.get("reference"):
-        head += ": the paper's reference point"
+        head += ": the reference point (the paper's network)"
     return head + (f"\n\nPruned: {pruned}." if pruned else "")
 
 
