@@ -1,6 +1,7 @@
 """experiments/search_efficiency: how a run's trials become a best-so-far curve over training images, the common
 budget's comparison and the verdict; the --quick run end to end (slow) through the real CLI, resumed."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -69,11 +70,15 @@ def test_a_study_at_the_measured_scale_quotes_the_finding_the_library_ships(tmp_
     from fractal_space.search.cli import build_parser, settings_from_args
     from fractal_space.search.results import report
 
-    settings = settings_from_args(build_parser().parse_args(
-        bench.cli_args("tpe-sh", 0, bench.SCALES["cpu"], tmp_path, "cifar10")))
+    args = bench.cli_args("tpe-sh", 0, bench.SCALES["cpu"], tmp_path, "cifar10")
     shipped = json.loads(report.EFFICIENCY.read_text())
+    (tmp_path / "space.yaml").write_text(json.dumps(shipped["scale"]["space"]))  # the space it was measured in
+    settings = settings_from_args(build_parser().parse_args(args))
     assert report.EFFICIENCY.parent == Path(report.__file__).parent
-    assert report._sampler_evidence(settings) == (  # noqa: SLF001
+    # measured with the paper's recipe and augmentation: a study with others is another experiment
+    assert report._sampler_evidence(settings).startswith("not measured at this study's scale")  # noqa: SLF001
+    paper = dataclasses.replace(settings, budget=settings.budget.replace(recipe="paper", augment="+"))
+    assert report._sampler_evidence(paper) == (  # noqa: SLF001
         f"measured at this study's scale in {report.EFFICIENCY_PAGE}: {shipped['finding']}")
     assert f"**Finding.** {shipped['finding']}" in (REPO / report.EFFICIENCY_PAGE).read_text()
 

@@ -203,11 +203,13 @@ def _runtimes(table: pd.DataFrame) -> str:
 
 
 def study_scale(settings: SearchSettings) -> dict[str, Any]:
-    """What makes two studies the same experiment for the sampler comparison: data, space, budget, trials, objective
+    """What makes two studies the same experiment for the sampler comparison: data, recipe, augmentation, space,
+    budget, trials, objective
     (the search-efficiency experiment stores its own in ``EFFICIENCY``; a study that matches may quote it)."""
     rungs = settings.budget.rungs
     return json.loads(json.dumps({
-        "dataset": settings.budget["dataset"], "objective": settings.objective, "trials": settings.trials,
+        "dataset": settings.budget["dataset"], "recipe": settings.budget["recipe"],
+        "augment": settings.budget["augment"], "objective": settings.objective, "trials": settings.trials,
         "rungs": [rungs.min_images, rungs.levels, rungs.factor], "val_size": settings.budget["val_size"],
         "train_subset": settings.budget["train_subset"], "space": settings.space.to_dict()}))
 
@@ -216,7 +218,8 @@ def _sampler_evidence(settings: SearchSettings) -> str:
     """The sampler's measured advantage over random search, if the search-efficiency experiment measured this
     scale."""
     measured = json.loads(EFFICIENCY.read_text()) if EFFICIENCY.exists() else None
-    if measured is not None and measured["scale"] == study_scale(settings):
+    # a scale recorded before recipe and augmentation were part of it trained with the paper's, then the only ones
+    if measured is not None and {"recipe": "paper", "augment": "+", **measured["scale"]} == study_scale(settings):
         return f"measured at this study's scale in {EFFICIENCY_PAGE}: {measured['finding']}"
     where = (f"{EFFICIENCY_PAGE} measured it on another scale: {measured['summary']}" if measured else
              f"{EFFICIENCY_PAGE} has not been written here")
