@@ -207,6 +207,7 @@ def _get_json(url: str) -> dict:
         return json.loads(page.read())
 
 
+@pytest.mark.slow
 def test_the_dashboard_serves_both_study_pages_until_the_run_ends_and_never_prints_on_the_console(tmp_path):
     """The printed URLs are the study pages of the search and of the final stage. They answer during the final stage,
     with the search process stopped meanwhile (the dashboard is a process of its own); computing importances makes

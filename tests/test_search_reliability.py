@@ -89,6 +89,7 @@ def test_two_samplers_with_one_seed_never_draw_the_same_configuration(tmp_path):
     assert [t.params for t in again.trials] == [t.params for t in first.trials]
 
 
+@pytest.mark.slow
 def test_two_workers_and_a_resume_sample_distinct_configurations(tmp_path):
     journal = f"journal:{tmp_path / 'shared.journal'}"
     assert run_search(tmp_path, "distinct", "--trials", "4", "--workers", "2", "--storage", journal) == 0
@@ -166,6 +167,7 @@ def ray_head(tmp_path_factory):
     head.wait(30)
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("ray_head")  # one cluster for both
 def test_joining_a_plain_ray_start_cluster_works_with_its_defaults(ray_head, tmp_path):
     """No RAY_* variable set, as after a plain `ray start --head`: the CLI's connect joins with the saved token."""
@@ -181,6 +183,7 @@ def test_joining_a_plain_ray_start_cluster_works_with_its_defaults(ray_head, tmp
     assert f":{address.rsplit(':', 1)[1]}'" in joined.stdout  # connect returned the joined cluster's address
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("ray_head")  # one cluster for both
 def test_joining_without_the_cluster_token_is_one_line_saying_what_to_set(ray_head, tmp_path):
     address, _ = ray_head
@@ -254,6 +257,7 @@ def _running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_killing_the_main_process_takes_its_workers_with_it_and_the_next_run_writes_the_results(tmp_path):
     proc = spawn_search(tmp_path, "orphans", "--trials", "3", "--workers", "2", rungs=2)
     deadline = time.monotonic() + 120
@@ -335,6 +339,7 @@ def _fault_injection(tmp_path: Path, kills: int, seed: int) -> None:
     assert "RUNNING" not in set(df.state)
 
 
+@pytest.mark.slow
 def test_fault_injection_kills_at_every_point_of_the_trial_life_cycle(tmp_path):
     _fault_injection(tmp_path, kills=len(POINTS), seed=1)  # each point once; the slow test below repeats them
 
