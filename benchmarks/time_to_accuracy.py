@@ -163,6 +163,7 @@ def report(results: list[dict[str, Any]], out: Path) -> str:
     models = sorted({r["name"].split("/")[0] for r in results})
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per run: a model has more than 10
         for r in (r for r in results if r["name"].startswith(model + "/")):
             x = [0.0] + [p["train_cpu_minutes"] for p in r["points"]]
             label = f"{r['name'].split('/')[1]} ({r['config']['epochs']} x {r['config']['epoch_images']:,})"
