@@ -218,8 +218,7 @@ def _sampler_evidence(settings: SearchSettings) -> str:
     """The sampler's measured advantage over random search, if the search-efficiency experiment measured this
     scale."""
     measured = json.loads(EFFICIENCY.read_text()) if EFFICIENCY.exists() else None
-    # a scale recorded before recipe and augmentation were part of it trained with the paper's, then the only ones
-    if measured is not None and {"recipe": "paper", "augment": "+", **measured["scale"]} == study_scale(settings):
+    if measured is not None and measured["scale"] == study_scale(settings):
         return f"measured at this study's scale in {EFFICIENCY_PAGE}: {measured['finding']}"
     where = (f"{EFFICIENCY_PAGE} measured it on another scale: {measured['summary']}" if measured else
              f"{EFFICIENCY_PAGE} has not been written here")
