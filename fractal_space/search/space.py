@@ -74,6 +74,9 @@ JOIN_DIMS = ("join", "drop_path_rate", "global_drop_fraction", "drop_path_warmup
 NO_JOINS: dict[str, Any] = {"join": PAPER.join, "drop_path_rate": 0.0, "global_drop_fraction": 0.0,
                             "drop_path_warmup": 0.0}
 
+#: Training fields any loop applies (the learning rate, weight decay and batch size of an optimiser and a loader);
+#: the others a config carries only the project's engine applies (see :attr:`TrialConfig.engine_only`).
+LOOP_FIELDS = ("lr", "weight_decay", "batch_size")
 #: The paper's reduced-width 20-layer network (B=5, C=3, widths 16..128, its drop-path and dropout) with the default
 #: recipe's learning rate, weight decay and batch size: the reference point (the first trial a search enqueues) and
 #: the values the baselines and the final stage train with.
@@ -81,7 +84,7 @@ REFERENCE_POINT: dict[str, Any] = {
     "num_blocks": 5, "num_columns": 3, "base_width": 16, "width_growth": 2.0, "join": PAPER.join,
     "drop_path_rate": PAPER.drop_path_rate, "global_drop_fraction": PAPER.global_drop_fraction,
     "drop_path_warmup": 0.0, "dropout_scale": PAPER.dropout_step,
-    **{name: PRESETS[DEFAULT_RECIPE][name] for name in ("lr", "weight_decay", "batch_size")},
+    **{name: PRESETS[DEFAULT_RECIPE][name] for name in LOOP_FIELDS},
 }
 
 
@@ -505,9 +508,6 @@ def _cs_hyperparameter(CS: Any, dim: _Dim) -> Any:  # noqa: N803 - the ConfigSpa
     return CS.Float(dim.name, (float(dim.low), float(dim.high)), log=dim.log)
 
 
-#: Training fields any loop applies (the learning rate, weight decay and batch size of an optimiser and a loader);
-#: the others a config carries only the project's engine applies (see :attr:`TrialConfig.engine_only`).
-LOOP_FIELDS = ("lr", "weight_decay", "batch_size")
 #: The timm entry every sampled network is built with (any B, C, widths and join).
 MODEL = "fractalnet"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fractal_space.core.hardware import usable_cpus
-from fractal_space.search.space import SearchSpace
+from fractal_space.search.space import LOOP_FIELDS, SearchSpace
 from fractal_space.search.trial.budget import Budget
 
 #: How a search spends its budget: multitrial trains every trial from scratch; oneshot trains one FractalNet supernet
@@ -87,4 +87,4 @@ class SearchSettings:
     def baseline_train(self) -> dict[str, Any]:
         """The baselines' recipe: the space's fixed values, else the paper's (lr, batch size, weight decay)."""
         config = self.space.config(self.space.reference_point())
-        return {k: config.train[k] for k in ("lr", "weight_decay", "batch_size")}
+        return {k: config.train[k] for k in LOOP_FIELDS}
