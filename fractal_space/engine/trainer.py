@@ -32,9 +32,12 @@ from fractal_space.deploy.metrics import count_flops, count_params, measure_late
 from fractal_space.engine.averaging import WeightAverage, tta_views
 from fractal_space.engine.checkpoint import read_checkpoint, save_checkpoint
 from fractal_space.engine.config import TrainConfig, recipe_changes
+from fractal_space.models.cifar import fit_whitening
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_BATCH = 500
+#: Training images a patch-whitening input layer is fitted to: about 900,000 patches for 27 dimensions at 32x32.
+WHITENING_IMAGES = 1024
 
 
 #: A training batch's mean loss above this many times ln(num_classes) (the loss of a uniform guess) counts as
@@ -296,6 +299,9 @@ class Trainer:
         self.test_loader = BatchLoader(self.data.test, batch_size=EVAL_BATCH, **loader) if self.data.test else None
         # Batch-norm re-estimation for a column uses un-augmented training images, never validation images.
         self.bn_loader = BatchLoader(self.data.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, **loader)
+        # A patch-whitening input layer (model option ``whiten``) is fitted to un-augmented training images before the
+        # first step, and before the weight average copies the model; a resumed run loads the same filters.
+        fit_whitening(self.model, self.data.norm(self.data.train.images[:WHITENING_IMAGES].to(self.device)))
 
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.max_loss = DIVERGED_LOSS_FACTOR * math.log(max(self.data.num_classes, 2))

@@ -1,4 +1,5 @@
-"""What the CIFAR model families share: CIFAR-10 normalisation, the default pretrained cfg, and ``CifarStageNet``.
+"""What the CIFAR model families share: CIFAR-10 normalisation, the default pretrained cfg, ``CifarStageNet``, and the
+two network options every family takes: input patch whitening (``whiten=True``) and identity init (``dirac_init=True``).
 
 ``fractalnet.py``, ``resnet_cifar.py`` and ``densenet_cifar.py`` are siblings: each imports this module, none imports
 another family.
@@ -8,11 +9,13 @@ from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import ClassifierHead
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
-__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CifarStageNet", "cifar_cfg"]
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CifarStageNet", "PatchWhitening", "cifar_cfg", "dirac_init_",
+           "fit_whitening", "whitening"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -34,6 +37,61 @@ def cifar_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "license": "apache-2.0",
         **kwargs,
     }
+
+
+class PatchWhitening(nn.Module):
+    """A fixed 3x3 convolution that whitens the image's 3x3 patches: its filters are the eigenvectors of the patch
+    covariance scaled by 1/sqrt(eigenvalue), so the next layer sees decorrelated inputs of unit variance (the
+    patch-whitening stem of Page's ResNet-9 and Jordan's airbench, with padding 1 so 32x32 stays 32x32).
+
+    The filters are a buffer, not parameters: nothing trains them, they are saved and exported with the weights, and
+    a model's parameter count and gradients are those of its trained layers. Until :meth:`fit` the filters are the
+    patch's pixels themselves (one one-hot filter per pixel and channel): an invertible map, not a whitening.
+    """
+
+    def __init__(self, in_chans: int = 3, eps: float = 5e-4, device: Optional[torch.device] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        self.in_chans, self.out_chans, self.eps = in_chans, in_chans * 9, eps
+        eye = torch.eye(self.out_chans, device=device, dtype=dtype)
+        self.register_buffer("weight", eye.reshape(self.out_chans, in_chans, 3, 3))
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> None:
+        """Set the filters from ``images`` (N, C, H, W), normalised as the model sees them."""
+        patches = F.unfold(images.float(), 3).transpose(1, 2).reshape(-1, self.out_chans)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
+        filters = (eigenvectors / (eigenvalues.clamp(min=0) + self.eps).sqrt()).T
+        self.weight.copy_(filters.reshape_as(self.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, padding=1)
+
+
+def whitening(whiten: bool, in_chans: int, dd: dict[str, Any]) -> tuple[nn.Module, int]:
+    """A family's input module and the channels its first layer then reads: patch whitening or the image as it is."""
+    if not whiten:
+        return nn.Identity(), in_chans
+    module = PatchWhitening(in_chans, **dd)
+    return module, module.out_chans
+
+
+def fit_whitening(model: nn.Module, images: torch.Tensor) -> int:
+    """Fit every :class:`PatchWhitening` in ``model`` to ``images`` (normalised as the model sees them); returns how
+    many it fitted. The engine calls it on training images before the first step; a loop of one's own calls it too."""
+    modules = [m for m in model.modules() if isinstance(m, PatchWhitening)]
+    for module in modules:
+        module.fit(images.to(module.weight.device))
+    return len(modules)
+
+
+def dirac_init_(model: nn.Module) -> None:
+    """Identity init: in every convolution, the first min(in, out) filters pass their input channel through unchanged
+    (``torch.nn.init.dirac_``); the others keep the family's init. A deep network then starts near the identity map."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups == 1:
+            nn.init.dirac_(m.weight[:min(m.out_channels, m.in_channels)])
 
 
 class ClassifierHeadMixin:
@@ -59,8 +117,9 @@ class ClassifierHeadMixin:
 class CifarStageNet(ClassifierHeadMixin, nn.Module):
     """stem → stages → norm_pre → head, with the timm model contract for the CIFAR baseline families.
 
-    Subclasses build the stem, the stages (an ``nn.Sequential`` of ``nn.Sequential`` stages, one feature tap per
-    stage) and the optional final norm, then hand them here; everything timm expects of a model lives here once.
+    Subclasses build the input whitening (:func:`whitening`), the stem, the stages (an ``nn.Sequential`` of
+    ``nn.Sequential`` stages, one feature tap per stage) and the optional final norm, then hand them here; everything
+    timm expects of a model lives here once.
     """
 
     def __init__(
@@ -73,6 +132,7 @@ class CifarStageNet(ClassifierHeadMixin, nn.Module):
             global_pool: str,
             drop_rate: float,
             norm_pre: Optional[nn.Module] = None,
+            whiten: Optional[nn.Module] = None,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ) -> None:
@@ -81,6 +141,7 @@ class CifarStageNet(ClassifierHeadMixin, nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
+        self.whiten = whiten if whiten is not None else nn.Identity()  # before the stem: the order features_only runs
         self.stem = stem
         self.stages = stages
         self.norm_pre = norm_pre if norm_pre is not None else nn.Identity()
@@ -123,7 +184,7 @@ class CifarStageNet(ClassifierHeadMixin, nn.Module):
         assert output_fmt in ("NCHW",), "Output shape must be NCHW."
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.stem(x)
+        x = self.stem(self.whiten(x))
         last_idx = len(self.stages) - 1
         if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
             stages = self.stages
@@ -163,7 +224,7 @@ class CifarStageNet(ClassifierHeadMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map before global pooling."""
-        x = self.stem(x)
+        x = self.stem(self.whiten(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.stages, x, flatten=True)
         else:

@@ -25,7 +25,7 @@ from timm.layers import LayerType, create_conv2d, get_norm_act_layer, register_n
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.densenet import DenseBlock, DenseLayer, DenseTransition
 
-from fractal_space.models.cifar import CifarStageNet, cifar_cfg
+from fractal_space.models.cifar import CifarStageNet, cifar_cfg, dirac_init_, whitening
 from fractal_space.models.fold import (
     FoldCache,
     FoldingModule,
@@ -104,13 +104,17 @@ class DenseNetCifar(CifarStageNet):
             proj_drop_rate: float = 0.0,
             act_layer: LayerType = "relu",
             norm_layer: LayerType = "batchnorm2d",
+            whiten: bool = False,
+            dirac_init: bool = False,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ) -> None:
+        """``whiten``, ``dirac_init``: as for :class:`~.resnet_cifar.ResNetCifar` (both off by default)."""
         dd = {"device": device, "dtype": dtype}
         norm_act_layer = get_norm_act_layer(norm_layer, act_layer=act_layer)
         num_chs = 2 * growth_rate
-        stem = create_conv2d(in_chans, num_chs, 3, **dd)
+        whiten_module, stem_chs = whitening(whiten, in_chans, dd)
+        stem = create_conv2d(stem_chs, num_chs, 3, **dd)
         stages, feature_info, reduction = [], [], 1
         for i in range(num_blocks):
             layers = OrderedDict()
@@ -132,6 +136,7 @@ class DenseNetCifar(CifarStageNet):
             global_pool,
             drop_rate,
             norm_pre=norm_act_layer(num_chs, **dd),
+            whiten=whiten_module,
             **dd,
         )
         for m in self.modules():  # the torchvision / timm DenseNet init
@@ -139,6 +144,8 @@ class DenseNetCifar(CifarStageNet):
                 nn.init.kaiming_normal_(m.weight)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+        if dirac_init:
+            dirac_init_(self)
 
 
 def _create_densenet_cifar(variant: str, pretrained: bool = False, **kwargs: Any) -> DenseNetCifar:

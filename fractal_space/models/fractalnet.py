@@ -41,7 +41,7 @@ from fractal_space.core.paper import (
 )
 from fractal_space.models import fractalnet_paths
 from fractal_space.models.anytime import reestimate_bn_stats
-from fractal_space.models.cifar import CifarStageNet, ClassifierHeadMixin, cifar_cfg
+from fractal_space.models.cifar import CifarStageNet, ClassifierHeadMixin, cifar_cfg, dirac_init_, whitening
 from fractal_space.models.cpu_conv import SmallMapConv2d, cpu_prefers_channels_last
 from fractal_space.models.fold import FoldedConvNormAct, eager_inference
 
@@ -77,8 +77,9 @@ def _stem(stem: str, in_chans: int, stem_width: int, norm_act_layer: Any,
     return nn.Identity(), in_chans, 1
 
 
-def _init_weights(model: nn.Module, init: str) -> None:
-    """Xavier uniform (paper) or He normal for convs and linears; BN to identity."""
+def _init_weights(model: nn.Module, init: str, dirac_init: bool) -> None:
+    """Xavier uniform (paper) or He normal for convs and linears; BN to identity; then, with ``dirac_init``, each
+    conv's first filters to identity maps (:func:`~.cifar.dirac_init_`)."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if init == "xavier":
@@ -90,6 +91,8 @@ def _init_weights(model: nn.Module, init: str) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+    if dirac_init:
+        dirac_init_(model)
 
 
 def _check_layout(num_blocks: int, widths: Sequence[int], stem: str, init: str, drop_rate: float) -> tuple[int, ...]:
@@ -393,6 +396,8 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
             downsample_last: bool = True,
             img_size: Optional[Union[int, Sequence[int]]] = None,
             init: str = "xavier",
+            dirac_init: bool = False,
+            whiten: bool = False,
             eval_bn_refresh: bool = True,
             eval_bn_refresh_bytes: int = EVAL_BN_REFRESH_BYTES,
             norm_layer: Any = "batchnorm2d",
@@ -425,6 +430,11 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
             downsample_last: pool after the last block too (CIFAR layout) or not (ImageNet layout).
             img_size: if given, checked to survive all the pooling (one int or (H, W)).
             init: 'xavier' (paper) or 'kaiming'.
+            dirac_init: after ``init``, each conv's first min(in, out) filters pass their input channel through
+                (identity init, :func:`~.cifar.dirac_init_`); off in the paper.
+            whiten: a fixed 3x3 patch-whitening conv before the stem (:class:`~.cifar.PatchWhitening`, which the
+                engine fits to training images before the first step); the first layer then reads 9 x ``in_chans``
+                channels. Off in the paper.
             eval_bn_refresh: re-estimate the all-paths batch-norm statistics on the first ``eval()`` after training
                 steps with drop-path (see the class docstring); False keeps the running statistics as trained.
             eval_bn_refresh_bytes: memory bound of the training inputs kept for that refresh.
@@ -449,10 +459,11 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         norm_act_layer = get_norm_act_layer(norm_layer, act_layer)
         dd = {"device": device, "dtype": dtype}
 
-        self.stem, prev_chs, reduction = _stem(stem, in_chans, stem_width, norm_act_layer, dd)
+        self.whiten, image_chs = whitening(whiten, in_chans, dd)
+        self.stem, prev_chs, reduction = _stem(stem, image_chs, stem_width, norm_act_layer, dd)
         self.stem_stride = reduction
         # what a column needs to be rebuilt as a plain network (``column_args``)
-        self.plain_args = dict(stem=stem, stem_width=stem_width, downsample_last=downsample_last,
+        self.plain_args = dict(stem=stem, stem_width=stem_width, downsample_last=downsample_last, whiten=whiten,
                                norm_layer=norm_layer, act_layer=act_layer)
         self.feature_info = []
         blocks = []
@@ -480,7 +491,7 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         self.bn_stats_stale = False  # training steps off the all-paths network since the last re-estimation
         self._bn_inputs = []  # the kept training inputs (no annotation: TorchScript would warn on an empty list)
         self.set_regularization(drop_path_rate, global_drop_fraction, block_dropout, path_sampling)
-        _init_weights(self, init)
+        _init_weights(self, init, dirac_init)
 
     # ---- timm interface -------------------------------------------------------------------------------------
     @torch.jit.ignore
@@ -520,8 +531,10 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
                 choice.append(cpu_prefers_channels_last(width, size))
                 if isinstance(block.pool, nn.MaxPool2d):
                     size = size[0] // 2, size[1] // 2
-        # Outside the blocks only the stem has 4-D weights; each block is converted once, to its own layout.
-        self.stem.to(memory_format=torch.channels_last if choice[0] else torch.contiguous_format)
+        # Outside the blocks only the whitening and the stem have 4-D weights; each block is converted once, to its own
+        # layout.
+        for module in (self.whiten, self.stem):
+            module.to(memory_format=torch.channels_last if choice[0] else torch.contiguous_format)
         for block, cl in zip(self.blocks, choice, strict=True):
             block.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
             block.channels_last = cl
@@ -709,7 +722,7 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         plan = self._plan(x, column)
-        x = self.stem(x)
+        x = self.stem(self.whiten(x))
         last = max_index if stop_early else len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             if i > last:
@@ -743,7 +756,7 @@ class FractalNet(ClassifierHeadMixin, nn.Module):
         if not torch.jit.is_scripting():
             self._check_input(x)
         plan = self._plan(x, column)
-        x = self.stem(x)
+        x = self.stem(self.whiten(x))
         for i, block in enumerate(self.blocks):
             x = block(x, None if plan is None else plan[i])
         return x
@@ -817,6 +830,8 @@ class FractalColumn(CifarStageNet):
             stem_width: int = 64,
             downsample_last: bool = True,
             init: str = "xavier",
+            dirac_init: bool = False,
+            whiten: bool = False,
             norm_layer: Any = "batchnorm2d",
             act_layer: Any = "relu",
             device: Optional[torch.device] = None,
@@ -824,8 +839,8 @@ class FractalColumn(CifarStageNet):
     ):
         """
         Args:
-            num_blocks, widths, stem, stem_width, downsample_last, init, drop_rate, global_pool: as for
-                :class:`FractalNet`.
+            num_blocks, widths, stem, stem_width, downsample_last, init, dirac_init, whiten, drop_rate, global_pool:
+                as for :class:`FractalNet`.
             convs_per_block: conv units per block (2^(k-1) for column k: depth 5, 10, 20, 40 at B=5).
             concat_join: a 1x1 projection + BN after every conv unit, as a concat join gives one column.
             block_dropout: dropout after each block (length B; none by default).
@@ -836,7 +851,8 @@ class FractalColumn(CifarStageNet):
         block_dropout = _check_block_dropout(block_dropout or (0.0,) * num_blocks, num_blocks)
         dd = {"device": device, "dtype": dtype}
         norm_act_layer = get_norm_act_layer(norm_layer, act_layer)
-        stem_module, prev_chs, reduction = _stem(stem, in_chans, stem_width, norm_act_layer, dd)
+        whiten_module, image_chs = whitening(whiten, in_chans, dd)
+        stem_module, prev_chs, reduction = _stem(stem, image_chs, stem_width, norm_act_layer, dd)
         stages, feature_info = [], []
         for i, (width, p) in enumerate(zip(widths, block_dropout, strict=True)):
             layers: list[nn.Module] = []
@@ -850,10 +866,10 @@ class FractalColumn(CifarStageNet):
             reduction *= 2 if downsample else 1
             feature_info.append(dict(num_chs=width, reduction=reduction, module=f"stages.{i}"))
         super().__init__(stem_module, nn.Sequential(*stages), feature_info, num_classes, in_chans, global_pool,
-                         drop_rate, **dd)
+                         drop_rate, whiten=whiten_module, **dd)
         self.num_blocks = num_blocks
         self.convs_per_block = convs_per_block
-        _init_weights(self, init)
+        _init_weights(self, init, dirac_init)
 
 
 def _create_fractalnet(variant: str, pretrained: bool = False, **kwargs: Any) -> FractalNet:

@@ -67,7 +67,7 @@ def column_state_dict(model: nn.Module, column: int) -> dict[str, torch.Tensor]:
     that column's input, then the join's BN.
     """
     c = column - 1
-    state = _prefixed("stem", model.stem.state_dict())
+    state = {**_prefixed("whiten", model.whiten.state_dict()), **_prefixed("stem", model.stem.state_dict())}
     for i, block in enumerate(model.blocks):
         layers: list[dict[str, torch.Tensor]] = []
         for step in block.steps:
@@ -94,7 +94,8 @@ def fractalnet_args(model: nn.Module, paths: Optional[Sequence[Sequence[int]]] =
     kept columns, 1 = shallowest, within ``model``'s own) with its layout and regularisation.
 
     Every architecture argument is explicit, so the result does not depend on a registered variant's defaults.
-    ``path_sampling`` (a supernet's training mode) and ``init`` (overwritten by the weights) are left out.
+    ``path_sampling`` (a supernet's training mode), ``init`` and ``dirac_init`` (overwritten by the weights) are left
+    out.
     """
     checked = model.paths
     if paths is not None:
@@ -116,7 +117,7 @@ def paths_state_dict(model: nn.Module, paths: Sequence[Sequence[int]]) -> dict[s
     """Sub-fractal ``paths``' weights under the names of the network ``fractalnet_args(model, paths)`` builds: each
     kept column's conv units, and of a concat join the projection slices of its kept inputs."""
     kept = fractalnet_args(model, paths)["paths"]
-    state = _prefixed("stem", model.stem.state_dict())
+    state = {**_prefixed("whiten", model.whiten.state_dict()), **_prefixed("stem", model.stem.state_dict())}
     for i, block in enumerate(model.blocks):
         for d, step in enumerate(block.steps):
             cols = [c for c in step.cols if c + 1 in kept[i]]

@@ -38,7 +38,7 @@ from timm.models import (
 )
 from timm.models.resnet import BasicBlock, downsample_conv
 
-from fractal_space.models.cifar import CifarStageNet, cifar_cfg
+from fractal_space.models.cifar import CifarStageNet, cifar_cfg, dirac_init_, whitening
 from fractal_space.models.fold import (
     FoldCache,
     FoldingModule,
@@ -166,14 +166,20 @@ class ResNetCifar(CifarStageNet):
             drop_path_rate: float = 0.0,
             act_layer: LayerType = "relu",
             norm_layer: LayerType = "batchnorm2d",
+            whiten: bool = False,
+            dirac_init: bool = False,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ) -> None:
+        """``whiten``: a fixed 3x3 patch-whitening conv before the stem (:class:`~.cifar.PatchWhitening`, fitted by
+        the engine); ``dirac_init``: every conv starts as near an identity map as its shape allows
+        (:func:`~.cifar.dirac_init_`). Both are off by default, as in the original network."""
         dd = {"device": device, "dtype": dtype}
         act_layer = get_act_layer(act_layer)
         norm_act_layer = get_norm_act_layer(norm_layer, act_layer=act_layer)
         norm_layer = get_norm_layer(norm_layer)  # timm's BasicBlock applies its activations itself
-        stem = nn.Sequential(create_conv2d(in_chans, channels[0], 3, **dd), norm_act_layer(channels[0], **dd))
+        whiten_module, stem_chs = whitening(whiten, in_chans, dd)
+        stem = nn.Sequential(create_conv2d(stem_chs, channels[0], 3, **dd), norm_act_layer(channels[0], **dd))
         dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)  # per stage, per block
         stages, feature_info = [], []
         in_chs, reduction = channels[0], 1
@@ -185,10 +191,12 @@ class ResNetCifar(CifarStageNet):
             feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f"stages.{i}"))
             in_chs = out_chs
         super().__init__(stem, nn.Sequential(*stages), feature_info, num_classes, in_chans, global_pool, drop_rate,
-                         **dd)
+                         whiten=whiten_module, **dd)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if dirac_init:
+            dirac_init_(self)
 
 
 def _create_resnet_cifar(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNetCifar:
