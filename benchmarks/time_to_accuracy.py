@@ -58,6 +58,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fast-lr0.8": {"recipe": "fast", "lr": 0.8},
     "fast-augment-none": {"recipe": "fast", "augment": "none"},
     "fast-augment-none-batch64": {"recipe": "fast", "augment": "none", "batch_size": 64, "lr": 0.2},
+    "fast-augment-none-batch64-plain-decay": {"recipe": "fast", "augment": "none", "batch_size": 64, "lr": 0.2,
+                                              "label_smoothing": 0.0, "norm_bias_decay": True},
+    "fast-augment-none-batch64-whiten": {"recipe": "fast", "augment": "none", "batch_size": 64, "lr": 0.2,
+                                         "model_kwargs": {"whiten": True}},
+    "fast-augment-none-batch64-dirac": {"recipe": "fast", "augment": "none", "batch_size": 64, "lr": 0.2,
+                                        "model_kwargs": {"dirac_init": True}},
 }
 THRESHOLDS = (0.70, 0.80, 0.85, 0.90)
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "experiments" / "time_to_accuracy"
