@@ -64,6 +64,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                          "model_kwargs": {"whiten": True}},
     "fast-augment-none-batch64-dirac": {"recipe": "fast", "augment": "none", "batch_size": 64, "lr": 0.2,
                                         "model_kwargs": {"dirac_init": True}},
+    "fast-augment-none-batch64-whiten-dirac": {"recipe": "fast", "augment": "none", "batch_size": 64, "lr": 0.2,
+                                               "model_kwargs": {"whiten": True, "dirac_init": True}},
 }
 THRESHOLDS = (0.70, 0.80, 0.85, 0.90)
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "experiments" / "time_to_accuracy"
