@@ -37,7 +37,14 @@ from fractal_space.core.files import write_atomic
 from fractal_space.core.hardware import describe
 from fractal_space.engine import EvalReport, TrainConfig, Trainer
 
-MODELS = {"resnet20": "resnet20_cifar", "fractalnet_c3": "fractalnet_c3"}
+#: The models: a timm name and its arguments. search-best is the best architecture of the CPU default search with the
+#: fast recipe (its top-rung validation winner, a one-column FractalNet: a plain 5-layer network).
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "resnet20": ("resnet20_cifar", {}),
+    "resnet56": ("resnet56_cifar", {}),
+    "fractalnet_c3": ("fractalnet_c3", {}),
+    "search-best": ("fractalnet", {"num_blocks": 5, "num_columns": 1, "widths": (16, 32, 64, 128, 128)}),
+}
 #: The recipe variants: paper is the search's final stage (the paper's SGD with its cosine schedule); fast is the
 #: engine's fast recipe; the rest change one of fast's options (leave-one-out), its learning rate, or its batch size
 #: (batch64 with the lr scaled alike).
@@ -91,9 +98,12 @@ def run_config(name: str, images: int, epoch_images: int, threads: int) -> Train
     if model not in MODELS or variant not in VARIANTS:
         raise ValueError(f"unknown run {name!r}; runs are <model>/<variant> with model in {sorted(MODELS)} and "
                          f"variant in {sorted(VARIANTS)}")
-    return TrainConfig(model=MODELS[model], dataset="cifar10", epochs=math.ceil(images / epoch_images),
-                       epoch_images=epoch_images, regularization="none", eval_columns=False, progress=False,
-                       num_threads=threads, **VARIANTS[variant])
+    timm_name, model_kwargs = MODELS[model]
+    options = dict(VARIANTS[variant])
+    model_kwargs = {**model_kwargs, **options.pop("model_kwargs", {})}
+    return TrainConfig(model=timm_name, model_kwargs=model_kwargs, dataset="cifar10",
+                       epochs=math.ceil(images / epoch_images), epoch_images=epoch_images, regularization="none",
+                       eval_columns=False, progress=False, num_threads=threads, **options)
 
 
 def train_run(name: str, cfg: TrainConfig, folder: Path) -> dict[str, Any]:
