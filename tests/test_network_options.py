@@ -45,6 +45,7 @@ def test_fitted_whitening_decorrelates_the_patches_of_real_images():
     whitening = PatchWhitening()
     assert torch.equal(whitening.weight.reshape(27, 27), torch.eye(27))  # the patch's pixels until fitted
     assert fit_whitening(nn.Sequential(whitening), images) == 1
+    assert fit_whitening(nn.Conv2d(3, 8, 3), lambda: pytest.fail("images prepared for a model without whitening")) == 0
     patches = F.unfold(images, 3).transpose(1, 2).reshape(-1, 27)
     raw = torch.corrcoef(patches.T)
     assert raw[~torch.eye(27, dtype=torch.bool)].abs().max() > 0.8  # neighbouring pixels of an image correlate

@@ -300,8 +300,9 @@ class Trainer:
         # Batch-norm re-estimation for a column uses un-augmented training images, never validation images.
         self.bn_loader = BatchLoader(self.data.train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, **loader)
         # A patch-whitening input layer (model option ``whiten``) is fitted to un-augmented training images before the
-        # first step, and before the weight average copies the model; a resumed run loads the same filters.
-        fit_whitening(self.model, self.data.norm(self.data.train.images[:WHITENING_IMAGES].to(self.device)))
+        # first step, and before the weight average copies the model; a resumed run loads the same filters. The images
+        # are normalised only for a model that has one.
+        fit_whitening(self.model, lambda: self.data.norm(self.data.train.images[:WHITENING_IMAGES].to(self.device)))
 
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.max_loss = DIVERGED_LOSS_FACTOR * math.log(max(self.data.num_classes, 2))

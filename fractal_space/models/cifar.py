@@ -5,6 +5,7 @@ two network options every family takes: input patch whitening (``whiten=True``) 
 another family.
 """
 
+from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import torch
@@ -77,10 +78,13 @@ def whitening(whiten: bool, in_chans: int, dd: dict[str, Any]) -> tuple[nn.Modul
     return module, module.out_chans
 
 
-def fit_whitening(model: nn.Module, images: torch.Tensor) -> int:
-    """Fit every :class:`PatchWhitening` in ``model`` to ``images`` (normalised as the model sees them); returns how
-    many it fitted. The engine calls it on training images before the first step; a loop of one's own calls it too."""
+def fit_whitening(model: nn.Module, images: Union[torch.Tensor, Callable[[], torch.Tensor]]) -> int:
+    """Fit every :class:`PatchWhitening` in ``model`` to ``images`` (normalised as the model sees them; a callable
+    is called only if the model has one); returns how many it fitted. The engine calls it on training images before
+    the first step; a loop of one's own calls it too."""
     modules = [m for m in model.modules() if isinstance(m, PatchWhitening)]
+    if modules and callable(images):
+        images = images()
     for module in modules:
         module.fit(images.to(module.weight.device))
     return len(modules)
