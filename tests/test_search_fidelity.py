@@ -63,7 +63,7 @@ def test_the_report_quotes_the_sampler_benchmark_only_for_a_study_of_its_scale(t
     assert report._sampler_evidence(settings(200)).startswith("not measured at this study's scale")  # noqa: SLF001
 
 
-def test_the_fidelity_line_says_when_the_top_rung_had_no_more_architectures_to_spread():
+def test_the_fidelity_line_says_when_the_search_had_no_more_architectures_to_spread():
     import pandas as pd
 
     from fractal_space.search.results import report
@@ -74,3 +74,20 @@ def test_the_fidelity_line_says_when_the_top_rung_had_no_more_architectures_to_s
     short = report._fidelity(final, asked_spread=7)  # noqa: SLF001
     assert "(n = 6, 3 of them spread" in short and "a larger --final-spread adds none" in short
     assert "--final-spread adds architectures across the ranking" in report._fidelity(final, 3)  # noqa: SLF001
+
+
+def test_the_fidelity_ranks_a_model_stopped_below_the_top_rung_under_every_top_rung_one_whatever_its_score():
+    import pandas as pd
+
+    from fractal_space.search.results import report
+
+    # d and e stopped at a lower rung with high scores there; f is a row written before search_images existed (NaN:
+    # the top rung). Ranked by rung, then score, the search's order is the test order exactly.
+    final = pd.DataFrame({"architecture": list("abcdef"), "trial": range(6),
+                          "search_val_acc": [0.7, 0.6, 0.5, 0.9, 0.8, 0.65], "search_images": [900, 900, 900, 300, 300,
+                                                                                              None],
+                          "test_acc": [0.9, 0.7, 0.6, 0.3, 0.2, 0.8], "role": ["top"] * 3 + ["spread"] * 3})
+    line = report._fidelity(final, asked_spread=3)  # noqa: SLF001
+    assert "Spearman rho 1.00" in line and "Kendall tau 1.00" in line
+    assert "3 of them spread over the ranking below the top, 2 of which successive halving stopped below" in line
+    assert "Kendall tau 1.00" not in report._fidelity(final.drop(columns="search_images"), 3)  # noqa: SLF001

@@ -19,7 +19,7 @@ from fractal_space.core.hardware import usable_cpus
 from fractal_space.deploy.onnx import OrtModel
 from fractal_space.engine.checkpoint import read_checkpoint
 from fractal_space.search.cli import main
-from fractal_space.search.results.final import distinct_architectures, plan, spread_architectures
+from fractal_space.search.results.final import distinct_architectures, plan, search_ranking, spread_architectures
 from fractal_space.search.space import JOIN_DIMS, MODEL, SearchSpace
 from fractal_space.search.study.settings import FinalSettings, SearchSettings
 from fractal_space.search.trial.budget import Budget
@@ -183,3 +183,33 @@ def test_search_stage_baselines_train_on_every_core_and_are_timed_at_the_trials_
     assert settings.baseline_budget()["latency_threads"] == 1 and settings.budget["latency_threads"] is None
     given = SearchSettings("s", tmp_path, None, "accuracy", 3, space, budget, final=FinalSettings(threads=1))
     assert given.baseline_budget()["num_threads"] == 1  # --threads, as in the final stage
+
+
+def _stopped(study: optuna.Study, config: dict, curve: dict[int, float]) -> None:
+    """A search trial successive halving pruned after reporting ``curve`` (step: validation accuracy)."""
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, intermediate_values=curve,
+                                              user_attrs={"config": config, "kind": "fractalnet"}))
+
+
+def test_spread_architectures_come_from_lower_rungs_whole_when_the_top_rung_has_too_few(tmp_path):
+    space = SearchSpace.default(32, "cpu")
+    study = _ranked_study(space, [0.5, 0.6, 0.7, 0.8])  # 4 top-rung architectures: trials 3, 2, 1, 0 by rank
+    configs = [_ranked_study(space, [0.0] * 12).trials[i].user_attrs["config"] for i in range(4, 12)]
+    _stopped(study, study.trials[0].user_attrs["config"], {1: 0.2, 3: 0.9})  # a top-rung architecture again: not new
+    _stopped(study, configs[0], {1: 0.3, 3: 0.4})  # trial 5, stopped at step 3
+    _stopped(study, configs[1], {1: 0.3, 3: 0.45})  # trial 6, stopped at step 3, better there
+    _stopped(study, configs[1], {1: 0.35})  # trial 7: trial 6's architecture again, lower rung
+    for number, config in enumerate(configs[2:], 8):  # trials 8..13 stopped at step 1
+        _stopped(study, config, {1: 0.1 + number / 100})
+    assert [t.number for t in search_ranking(study)] == [3, 2, 1, 0, 6, 5, 13, 12, 11, 10, 9, 8]
+    assert [t.number for t in spread_architectures(study, 3, 1)] == [0]  # the top rung still has one
+    assert [t.number for t in spread_architectures(study, 3, 2)] == [0, 5]  # its rung joins whole: 0, 6, 5
+    assert [t.number for t in spread_architectures(study, 3, 3)] == [0, 6, 5]
+    assert [t.number for t in spread_architectures(study, 3, 4)] == [0, 13, 11, 8]  # step 1's rung joins: 9 of them
+    assert [t.number for t in spread_architectures(study, 3, 20)] == [0, 6, 5, 13, 12, 11, 10, 9, 8]
+    settings = SearchSettings("s", tmp_path, None, "accuracy", 14, space, Budget(device="cpu"),
+                              final=FinalSettings(top=3, spread=3, baselines=()))
+    images = settings.budget.rungs.min_images
+    jobs = plan(settings, study)
+    assert [(j.trial, j.search_val_acc, j.search_images) for j in jobs] == [
+        (3, 0.8, None), (2, 0.7, None), (1, 0.6, None), (0, 0.5, None), (6, 0.45, 3 * images), (5, 0.4, 3 * images)]

@@ -70,6 +70,8 @@ class FinalJob:
     trial: int | None
     search_val_acc: float | None
     role: str = "top"  # "top" (the answer), "spread" (proxy fidelity) or "baseline"
+    #: Training images behind ``search_val_acc``: the rung the trial reached (None: a top-rung trial without curve).
+    search_images: int | None = None
 
 
 def ranked_architectures(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -89,16 +91,43 @@ def distinct_architectures(study: optuna.Study, top: int) -> list[optuna.trial.F
     return ranked_architectures(study)[:top]
 
 
+def search_ranking(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Every distinct architecture the search trained, in the order successive halving ranks them: the top rung's (as
+    :func:`ranked_architectures`), then the architectures it stopped earlier, by the last rung their best trial
+    reached (higher first), then their validation accuracy there."""
+    stopped = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+               if is_search_trial(t) and t.intermediate_values and "config" in t.user_attrs]
+    stopped.sort(key=lambda t: (-max(t.intermediate_values), -t.intermediate_values[max(t.intermediate_values)],
+                                t.number))
+    chosen = {architecture_name(t.user_attrs["config"]["model_kwargs"]): t for t in ranked_architectures(study)}
+    for t in stopped:
+        chosen.setdefault(architecture_name(t.user_attrs["config"]["model_kwargs"]), t)
+    return list(chosen.values())
+
+
 def spread_architectures(study: optuna.Study, top: int, spread: int) -> list[optuna.trial.FrozenTrial]:
     """``spread`` more distinct architectures below the top ``top``, evenly spaced by rank from the next best to the
     worst, so the search-vs-test correlation covers the search's whole score range, not only its winners (all of the
-    rest when there are no more than ``spread``)."""
-    rest = ranked_architectures(study)[top:]
+    candidates when there are no more than ``spread``).
+
+    The candidates are the top rung's architectures; where it holds fewer than ``spread`` of them (TPE proposes its
+    favoured architecture again and again: the CPU default's 60 top-rung trials were 7 architectures), the next rungs
+    down join whole, one at a time, until there are enough, so that n stays at what was asked without ranking scores
+    of one budget against another's within a rung."""
+    rest = search_ranking(study)[top:]
+    rungs = [_last_step(t) for t in rest]
+    count = next((i for i in range(spread, len(rest)) if rungs[i] != rungs[i - 1]), len(rest))
+    rest = rest[:count] if spread else []
     if spread >= len(rest):
         return rest
     if spread <= 1:
         return rest[(len(rest) - 1) // 2:][:spread]  # the median one
     return [rest[(i * (len(rest) - 1) + (spread - 1) // 2) // (spread - 1)] for i in range(spread)]
+
+
+def _last_step(t: optuna.trial.FrozenTrial) -> float:
+    """The last rung's step a trial reported, infinite for a finished one: it passed every rung."""
+    return math.inf if t.state == TrialState.COMPLETE else max(t.intermediate_values)
 
 
 def plan(settings: SearchSettings, study: optuna.Study) -> list[FinalJob]:
@@ -111,25 +140,34 @@ def plan(settings: SearchSettings, study: optuna.Study) -> list[FinalJob]:
     baselines = {t.user_attrs.get("model"): t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if t.user_attrs.get("kind") == "baseline"}
     top, spread = distinct_architectures(study, final.top), spread_architectures(study, final.top, final.spread)
+    min_images = settings.budget.rungs.min_images
     for seed in range(final.seeds):
         suffix = f"_s{seed}" if final.seeds > 1 else ""
-        jobs += [_fractal_job(t, seed, suffix, "top") for t in top]
+        jobs += [_fractal_job(t, seed, suffix, "top", min_images) for t in top]
         for model in final.baselines:
             searched = baselines.get(model)
+            score, images = _search_score(searched, min_images) if searched else (None, None)
             jobs.append(FinalJob(f"{model}{suffix}", "baseline", model, {}, {}, seed,
-                                 searched.number if searched else None, searched.values[0] if searched else None,
-                                 "baseline"))
-        jobs += [_fractal_job(t, seed, suffix, "spread") for t in spread]
+                                 searched.number if searched else None, score, "baseline", images))
+        jobs += [_fractal_job(t, seed, suffix, "spread", min_images) for t in spread]
     return jobs
 
 
-def _fractal_job(t: optuna.trial.FrozenTrial, seed: int, suffix: str, role: str) -> FinalJob:
+def _search_score(t: optuna.trial.FrozenTrial, min_images: int) -> tuple[float, int | None]:
+    """A search trial's validation accuracy where it stopped, and the training images behind it (None: no curve)."""
+    step = max(t.intermediate_values) if t.intermediate_values else None
+    score = t.values[0] if t.state == TrialState.COMPLETE else t.intermediate_values[step]
+    return score, None if step is None else step * min_images
+
+
+def _fractal_job(t: optuna.trial.FrozenTrial, seed: int, suffix: str, role: str, min_images: int) -> FinalJob:
     """A search trial's architecture retrained with its own searched regularisation."""
     config = t.user_attrs["config"]
     kwargs = config["model_kwargs"]
     kept = {k: v for k, v in config["train"].items() if k in REGULARIZATION_FIELDS}
+    score, images = _search_score(t, min_images)
     return FinalJob(f"{architecture_name(kwargs)}_t{t.number:04d}{suffix}", "fractalnet", MODEL, kwargs, kept,
-                    seed, t.number, t.values[0], role)
+                    seed, t.number, score, role, images)
 
 
 def read_results(final_dir: Path) -> pd.DataFrame:
@@ -174,11 +212,13 @@ class _FinalTrial:
         self.trial = study.ask()
         model = architecture_name(job.model_kwargs) if job.kind == "fractalnet" else job.model
         for key, value in {"name": job.name, "role": job.role, "kind": job.kind, "model": model, "seed": job.seed,
-                           "search_trial": job.trial, "search_val_acc": job.search_val_acc}.items():
+                           "search_trial": job.trial, "search_val_acc": job.search_val_acc,
+                           "search_images": job.search_images}.items():
             self.trial.set_user_attr(key, value)
+        where = f" at {job.search_images:,} training images" if job.search_images else ""
         origin = ("a baseline, retrained beside the winners" if job.kind == "baseline" else
                   f"search trial {job.trial}'s architecture ({job.role}), validation accuracy "
-                  f"{job.search_val_acc:.4f} in the search")
+                  f"{job.search_val_acc:.4f}{where} in the search")
         save_note(self.trial, f"**{job.name}** (final stage, trial {self.trial.number}): {origin}; retrained {epochs} "
                               f"epoch(s), seed {job.seed}.")
 
@@ -251,7 +291,8 @@ def _train_and_export(settings: SearchSettings, job: FinalJob, train: dict[str, 
         "name": job.name, "kind": job.kind, "model": job.model, "architecture": (
             architecture_name(job.model_kwargs) if job.kind == "fractalnet" else job.model),
         "model_kwargs": json.dumps(job.model_kwargs), "drop_path_warmup": cfg.drop_path_warmup, "seed": job.seed,
-        "trial": job.trial, "search_val_acc": job.search_val_acc, "test_acc": test.acc, "test_loss": test.loss,
+        "trial": job.trial, "search_val_acc": job.search_val_acc, "search_images": job.search_images,
+        "test_acc": test.acc, "test_loss": test.loss,
         "recipe": cfg.recipe, "tta": cfg.tta, "test_acc_tta": math.nan if test.acc_tta is None else test.acc_tta,
         "val_acc": history[-1].val_acc if history else math.nan,
         "params": trainer.num_params, "flops": trainer.flops, "latency_ms": exported.latency.ms[1],

@@ -226,27 +226,36 @@ def _sampler_evidence(settings: SearchSettings) -> str:
 
 
 def _fidelity(final: pd.DataFrame, asked_spread: int) -> str:
-    """Spearman and Kendall tau between search score and test accuracy (mean over seeds), with n and 90% intervals;
-    says when the search's top rung held fewer distinct architectures than ``--final-spread`` asked for (TPE keeps
-    proposing the architectures it favours: a 200-trial TPE study here finished 82 trials of 8 architectures)."""
-    ranked = final.dropna(subset=["search_val_acc"]).groupby(["architecture", "trial"], sort=False).agg(
-        search=("search_val_acc", "first"), test=("test_acc", "mean"))
-    x, y = list(ranked.search), list(ranked.test)
+    """Spearman and Kendall tau between the search's ranking and test accuracy (mean over seeds), with n and 90%
+    intervals. The search ranks a model by the rung it reached, then its validation accuracy there: a spread model that
+    successive halving stopped early ranks below every top-rung one, whatever its score at the smaller budget."""
+    scored = final.dropna(subset=["search_val_acc"])
+    images = scored.get("search_images", pd.Series(math.nan, index=scored.index, dtype=float))
+    scored = scored.assign(reached=images.fillna(images.max() if images.notna().any() else 0))  # older rows: top rung
+    ranked = scored.groupby(["architecture", "trial"], sort=False).agg(
+        reached=("reached", "first"), search=("search_val_acc", "first"), test=("test_acc", "mean"))
+    keys = list(zip(ranked.reached, ranked.search, strict=True))
+    order = {key: rank for rank, key in enumerate(sorted(set(keys)))}
+    x, y = [float(order[key]) for key in keys], list(ranked.test)
     stats = []
     for name, statistic in (("Spearman rho", spearman), ("Kendall tau", kendall_tau)):
         low, high = bootstrap_interval(x, y, statistic)
         stats.append(f"{name} {_fmt(statistic(x, y), '.2f')} (90% bootstrap interval {_fmt(low, '.2f')} .. "
                      f"{_fmt(high, '.2f')})")
-    spread = int((final.get("role", pd.Series(dtype=object)) == "spread").sum())
+    roles = final.get("role", pd.Series(dtype=object))
+    spread = int((roles == "spread").sum())
+    below = scored[scored.reached < scored.reached.max()]
+    lower = int((below.get("role", pd.Series(dtype=object)) == "spread").sum())
+    stopped = f", {lower} of which successive halving stopped below the top rung" if lower else ""
     note = ""
     if len(ranked) < 10:
-        why = ("every other distinct architecture that reached the search's top rung is among them, so a larger "
-               "--final-spread adds none (more trials, or --sampler random, give more)" if spread < asked_spread else
+        why = ("every other distinct architecture the search trained is among them, so a larger --final-spread adds "
+               "none (more trials, or --sampler random, give more)" if spread < asked_spread else
                "--final-spread adds architectures across the ranking")
         note = f" With fewer than 10 models this says little; {why}."
-    return (f"- Proxy fidelity: between the search's validation score and the final test accuracy of the retrained "
-            f"models with a search score (n = {len(ranked)}, {spread} of them spread over the ranking below the top): "
-            f"{'; '.join(stats)}.{note}")
+    return (f"- Proxy fidelity: between the search's ranking (the rung a model reached, then its validation accuracy "
+            f"there) and the final test accuracy of the retrained models with a search score (n = {len(ranked)}, "
+            f"{spread} of them spread over the ranking below the top{stopped}): {'; '.join(stats)}.{note}")
 
 
 def _trust_section(df: pd.DataFrame, final: pd.DataFrame, settings: SearchSettings) -> list[str]:
