@@ -71,9 +71,9 @@ def test_the_fidelity_line_says_when_the_search_had_no_more_architectures_to_spr
     final = pd.DataFrame({"architecture": list("abcdef"), "trial": range(6),
                           "search_val_acc": [0.5, 0.4, 0.3, 0.2, 0.1, 0.05], "test_acc": [0.5, 0.4, 0.3, 0.2, 0.1, 0.0],
                           "role": ["top"] * 3 + ["spread"] * 3})
-    short = report._fidelity(final, asked_spread=7)  # noqa: SLF001
+    short = report._fidelity(final, asked_spread=7, top_images=900)  # noqa: SLF001
     assert "(n = 6, 3 of them spread" in short and "a larger --final-spread adds none" in short
-    assert "--final-spread adds architectures across the ranking" in report._fidelity(final, 3)  # noqa: SLF001
+    assert "--final-spread adds architectures across the ranking" in report._fidelity(final, 3, 900)  # noqa: SLF001
 
 
 def test_the_fidelity_ranks_a_model_stopped_below_the_top_rung_under_every_top_rung_one_whatever_its_score():
@@ -81,13 +81,16 @@ def test_the_fidelity_ranks_a_model_stopped_below_the_top_rung_under_every_top_r
 
     from fractal_space.search.results import report
 
-    # d and e stopped at a lower rung with high scores there; f is a row written before search_images existed (NaN:
-    # the top rung). Ranked by rung, then score, the search's order is the test order exactly.
+    # d and e stopped at a lower rung with high scores there; a, b, c and f are top-rung rows written before
+    # search_images existed (NaN), g one written after. Ranked by rung, then score, the search's order is the test
+    # order.
     final = pd.DataFrame({"architecture": list("abcdef"), "trial": range(6),
-                          "search_val_acc": [0.7, 0.6, 0.5, 0.9, 0.8, 0.65], "search_images": [900, 900, 900, 300, 300,
-                                                                                              None],
-                          "test_acc": [0.9, 0.7, 0.6, 0.3, 0.2, 0.8], "role": ["top"] * 3 + ["spread"] * 3})
-    line = report._fidelity(final, asked_spread=3)  # noqa: SLF001
+                          "search_val_acc": [0.7, 0.6, 0.5, 0.9, 0.8, 0.65], "search_images": [None] * 3 + [300] * 2
+                          + [None], "test_acc": [0.9, 0.7, 0.6, 0.3, 0.2, 0.8], "role": ["top"] * 3 + ["spread"] * 3})
+    line = report._fidelity(final, asked_spread=3, top_images=900)  # noqa: SLF001
     assert "Spearman rho 1.00" in line and "Kendall tau 1.00" in line
     assert "3 of them spread over the ranking below the top, 2 of which successive halving stopped below" in line
-    assert "Kendall tau 1.00" not in report._fidelity(final.drop(columns="search_images"), 3)  # noqa: SLF001
+    later = pd.DataFrame({"architecture": ["g"], "trial": [6], "search_val_acc": [0.55], "search_images": [900],
+                          "test_acc": [0.65], "role": ["spread"]})
+    assert "Kendall tau 1.00" in report._fidelity(pd.concat([final, later]), 3, 900)  # noqa: SLF001
+    assert "Kendall tau 1.00" not in report._fidelity(final.drop(columns="search_images"), 3, 900)  # noqa: SLF001

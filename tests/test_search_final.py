@@ -209,7 +209,7 @@ def test_spread_architectures_come_from_lower_rungs_whole_when_the_top_rung_has_
     assert [t.number for t in spread_architectures(study, 3, 20)] == [0, 6, 5, 13, 12, 11, 10, 9, 8]
     settings = SearchSettings("s", tmp_path, None, "accuracy", 14, space, Budget(device="cpu"),
                               final=FinalSettings(top=3, spread=3, baselines=()))
-    images = settings.budget.rungs.min_images
+    top, second = settings.budget.rungs.images[-1], settings.budget.rungs.images[1]  # the rung of step 3
     jobs = plan(settings, study)
     assert [(j.trial, j.search_val_acc, j.search_images) for j in jobs] == [
-        (3, 0.8, None), (2, 0.7, None), (1, 0.6, None), (0, 0.5, None), (6, 0.45, 3 * images), (5, 0.4, 3 * images)]
+        (3, 0.8, top), (2, 0.7, top), (1, 0.6, top), (0, 0.5, top), (6, 0.45, second), (5, 0.4, second)]

@@ -31,8 +31,9 @@ SEARCH_BASELINES = {"cpu": "resnet20_cifar", "cuda": FINAL_BASELINES}
 #: Final-stage passes over the training split: on CPU the top rung's length (~2 passes; the whole stage about an hour
 #: with DenseNet-BC-100 in it), on GPU a budget whose ranking is worth trusting (the paper trains 400).
 FINAL_EPOCHS = {"cpu": 2, "cuda": 100}
-#: Architectures retrained beyond the top K, spread over the search's ranking, so that the search score's fidelity to
-#: test accuracy rests on n >= 10 models (3 + 7 FractalNets, plus the search-stage baseline ResNet-20: n = 11 on CPU).
+#: Architectures retrained beyond the top K, spread over the search's ranking (lower rungs join where the top rung has
+#: too few), so that the search ranking's fidelity to test accuracy rests on n >= 10 models (3 + 7 FractalNets, plus
+#: the search-stage baseline ResNet-20: n = 11 on CPU).
 #: Their cost, from the CPU default's final stage of the top 3 (~46 min: DenseNet-BC-100 30 of it, ResNet-20/56 ~9,
 #: ~2.5 min per one-column FractalNet): 7 more at 2.5-5 min each (multi-column ones cost more) add 18-35 min.
 FINAL_SPREAD = 7

@@ -49,6 +49,7 @@ from fractal_space.search.study.lifecycle import FINAL_SUFFIX, describe
 from fractal_space.search.study.settings import SearchSettings
 from fractal_space.search.study.storage import open_storage
 from fractal_space.search.trial.record import fail_reason
+from fractal_space.search.trial.rungs import Rungs
 
 log = logging.getLogger("fractal_space.search")
 RESULTS = "results.parquet"
@@ -70,7 +71,7 @@ class FinalJob:
     trial: int | None
     search_val_acc: float | None
     role: str = "top"  # "top" (the answer), "spread" (proxy fidelity) or "baseline"
-    #: Training images behind ``search_val_acc``: the rung the trial reached (None: a top-rung trial without curve).
+    #: Training images of the rung the search trial reached, where ``search_val_acc`` was measured.
     search_images: int | None = None
 
 
@@ -140,32 +141,33 @@ def plan(settings: SearchSettings, study: optuna.Study) -> list[FinalJob]:
     baselines = {t.user_attrs.get("model"): t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if t.user_attrs.get("kind") == "baseline"}
     top, spread = distinct_architectures(study, final.top), spread_architectures(study, final.top, final.spread)
-    min_images = settings.budget.rungs.min_images
+    rungs = settings.budget.rungs
     for seed in range(final.seeds):
         suffix = f"_s{seed}" if final.seeds > 1 else ""
-        jobs += [_fractal_job(t, seed, suffix, "top", min_images) for t in top]
+        jobs += [_fractal_job(t, seed, suffix, "top", rungs) for t in top]
         for model in final.baselines:
             searched = baselines.get(model)
-            score, images = _search_score(searched, min_images) if searched else (None, None)
+            score, images = _search_score(searched, rungs) if searched else (None, None)
             jobs.append(FinalJob(f"{model}{suffix}", "baseline", model, {}, {}, seed,
                                  searched.number if searched else None, score, "baseline", images))
-        jobs += [_fractal_job(t, seed, suffix, "spread", min_images) for t in spread]
+        jobs += [_fractal_job(t, seed, suffix, "spread", rungs) for t in spread]
     return jobs
 
 
-def _search_score(t: optuna.trial.FrozenTrial, min_images: int) -> tuple[float, int | None]:
-    """A search trial's validation accuracy where it stopped, and the training images behind it (None: no curve)."""
-    step = max(t.intermediate_values) if t.intermediate_values else None
-    score = t.values[0] if t.state == TrialState.COMPLETE else t.intermediate_values[step]
-    return score, None if step is None else step * min_images
+def _search_score(t: optuna.trial.FrozenTrial, rungs: Rungs) -> tuple[float, int]:
+    """A search trial's validation accuracy where it stopped, and the training images of the rung it reached."""
+    if t.state == TrialState.COMPLETE:
+        return t.values[0], rungs.images[-1]
+    step = max(t.intermediate_values)
+    return t.intermediate_values[step], rungs.images[rungs.rung_of(step)]
 
 
-def _fractal_job(t: optuna.trial.FrozenTrial, seed: int, suffix: str, role: str, min_images: int) -> FinalJob:
+def _fractal_job(t: optuna.trial.FrozenTrial, seed: int, suffix: str, role: str, rungs: Rungs) -> FinalJob:
     """A search trial's architecture retrained with its own searched regularisation."""
     config = t.user_attrs["config"]
     kwargs = config["model_kwargs"]
     kept = {k: v for k, v in config["train"].items() if k in REGULARIZATION_FIELDS}
-    score, images = _search_score(t, min_images)
+    score, images = _search_score(t, rungs)
     return FinalJob(f"{architecture_name(kwargs)}_t{t.number:04d}{suffix}", "fractalnet", MODEL, kwargs, kept,
                     seed, t.number, score, role, images)
 

@@ -225,13 +225,14 @@ def _sampler_evidence(settings: SearchSettings) -> str:
     return f"not measured at this study's scale ({where})"
 
 
-def _fidelity(final: pd.DataFrame, asked_spread: int) -> str:
+def _fidelity(final: pd.DataFrame, asked_spread: int, top_images: int) -> str:
     """Spearman and Kendall tau between the search's ranking and test accuracy (mean over seeds), with n and 90%
     intervals. The search ranks a model by the rung it reached, then its validation accuracy there: a spread model that
-    successive halving stopped early ranks below every top-rung one, whatever its score at the smaller budget."""
+    successive halving stopped early ranks below every top-rung one, whatever its score at the smaller budget. Rows
+    without ``search_images`` (written before it was recorded) are top-rung ones, ``top_images``."""
     scored = final.dropna(subset=["search_val_acc"])
     images = scored.get("search_images", pd.Series(math.nan, index=scored.index, dtype=float))
-    scored = scored.assign(reached=images.fillna(images.max() if images.notna().any() else 0))  # older rows: top rung
+    scored = scored.assign(reached=images.fillna(top_images))
     ranked = scored.groupby(["architecture", "trial"], sort=False).agg(
         reached=("reached", "first"), search=("search_val_acc", "first"), test=("test_acc", "mean"))
     keys = list(zip(ranked.reached, ranked.search, strict=True))
@@ -244,7 +245,7 @@ def _fidelity(final: pd.DataFrame, asked_spread: int) -> str:
                      f"{_fmt(high, '.2f')})")
     roles = final.get("role", pd.Series(dtype=object))
     spread = int((roles == "spread").sum())
-    below = scored[scored.reached < scored.reached.max()]
+    below = scored[scored.reached < top_images]
     lower = int((below.get("role", pd.Series(dtype=object)) == "spread").sum())
     stopped = f", {lower} of which successive halving stopped below the top rung" if lower else ""
     note = ""
@@ -288,7 +289,7 @@ def _trust_section(df: pd.DataFrame, final: pd.DataFrame, settings: SearchSettin
                      f"at lr {train['lr']:g}, batch {train['batch_size']}, weight decay {train['weight_decay']:g}, "
                      f"{settings.final.seeds} seed(s); FractalNets keep their searched regularisation. "
                      f"Training time summed: {final.train_seconds.sum() / 60:.1f} min.")
-        lines.append(_fidelity(final, settings.final.spread))
+        lines.append(_fidelity(final, settings.final.spread, budget.rungs.images[-1]))
     if settings.sampler == "random":
         lines.append("- Sampler: random. It is the control that model-based samplers are measured against.")
     else:
