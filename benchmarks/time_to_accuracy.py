@@ -70,6 +70,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fast-augment-none-batch64-plain-decay": {**_NO_AUGMENT_BATCH64, "label_smoothing": 0.0, "norm_bias_decay": True},
     "fast-augment-none-batch64-whiten": {**_NO_AUGMENT_BATCH64, "model_kwargs": {"whiten": True}},
     "fast-augment-none-batch64-dirac": {**_NO_AUGMENT_BATCH64, "model_kwargs": {"dirac_init": True}},
+    "fast-augment-none-batch64-ema": {**_NO_AUGMENT_BATCH64, "ema": 0.99},
     "fast-augment-none-batch64-whiten-dirac": {**_NO_AUGMENT_BATCH64,
                                                "model_kwargs": {"whiten": True, "dirac_init": True}},
 }

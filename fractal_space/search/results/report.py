@@ -2,8 +2,8 @@
 
 It answers the user's question first: the final test-set table (the best FractalNets retrained, the best column of
 each, every baseline, on one recipe), then how far to trust it (budgets, wall times, hardware, the rank correlation
-between search score and test accuracy), then the search itself: optimisation history, accuracy-vs-cost front (every
-FractalNet column is a point), the anytime curve of the best multi-column network, failures.
+between the search's ranking and test accuracy), then the search itself: optimisation history, accuracy-vs-cost front
+(every FractalNet column is a point), the anytime curve of the best multi-column network, failures.
 """
 
 from __future__ import annotations
