@@ -39,7 +39,7 @@ from fractal_space.engine import EvalReport, TrainConfig, Trainer
 
 #: The models: a timm name and its arguments. search-best is the best architecture of the CPU default search with the
 #: fast recipe (its top-rung validation winner, a one-column FractalNet: a plain 5-layer network); wide4 a one-column
-#: FractalNet with the widths of the fast-training literature's ResNet-9 (64-512), about 5.5 CPU-minutes a pass.
+#: FractalNet with the widths of the fast-training literature's ResNet-9 (64-512), about 5.3 CPU-minutes a pass.
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "resnet20": ("resnet20_cifar", {}),
     "resnet56": ("resnet56_cifar", {}),

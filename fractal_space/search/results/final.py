@@ -98,8 +98,7 @@ def search_ranking(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     reached (higher first), then their validation accuracy there."""
     stopped = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
                if is_search_trial(t) and t.intermediate_values and "config" in t.user_attrs]
-    stopped.sort(key=lambda t: (-max(t.intermediate_values), -t.intermediate_values[max(t.intermediate_values)],
-                                t.number))
+    stopped.sort(key=lambda t: (*(-v for v in _last_report(t)), t.number))
     chosen = {architecture_name(t.user_attrs["config"]["model_kwargs"]): t for t in ranked_architectures(study)}
     for t in stopped:
         chosen.setdefault(architecture_name(t.user_attrs["config"]["model_kwargs"]), t)
@@ -115,10 +114,11 @@ def spread_architectures(study: optuna.Study, top: int, spread: int) -> list[opt
     favoured architecture again and again: the CPU default's 60 top-rung trials were 7 architectures), the next rungs
     down join whole, one at a time, until there are enough, so that n stays at what was asked without ranking scores
     of one budget against another's within a rung."""
+    if not spread:
+        return []
     rest = search_ranking(study)[top:]
-    rungs = [_last_step(t) for t in rest]
-    count = next((i for i in range(spread, len(rest)) if rungs[i] != rungs[i - 1]), len(rest))
-    rest = rest[:count] if spread else []
+    steps = [_last_report(t)[0] for t in rest]
+    rest = rest[:next((i for i in range(spread, len(rest)) if steps[i] != steps[i - 1]), len(rest))]
     if spread >= len(rest):
         return rest
     if spread <= 1:
@@ -126,9 +126,13 @@ def spread_architectures(study: optuna.Study, top: int, spread: int) -> list[opt
     return [rest[(i * (len(rest) - 1) + (spread - 1) // 2) // (spread - 1)] for i in range(spread)]
 
 
-def _last_step(t: optuna.trial.FrozenTrial) -> float:
-    """The last rung's step a trial reported, infinite for a finished one: it passed every rung."""
-    return math.inf if t.state == TrialState.COMPLETE else max(t.intermediate_values)
+def _last_report(t: optuna.trial.FrozenTrial) -> tuple[float, float]:
+    """The step of a search trial's last report and its validation accuracy there; the step is infinite for a finished
+    trial, which passed every rung."""
+    if t.state == TrialState.COMPLETE:
+        return math.inf, t.values[0]
+    step = max(t.intermediate_values)
+    return step, t.intermediate_values[step]
 
 
 def plan(settings: SearchSettings, study: optuna.Study) -> list[FinalJob]:
@@ -156,10 +160,8 @@ def plan(settings: SearchSettings, study: optuna.Study) -> list[FinalJob]:
 
 def _search_score(t: optuna.trial.FrozenTrial, rungs: Rungs) -> tuple[float, int]:
     """A search trial's validation accuracy where it stopped, and the training images of the rung it reached."""
-    if t.state == TrialState.COMPLETE:
-        return t.values[0], rungs.images[-1]
-    step = max(t.intermediate_values)
-    return t.intermediate_values[step], rungs.images[rungs.rung_of(step)]
+    step, score = _last_report(t)
+    return score, rungs.images[-1] if step == math.inf else rungs.images[rungs.rung_of(int(step))]
 
 
 def _fractal_job(t: optuna.trial.FrozenTrial, seed: int, suffix: str, role: str, rungs: Rungs) -> FinalJob:
@@ -217,10 +219,9 @@ class _FinalTrial:
                            "search_trial": job.trial, "search_val_acc": job.search_val_acc,
                            "search_images": job.search_images}.items():
             self.trial.set_user_attr(key, value)
-        where = f" at {job.search_images:,} training images" if job.search_images else ""
         origin = ("a baseline, retrained beside the winners" if job.kind == "baseline" else
                   f"search trial {job.trial}'s architecture ({job.role}), validation accuracy "
-                  f"{job.search_val_acc:.4f}{where} in the search")
+                  f"{job.search_val_acc:.4f} at {job.search_images:,} training images in the search")
         save_note(self.trial, f"**{job.name}** (final stage, trial {self.trial.number}): {origin}; retrained {epochs} "
                               f"epoch(s), seed {job.seed}.")
 

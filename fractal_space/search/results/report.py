@@ -243,8 +243,7 @@ def _fidelity(final: pd.DataFrame, asked_spread: int, top_images: int) -> str:
         low, high = bootstrap_interval(x, y, statistic)
         stats.append(f"{name} {_fmt(statistic(x, y), '.2f')} (90% bootstrap interval {_fmt(low, '.2f')} .. "
                      f"{_fmt(high, '.2f')})")
-    roles = final.get("role", pd.Series(dtype=object))
-    spread = int((roles == "spread").sum())
+    spread = int((final.get("role", pd.Series(dtype=object)) == "spread").sum())
     below = scored[scored.reached < top_images]
     lower = int((below.get("role", pd.Series(dtype=object)) == "spread").sum())
     stopped = f", {lower} of which successive halving stopped below the top rung" if lower else ""
